@@ -1,0 +1,1 @@
+"""Socket.IO events, their schemas, the error envelope and token verification."""

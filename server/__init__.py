@@ -1,0 +1,1 @@
+"""Chat server: aiohttp application, settings, CLI and HTTP routes."""

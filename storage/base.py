@@ -1,0 +1,175 @@
+"""The store interface the chat needs, and the value types that cross it.
+
+Everything above this package sees plain Python values: ids are lowercase
+24-hex strings, messages are wire-ready dicts (see ``docs/protocol.md``),
+timestamps are ISO 8601 strings. Backends convert BSON at their own edge.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol, TypedDict
+
+ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
+
+
+class Message(TypedDict):
+    """A stored chat message exactly as it goes on the wire."""
+
+    type: str
+    id: str
+    seq: int
+    group_id: str
+    sender_id: str | None
+    sender: str
+    sender_name: str
+    content: str
+    timestamp: str
+    client_msg_id: str | None
+    edited_at: str | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAccess:
+    """A group as seen by one user: whether it exists is the caller's question."""
+
+    id: str
+    name: str
+    is_member: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSummary:
+    id: str
+    name: str
+    latest_seq: int
+    unread_count: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "latest_seq": self.latest_seq,
+            "unread_count": self.unread_count,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    last_read_seq: int
+    unread_count: int
+
+
+class StorageUnavailable(Exception):
+    """The backend did not answer; the operation may or may not have happened."""
+
+
+class Store(Protocol):
+    """What the chat needs from persistence. Implemented by ``memory`` and ``mongo``."""
+
+    async def open(self) -> None:
+        """Connect and create indexes (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` when the backend does not answer."""
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user's display name, or ``None`` when there is no ``users`` document."""
+
+    async def get_group(self, group_id: str, user_id: str) -> GroupAccess | None:
+        """The group and whether ``user_id`` is a member; ``None`` if it does not exist."""
+
+    async def list_groups(self, user_id: str) -> list[GroupSummary]:
+        """The user's groups ordered by name, with ``latest_seq`` and unread counts."""
+
+    async def add_message(
+        self,
+        group_id: str,
+        *,
+        sender_id: str,
+        sender_name: str,
+        content: str,
+        client_msg_id: str | None,
+    ) -> tuple[Message, bool]:
+        """Store a message with the group's next ``seq``.
+
+        Returns ``(message, duplicate)``: when ``(sender, group, client_msg_id)``
+        was stored before, the first stored message and ``True``.
+        """
+
+    async def get_messages(
+        self,
+        group_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> tuple[list[Message], bool]:
+        """A page of messages, oldest first, and whether more exist in that direction.
+
+        With neither bound: the latest ``limit`` (``has_more``: older exist).
+        ``before_seq``: the newest ``limit`` below it (older exist).
+        ``after_seq``: the oldest ``limit`` above it (newer exist).
+        """
+
+    async def latest_seq(self, group_id: str) -> int: ...
+
+    async def get_message(self, group_id: str, message_id: str) -> Message | None: ...
+
+    async def edit_message(
+        self, group_id: str, message_id: str, sender_id: str, content: str
+    ) -> Message | None:
+        """Replace the content of a live message of ``sender_id``; ``None`` if none matched."""
+
+    async def delete_message(
+        self, group_id: str, message_id: str, sender_id: str
+    ) -> Message | None:
+        """Tombstone a live message of ``sender_id``; ``None`` if none matched."""
+
+    async def read_state(self, group_id: str, user_id: str) -> ReadState: ...
+
+    async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
+        """Move the marker to ``max(previous, min(seq, latest_seq))``."""
+
+
+def display_name(doc: dict[str, Any] | None, user_id: str) -> str:
+    """``full_name`` and ``last_name`` stripped and joined; the id when both are empty."""
+    if doc:
+        parts = []
+        for key in ("full_name", "last_name"):
+            value = doc.get(key)
+            if isinstance(value, str) and value.strip():
+                parts.append(value.strip())
+        if parts:
+            return " ".join(parts)
+    return user_id
+
+
+def iso_timestamp(moment: datetime) -> str:
+    """UTC, millisecond precision, ``Z`` suffix."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now_ms() -> datetime:
+    """The current UTC time truncated to milliseconds (what BSON dates can hold)."""
+    moment = datetime.now(timezone.utc)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def tombstone(message: Message) -> Message:
+    """The deleted form of ``message``: identity and metadata kept, content gone."""
+    return {**message, "content": "", "deleted": True}

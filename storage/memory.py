@@ -1,0 +1,212 @@
+"""The embedded in-memory store: the ``--demo`` default and the fast test double.
+
+Nothing survives a restart. All operations run on the event loop without
+awaiting in the middle, so each one is atomic with respect to the others and
+per-group ``seq`` allocation is contiguous without a lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from bson import ObjectId
+
+from .base import (
+    GroupAccess,
+    GroupSummary,
+    Message,
+    ReadState,
+    User,
+    display_name,
+    iso_timestamp,
+    now_ms,
+    tombstone,
+)
+
+
+@dataclass
+class _Group:
+    name: str
+    members: set[str]
+    messages: list[Message] = field(default_factory=list)  # index i holds seq i + 1
+    by_id: dict[str, Message] = field(default_factory=dict)
+    by_client_id: dict[tuple[str, str], Message] = field(default_factory=dict)
+    # Messages of each sender that count as unread for others, kept sorted by seq.
+    live_seqs_by_sender: dict[str, list[int]] = field(default_factory=dict)
+    live_count: int = 0
+
+
+class MemoryStore:
+    """A ``Store`` kept in process memory."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, User] = {}
+        self._groups: dict[str, _Group] = {}
+        self._read: dict[tuple[str, str], int] = {}
+
+    # -- seeding (the wider application's collections; not part of ``Store``) --
+
+    def add_user(self, user_id: str, full_name: str = "", last_name: str = "") -> User:
+        user_id = user_id.lower()
+        user = User(user_id, display_name({"full_name": full_name, "last_name": last_name}, user_id))
+        self._users[user_id] = user
+        return user
+
+    def add_group(self, group_id: str, name: str, members: list[str]) -> None:
+        self._groups[group_id.lower()] = _Group(name, {m.lower() for m in members})
+
+    def set_members(self, group_id: str, members: list[str]) -> None:
+        self._groups[group_id.lower()].members = {m.lower() for m in members}
+
+    def users(self) -> list[User]:
+        return list(self._users.values())
+
+    # -- Store --
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def get_user(self, user_id: str) -> User | None:
+        return self._users.get(user_id)
+
+    async def get_group(self, group_id: str, user_id: str) -> GroupAccess | None:
+        group = self._groups.get(group_id)
+        if group is None:
+            return None
+        return GroupAccess(group_id, group.name, user_id in group.members)
+
+    async def list_groups(self, user_id: str) -> list[GroupSummary]:
+        summaries = [
+            GroupSummary(
+                gid,
+                group.name,
+                len(group.messages),
+                self._unread(group, user_id, self._read.get((gid, user_id), 0)),
+            )
+            for gid, group in self._groups.items()
+            if user_id in group.members
+        ]
+        summaries.sort(key=lambda s: (s.name, s.id))
+        return summaries
+
+    async def add_message(
+        self,
+        group_id: str,
+        *,
+        sender_id: str,
+        sender_name: str,
+        content: str,
+        client_msg_id: str | None,
+    ) -> tuple[Message, bool]:
+        group = self._groups[group_id]
+        if client_msg_id is not None:
+            first = group.by_client_id.get((sender_id, client_msg_id))
+            if first is not None:
+                return group.by_id[first["id"]], True
+        message: Message = {
+            "type": "message",
+            "id": str(ObjectId()),
+            "seq": len(group.messages) + 1,
+            "group_id": group_id,
+            "sender_id": sender_id,
+            "sender": sender_name,
+            "sender_name": sender_name,
+            "content": content,
+            "timestamp": iso_timestamp(now_ms()),
+            "client_msg_id": client_msg_id,
+            "edited_at": None,
+            "deleted": False,
+        }
+        group.messages.append(message)
+        group.by_id[message["id"]] = message
+        if client_msg_id is not None:
+            group.by_client_id[(sender_id, client_msg_id)] = message
+        group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
+        group.live_count += 1
+        return message, False
+
+    async def get_messages(
+        self,
+        group_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> tuple[list[Message], bool]:
+        messages = self._groups[group_id].messages
+        if after_seq is not None:
+            page = messages[after_seq : after_seq + limit]
+            return list(page), after_seq + limit < len(messages)
+        end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))
+        start = max(0, end - limit)
+        return messages[start:end], start > 0
+
+    async def latest_seq(self, group_id: str) -> int:
+        return len(self._groups[group_id].messages)
+
+    async def get_message(self, group_id: str, message_id: str) -> Message | None:
+        group = self._groups.get(group_id)
+        return None if group is None else group.by_id.get(message_id)
+
+    async def edit_message(
+        self, group_id: str, message_id: str, sender_id: str, content: str
+    ) -> Message | None:
+        group = self._groups[group_id]
+        current = group.by_id.get(message_id)
+        if current is None or current["deleted"] or current["sender_id"] != sender_id:
+            return None
+        updated: Message = {**current, "content": content, "edited_at": iso_timestamp(now_ms())}
+        self._replace(group, updated)
+        return updated
+
+    async def delete_message(
+        self, group_id: str, message_id: str, sender_id: str
+    ) -> Message | None:
+        group = self._groups[group_id]
+        current = group.by_id.get(message_id)
+        if current is None or current["deleted"] or current["sender_id"] != sender_id:
+            return None
+        updated = tombstone(current)
+        self._replace(group, updated)
+        seqs = group.live_seqs_by_sender[sender_id]
+        del seqs[bisect.bisect_left(seqs, updated["seq"])]
+        group.live_count -= 1
+        return updated
+
+    async def read_state(self, group_id: str, user_id: str) -> ReadState:
+        group = self._groups[group_id]
+        last = self._read.get((group_id, user_id), 0)
+        return ReadState(last, self._unread(group, user_id, last))
+
+    async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
+        group = self._groups[group_id]
+        key = (group_id, user_id)
+        last = max(self._read.get(key, 0), min(seq, len(group.messages)))
+        self._read[key] = last
+        return ReadState(last, self._unread(group, user_id, last))
+
+    # -- helpers --
+
+    @staticmethod
+    def _replace(group: _Group, updated: Message) -> None:
+        group.messages[updated["seq"] - 1] = updated
+        group.by_id[updated["id"]] = updated
+        if updated["client_msg_id"] is not None:
+            group.by_client_id[(updated["sender_id"], updated["client_msg_id"])] = updated
+
+    @staticmethod
+    def _unread(group: _Group, user_id: str, last_read: int) -> int:
+        """Live messages of others above ``last_read``, in O(log n)."""
+        total_above = group.live_count - sum(
+            bisect.bisect_right(seqs, last_read) for seqs in group.live_seqs_by_sender.values()
+        )
+        own = group.live_seqs_by_sender.get(user_id, [])
+        own_above = len(own) - bisect.bisect_right(own, last_read)
+        return total_above - own_above
