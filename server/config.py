@@ -64,8 +64,18 @@ class Settings:
         return self.jwt_public_key or self.jwt_secret or ""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, demo: bool = False) -> "Settings":
-        """Read settings; raise ``ConfigError`` naming every missing or bad one."""
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        demo: bool = False,
+        require: frozenset[str] = frozenset({"storage", "auth"}),
+    ) -> "Settings":
+        """Read settings; raise ``ConfigError`` naming every missing or bad one.
+
+        ``require`` names what the command needs: ``storage`` (``MONGODB_URI``)
+        and/or ``auth`` (a JWT key); ``token`` needs only a secret.
+        """
         env = {k: v for k, v in environ.items() if v != ""}
         problems: list[str] = []
 
@@ -103,10 +113,10 @@ class Settings:
             )
 
         uri = env.get("MONGODB_URI")
-        if uri is None:
+        if uri is None and "storage" in require:
             problems.append("MONGODB_URI is required (a mongodb:// URI, or memory:// for the embedded store)")
         secret, public_key = env.get("JWT_SECRET"), env.get("JWT_PUBLIC_KEY")
-        if secret is None and public_key is None:
+        if secret is None and public_key is None and "auth" in require:
             problems.append("JWT_SECRET (or JWT_PUBLIC_KEY) is required to verify tokens")
         if secret is not None and public_key is not None:
             problems.append("JWT_SECRET and JWT_PUBLIC_KEY are both set; set only one")
@@ -119,7 +129,7 @@ class Settings:
         if problems:
             raise ConfigError("; ".join(problems))
 
-        assert uri is not None
+        uri = uri or "memory://"
         return cls(
             host=env.get("HOST", "0.0.0.0"),
             mongodb_uri=uri,

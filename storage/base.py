@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypedDict
 
-ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
+ID_RE = re.compile(r"[0-9a-fA-F]{24}")  # use with fullmatch
 
 
 class Message(TypedDict):

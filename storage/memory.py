@@ -110,6 +110,22 @@ class MemoryStore:
             first = group.by_client_id.get((sender_id, client_msg_id))
             if first is not None:
                 return group.by_id[first["id"]], True
+        return self.seed_message(
+            group_id, sender_id=sender_id, sender_name=sender_name,
+            content=content, client_msg_id=client_msg_id,
+        ), False
+
+    def seed_message(
+        self,
+        group_id: str,
+        *,
+        sender_id: str,
+        sender_name: str,
+        content: str,
+        client_msg_id: str | None = None,
+    ) -> Message:
+        """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
+        group = self._groups[group_id]
         message: Message = {
             "type": "message",
             "id": str(ObjectId()),
@@ -130,7 +146,7 @@ class MemoryStore:
             group.by_client_id[(sender_id, client_msg_id)] = message
         group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
         group.live_count += 1
-        return message, False
+        return message
 
     async def get_messages(
         self,

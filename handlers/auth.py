@@ -1,0 +1,75 @@
+"""Token verification (PyJWT) for the Socket.IO handshake and the HTTP routes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import jwt
+
+from storage.base import ID_RE
+
+from .errors import ChatError
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    key: str
+    algorithms: tuple[str, ...] = ("HS256",)
+    issuer: str | None = None
+    audience: str | None = None
+
+
+class TokenVerifier:
+    """Checks signature, ``exp``, ``sub`` (a 24-hex user id) and ``iss``/``aud`` when set."""
+
+    def __init__(self, config: TokenConfig) -> None:
+        self._config = config
+
+    def verify(self, token: Any) -> str:
+        """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``."""
+        if not isinstance(token, str) or not token:
+            raise ChatError("unauthorized", "A token is required.")
+        cfg = self._config
+        try:
+            claims = jwt.decode(
+                token,
+                cfg.key,
+                algorithms=list(cfg.algorithms),
+                issuer=cfg.issuer,
+                audience=cfg.audience,
+                options={"require": ["exp", "sub"], "verify_aud": cfg.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ChatError("unauthorized", "The token has expired.") from None
+        except jwt.InvalidTokenError as exc:
+            raise ChatError("unauthorized", f"The token is not valid: {exc}.") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not ID_RE.fullmatch(sub):
+            raise ChatError("unauthorized", "The token's subject is not a user id.")
+        return sub.lower()
+
+    def issue(self, user_id: str, ttl_seconds: int = 3600) -> str:
+        """Sign a token for ``user_id`` with the shared secret (HS* only)."""
+        cfg = self._config
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": user_id.lower(), "iat": now, "exp": now + ttl_seconds}
+        if cfg.issuer:
+            claims["iss"] = cfg.issuer
+        if cfg.audience:
+            claims["aud"] = cfg.audience
+        return jwt.encode(claims, cfg.key, algorithm=cfg.algorithms[0])
+
+
+def token_from_handshake(auth: Any, environ: Mapping[str, Any]) -> Any:
+    """``auth: {token}`` first, then an ``Authorization: Bearer`` header; never the query."""
+    if isinstance(auth, dict) and "token" in auth:
+        return auth["token"]
+    return bearer(environ.get("HTTP_AUTHORIZATION"))
+
+
+def bearer(header: str | None) -> str | None:
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return None

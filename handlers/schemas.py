@@ -1,0 +1,215 @@
+"""One marshmallow schema per inbound event, made strict where marshmallow is loose.
+
+marshmallow's defaults accept ``"5"`` and ``True`` as integers, ``"yes"`` as a
+boolean and lone surrogates in strings; the protocol accepts none of them, so
+the fields below check JSON types exactly before anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
+
+from storage.base import ID_RE
+
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_CONTENT = 4000
+MAX_CLIENT_MSG_ID = 64
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+_INT_RE = re.compile(r"-?[0-9]{1,20}")
+
+
+def _check_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("Not a valid string.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Not valid Unicode (lone surrogate).") from None
+    return value
+
+
+class StrictString(fields.Field):
+    """A JSON string of valid Unicode."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return _check_text(value)
+
+
+class ObjectIdString(fields.Field):
+    """A 24-hex id in either case, normalised to lowercase."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not ID_RE.fullmatch(value):
+            raise ValidationError("Must be a 24-character hexadecimal id.")
+        return value.lower()
+
+
+class StrictInteger(fields.Field):
+    """A JSON integer (not a boolean, not a float, not a string) within bounds."""
+
+    def __init__(self, *, minimum: int, maximum: int = MAX_SAFE_INTEGER, **kwargs):
+        super().__init__(**kwargs)
+        self.minimum, self.maximum = minimum, maximum
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("Must be an integer.")
+        if not self.minimum <= value <= self.maximum:
+            raise ValidationError(f"Must be between {self.minimum} and {self.maximum}.")
+        return value
+
+
+class StrictBoolean(fields.Field):
+    """A JSON boolean only."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("Must be a boolean.")
+        return value
+
+
+class Content(fields.Field):
+    """Message text: not blank, at most ``MAX_CONTENT`` code points."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = _check_text(value)
+        if not value.strip():
+            raise ValidationError("Must not be empty.")
+        if len(value) > MAX_CONTENT:
+            raise ValidationError(f"Must be at most {MAX_CONTENT} characters.")
+        return value
+
+
+class ClientMsgId(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = _check_text(value)
+        if not 1 <= len(value) <= MAX_CLIENT_MSG_ID or not value.isprintable():
+            raise ValidationError(f"Must be 1 to {MAX_CLIENT_MSG_ID} printable characters.")
+        return value
+
+
+class EventSchema(Schema):
+    """Base: unknown fields are refused; ``null`` for an optional field means absent."""
+
+    class Meta:
+        unknown = RAISE
+
+    @pre_load
+    def _drop_nulls(self, data, **kwargs):
+        if isinstance(data, dict):
+            return {
+                k: v
+                for k, v in data.items()
+                if not (v is None and k in self.fields and not self.fields[k].required)
+            }
+        return data
+
+
+class ListGroups(EventSchema):
+    pass
+
+
+class GroupRef(EventSchema):
+    group_id = ObjectIdString(required=True)
+
+
+class JoinGroup(GroupRef):
+    since_seq = StrictInteger(minimum=0)
+    limit = StrictInteger(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT)
+
+
+class LeaveGroup(GroupRef):
+    pass
+
+
+class SendMessage(GroupRef):
+    content = Content(required=True)
+    client_msg_id = ClientMsgId()
+    sender_id = ObjectIdString()
+
+
+class GetHistory(GroupRef):
+    before_seq = StrictInteger(minimum=1)
+    after_seq = StrictInteger(minimum=0)
+    limit = StrictInteger(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT)
+
+
+class Typing(GroupRef):
+    is_typing = StrictBoolean(required=True)
+
+
+class MarkRead(GroupRef):
+    seq = StrictInteger(minimum=0, required=True)
+
+
+class EditMessage(GroupRef):
+    message_id = ObjectIdString(required=True)
+    content = Content(required=True)
+
+
+class DeleteMessage(GroupRef):
+    message_id = ObjectIdString(required=True)
+
+
+SCHEMAS: dict[str, Schema] = {
+    "list_groups": ListGroups(),
+    "join_group": JoinGroup(),
+    "leave_group": LeaveGroup(),
+    "send_message": SendMessage(),
+    "get_history": GetHistory(),
+    "typing": Typing(),
+    "mark_read": MarkRead(),
+    "edit_message": EditMessage(),
+    "delete_message": DeleteMessage(),
+}
+
+# Events whose payload may be left out entirely.
+OPTIONAL_PAYLOAD = {"list_groups"}
+
+
+def load(event: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    """Validate an event's arguments; raise ``ValidationError`` with field -> messages."""
+    if not args:
+        if event in OPTIONAL_PAYLOAD:
+            return {}
+        raise ValidationError({"_payload": ["A payload object is required."]})
+    if len(args) > 1:
+        raise ValidationError({"_payload": ["Send exactly one payload object."]})
+    payload = args[0]
+    if payload is None and event in OPTIONAL_PAYLOAD:
+        return {}
+    if not isinstance(payload, dict):
+        raise ValidationError({"_payload": ["The payload must be an object."]})
+    data = SCHEMAS[event].load(payload)
+    if event == "get_history" and "before_seq" in data and "after_seq" in data:
+        raise ValidationError({"before_seq": ["Give at most one of before_seq and after_seq."],
+                               "after_seq": ["Give at most one of before_seq and after_seq."]})
+    return data
+
+
+def history_query(group_id: str, query: Mapping[str, str]) -> dict[str, Any]:
+    """Validate the HTTP history route (path id and query strings) by ``get_history``'s rules.
+
+    Unknown parameters are ignored; an empty or non-integer value is an error.
+    """
+    data: dict[str, Any] = {"group_id": group_id}
+    errors: dict[str, list[str]] = {}
+    for name in ("limit", "before_seq", "after_seq"):
+        if name not in query:
+            continue
+        raw = query[name]
+        if not _INT_RE.fullmatch(raw):
+            errors[name] = ["Must be an integer."]
+        else:
+            data[name] = int(raw)
+    try:
+        loaded = load("get_history", (data,))
+    except ValidationError as exc:
+        errors = {**exc.normalized_messages(), **errors}
+    if errors:
+        raise ValidationError(errors)
+    return loaded

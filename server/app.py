@@ -1,0 +1,104 @@
+"""The application factory: one aiohttp app serving HTTP and Socket.IO on one port."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping
+
+import socketio
+from aiohttp import web
+
+from handlers.auth import TokenConfig, TokenVerifier
+from handlers.chat import ChatService
+from handlers.events import ChatEvents
+from storage import Store, make_store
+
+from . import http
+from .config import Settings
+from .demo import seed_demo
+from .keys import CHAT, EVENTS, SETTINGS, SIO, STORE, VERIFIER
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# Engine.IO's packet limit: every valid payload fits (4,000 code points of
+# content is at most 16 KB of UTF-8, plus envelope); larger frames close the
+# connection instead of being buffered.
+MAX_PACKET_BYTES = 64 * 1024
+
+
+
+def origin_checker(settings: Settings):
+    """Allow the configured origins and the page's own origin, never ``*`` by default."""
+    allowed = set(settings.cors_origins)
+
+    def check(origin: str | None, environ: Mapping[str, Any] | None = None) -> bool:
+        if origin is None or origin in allowed:
+            return True
+        return environ is not None and origin in _own_origins(environ)
+
+    return check
+
+
+def _own_origins(environ: Mapping[str, Any]) -> set[str]:
+    scheme, host = environ.get("wsgi.url_scheme", "http"), environ.get("HTTP_HOST")
+    origins = {f"{scheme}://{host}"} if host else set()
+    forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", host)
+    forwarded_proto = environ.get("HTTP_X_FORWARDED_PROTO", scheme)
+    if forwarded_host:
+        origins.add(f"{forwarded_proto.split(',')[0].strip()}://{forwarded_host.split(',')[0].strip()}")
+    return origins
+
+
+def create_app(settings: Settings, *, storage: Store | None = None) -> web.Application:
+    """Build the app; nothing connects until the app starts (``cleanup_ctx``)."""
+    if storage is None:
+        storage = make_store(settings.mongodb_uri, settings.mongodb_db)
+        if settings.demo:
+            seed_demo(storage)
+
+    manager = None
+    if settings.redis_url:
+        manager = socketio.AsyncRedisManager(settings.redis_url, logger=log)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        cors_allowed_origins=origin_checker(settings),
+        max_http_buffer_size=MAX_PACKET_BYTES,
+        logger=logging.getLogger("socketio.server"),
+        engineio_logger=logging.getLogger("engineio.server"),
+    )
+
+    verifier = TokenVerifier(
+        TokenConfig(
+            key=settings.jwt_key,
+            algorithms=settings.jwt_algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
+    chat = ChatService(storage)
+    events = ChatEvents(sio, chat, verifier)
+    events.register()
+
+    app = web.Application(client_max_size=MAX_PACKET_BYTES)
+    app[SETTINGS] = settings
+    app[STORE] = storage
+    app[SIO] = sio
+    app[EVENTS] = events
+    app[CHAT] = chat
+    app[VERIFIER] = verifier
+    sio.attach(app)
+    http.setup_routes(app, STATIC_DIR)
+    app.cleanup_ctx.append(_storage_lifecycle)
+    return app
+
+
+async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.open()
+    yield
+    await app[SIO].shutdown()
+    await app[EVENTS].drain()
+    await store.close()

@@ -1,0 +1,100 @@
+"""The operator interface: serve, ``--demo``, ``token``, ``migrate-legacy-chat``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Mapping, Sequence
+
+from aiohttp import web
+
+from handlers.auth import TokenConfig, TokenVerifier
+from storage import StorageUnavailable
+
+from . import logs
+from .app import create_app
+from .config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+# Platforms send SIGKILL 30 s after SIGTERM; finish well inside that.
+SHUTDOWN_TIMEOUT_S = 20.0
+
+REQUIRES = {
+    None: frozenset({"storage", "auth"}),
+    "token": frozenset({"auth"}),
+    "migrate-legacy-chat": frozenset({"storage"}),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Study-group chat server.")
+    parser.add_argument("--demo", action="store_true",
+                        help="serve on 127.0.0.1 with the embedded store, demo users and a demo sign-in")
+    sub = parser.add_subparsers(dest="command")
+    token = sub.add_parser("token", help="print a token for USER_ID signed with JWT_SECRET")
+    token.add_argument("user_id")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    migrate = sub.add_parser("migrate-legacy-chat",
+                             help="copy study_groups.chat arrays into the messages collection")
+    migrate.add_argument("--dry-run", action="store_true", help="report what would be copied; write nothing")
+    migrate.add_argument("--group", help="only this group id")
+    migrate.add_argument("--append", action="store_true",
+                         help="number legacy messages after a group's existing server messages")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(
+            environ, demo=args.demo and args.command is None, require=REQUIRES[args.command]
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    if args.command == "token":
+        return _token(settings, args.user_id, args.ttl)
+    if args.command == "migrate-legacy-chat":
+        from .migrate import run_migration
+
+        return asyncio.run(run_migration(settings, dry_run=args.dry_run, group=args.group, append=args.append))
+    return serve(settings)
+
+
+def _token(settings: Settings, user_id: str, ttl: int) -> int:
+    from storage.base import ID_RE
+
+    if not settings.jwt_secret:
+        print("error: JWT_SECRET is required to sign tokens (a public key cannot sign)", file=sys.stderr)
+        return 2
+    if not ID_RE.fullmatch(user_id):
+        print("error: USER_ID must be a 24-hex user id", file=sys.stderr)
+        return 2
+    if ttl <= 0:
+        print("error: --ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
+    verifier = TokenVerifier(TokenConfig(settings.jwt_secret, settings.jwt_algorithms,
+                                         settings.jwt_issuer, settings.jwt_audience))
+    print(verifier.issue(user_id, ttl))
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    where = "embedded in-memory store" if settings.mongodb_uri.startswith("memory://") else "MongoDB"
+    if settings.demo:
+        print(f"Demo: open http://127.0.0.1:{settings.port}/ (embedded store, demo sign-in)", flush=True)
+    log.info("serving on %s:%s with the %s", settings.host, settings.port, where)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                    print=None, access_log=None)
+    except StorageUnavailable as exc:
+        print(f"error: cannot reach MongoDB at MONGODB_URI: {exc}", file=sys.stderr)
+        return 1
+    return 0

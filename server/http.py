@@ -1,0 +1,160 @@
+"""HTTP routes: history and groups for REST clients, health, demo sign-in, the page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from marshmallow import ValidationError
+
+from handlers import schemas
+from handlers.auth import bearer
+from handlers.errors import ChatError, invalid
+from storage.base import ID_RE, StorageUnavailable
+
+from .keys import CHAT, EVENTS, SETTINGS, STORE, VERIFIER
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+
+
+STATIC_DIR = web.AppKey("static_dir", Path)
+
+
+def setup_routes(app: web.Application, static_dir: Path) -> None:
+    app[STATIC_DIR] = static_dir
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/study-groups", list_groups)
+    app.router.add_get("/study-groups/{group_id}/messages", group_messages)
+    app.router.add_get("/demo/users", demo_users)
+    app.router.add_post("/demo/token", demo_token)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", static_dir, show_index=False)
+    app.middlewares.append(cors_middleware)
+
+
+def error_response(exc: ChatError) -> web.Response:
+    headers = {}
+    if exc.retry_after_ms is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_ms / 1000)))
+    return web.json_response(exc.envelope(), status=exc.http_status, headers=headers)
+
+
+async def _authenticated(request: web.Request) -> str:
+
+    user_id = request.app[VERIFIER].verify(bearer(request.headers.get("Authorization")))
+    retry_after = await request.app[EVENTS].limiter.check(user_id, "http")
+    if retry_after is not None:
+        raise ChatError("rate_limited", retry_after_ms=retry_after)
+    return user_id
+
+
+def _api(handler):
+    """The HTTP error boundary: the same envelope as acks, with matching status codes."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ChatError as exc:
+            if exc.code != "unauthorized":
+                log.warning("refused %s %s code=%s", request.method, request.path, exc.code)
+            return error_response(exc)
+        except StorageUnavailable as exc:
+            log.error("storage unavailable during %s %s: %s", request.method, request.path, exc)
+            return error_response(ChatError("storage_unavailable"))
+
+    return run
+
+
+@_api
+async def list_groups(request: web.Request) -> web.Response:
+
+    user_id = await _authenticated(request)
+    return web.json_response(await request.app[CHAT].list_groups(user_id))
+
+
+@_api
+async def group_messages(request: web.Request) -> web.Response:
+
+    user_id = await _authenticated(request)
+    try:
+        data = schemas.history_query(request.match_info["group_id"], request.query)
+    except ValidationError as exc:
+        raise invalid(exc.normalized_messages()) from None
+    return web.json_response(await request.app[CHAT].history(user_id, data))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(request.app[STORE].ping(), READY_TIMEOUT_S)
+        checks["storage"] = "ok"
+    except (StorageUnavailable, asyncio.TimeoutError, OSError) as exc:
+        checks["storage"] = f"unavailable: {exc or type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"ok": ready, "checks": checks}, status=200 if ready else 503)
+
+
+def _require_demo(request: web.Request) -> None:
+
+    if not request.app[SETTINGS].demo:
+        raise web.HTTPNotFound()
+
+
+@_api
+async def demo_users(request: web.Request) -> web.Response:
+
+    _require_demo(request)
+    users = request.app[STORE].users()
+    return web.json_response({"ok": True, "users": [{"id": u.id, "name": u.name} for u in users]})
+
+
+@_api
+async def demo_token(request: web.Request) -> web.Response:
+
+    _require_demo(request)
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        body = None
+    user_id = body.get("user_id") if isinstance(body, dict) else None
+    known = {u.id for u in request.app[STORE].users()}
+    if not isinstance(user_id, str) or not ID_RE.fullmatch(user_id) or user_id.lower() not in known:
+        raise invalid({"user_id": ["Not a demo user id."]})
+    return web.json_response({"ok": True, "token": request.app[VERIFIER].issue(user_id)})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(request.app[STATIC_DIR] / "index.html")
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """CORS for the HTTP routes: the configured origins (the page's own needs none)."""
+
+    if request.path.startswith("/socket.io"):
+        return await handler(request)  # Engine.IO answers CORS itself
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and origin in request.app[SETTINGS].cors_origins
+    if request.method == "OPTIONS" and allowed:
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        response = await handler(request)
+    if allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response

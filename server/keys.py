@@ -1,0 +1,20 @@
+"""Typed keys for what the application carries (``web.AppKey``)."""
+
+from __future__ import annotations
+
+import socketio
+from aiohttp import web
+
+from handlers.auth import TokenVerifier
+from handlers.chat import ChatService
+from handlers.events import ChatEvents
+from storage import Store
+
+from .config import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+SIO = web.AppKey("sio", socketio.AsyncServer)
+EVENTS = web.AppKey("events", ChatEvents)
+CHAT = web.AppKey("chat", ChatService)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
