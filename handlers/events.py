@@ -123,9 +123,10 @@ class ChatEvents:
         log.debug("connected sid=%s user=%s", sid, user_id)
         return True
 
-    async def disconnect(self, sid: str, *args: Any) -> None:
+    async def disconnect(self, sid: str, *args: Any) -> Any:
         if self.sio.manager.is_connected(sid, NAMESPACE):
-            return  # a client-sent event named "disconnect", not a real one
+            # A client-sent event named "disconnect", not a real one.
+            return invalid({"_event": ["Reserved event name."]}).envelope()
         conn = self.connections.pop(sid, None)
         if conn is None:
             return

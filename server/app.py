@@ -92,6 +92,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     sio.attach(app)
     http.setup_routes(app, STATIC_DIR)
     app.cleanup_ctx.append(_storage_lifecycle)
+    app.on_shutdown.append(_close_transports)
     return app
 
 
@@ -99,6 +100,15 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
     yield
-    await app[SIO].shutdown()
-    await app[EVENTS].drain()
     await store.close()
+
+
+async def _close_transports(app: web.Application) -> None:
+    """Runs before aiohttp waits for open requests: end every Engine.IO session
+    at the transport level (clients reconnect by themselves), after scheduled
+    broadcasts went out."""
+    sio = app[SIO]
+    await app[EVENTS].drain()
+    if sio.eio.sockets:
+        await sio.eio.disconnect()
+    await sio.shutdown()

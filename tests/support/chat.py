@@ -1,0 +1,154 @@
+"""Fixtures for a real server on the embedded store and real python-socketio clients."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jwt
+import pytest
+import socketio
+
+from server.app import create_app
+from server.config import Settings
+from storage.memory import MemoryStore
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
+
+ANA = "65a000000000000000000001"
+BEN = "65a000000000000000000002"
+CAROL = "65a000000000000000000003"
+DAN = "65a000000000000000000004"  # in no group
+EVE = "65a000000000000000000005"  # valid id, no users document, in no group
+MATHS = "65b0000000000000000000a1"  # Ana, Ben, Carol
+PHYSICS = "65b0000000000000000000a2"  # Ana, Carol
+NOWHERE = "65b0000000000000000000ff"  # no such group
+
+NAMES = {ANA: "Ana García", BEN: "Ben Okafor", CAROL: "Carol", DAN: "Dan Wu"}
+
+
+def make_token(user_id: str, *, secret: str = SECRET, ttl: int = 3600, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"sub": user_id, "iat": now, "exp": now + ttl, **claims}
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, algorithm="HS256")
+
+
+def seeded_store() -> MemoryStore:
+    store = MemoryStore()
+    store.add_user(ANA, "  Ana ", "García ")
+    store.add_user(BEN, "Ben", "Okafor")
+    store.add_user(CAROL, "Carol", "")
+    store.add_user(DAN, "Dan", "Wu")
+    store.add_group(MATHS, "Maths", [ANA, BEN, CAROL])
+    store.add_group(PHYSICS, "Physics", [ANA, CAROL])
+    return store
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base = Settings(host="127.0.0.1", port=0, mongodb_uri="memory://", jwt_secret=SECRET)
+    return dataclasses.replace(base, **overrides)
+
+
+class ChatClient:
+    """A python-socketio ``AsyncClient`` that records every server event it receives."""
+
+    def __init__(self, sio: socketio.AsyncClient, user_id: str | None) -> None:
+        self.sio = sio
+        self.user_id = user_id
+        self.received: list[tuple[str, Any]] = []
+        self._changed = asyncio.Event()
+
+        @sio.on("*")
+        async def _record(event: str, *args: Any) -> None:
+            self.received.append((event, args[0] if len(args) == 1 else args))
+            self._changed.set()
+
+    async def call(self, event: str, *args: Any, timeout: float = 10) -> Any:
+        if len(args) <= 1:
+            return await self.sio.call(event, args[0] if args else None, timeout=timeout)
+        return await self.sio.call(event, tuple(args), timeout=timeout)
+
+    def events(self, name: str) -> list[Any]:
+        return [data for event, data in self.received if event == name]
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; received so far: {self.received!r}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def wait_event(self, name: str, count: int = 1, timeout: float = 10) -> list[Any]:
+        await self.wait_for(lambda: len(self.events(name)) >= count, timeout)
+        return self.events(name)
+
+    async def settle(self) -> None:
+        """Round-trip once, so anything the server sent before now has arrived."""
+        await self.call("list_groups")
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return seeded_store()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def server(aiohttp_server, settings, store):
+    app = create_app(settings, storage=store)
+    return await aiohttp_server(app)
+
+
+@pytest.fixture
+def server_url(server) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def connect(server_url):
+    """``await connect(user_id)`` → a connected ``ChatClient``; all are disconnected at teardown."""
+    clients: list[socketio.AsyncClient] = []
+
+    async def _connect(
+        user_id: str | None = ANA,
+        *,
+        token: str | None = None,
+        auth: Any = ...,
+        headers: dict[str, str] | None = None,
+        # python-socketio's client on polling waits ~30 s to disconnect; the
+        # polling transport is covered with the JavaScript client instead.
+        transports: tuple[str, ...] = ("websocket",),
+        url: str | None = None,
+    ) -> ChatClient:
+        sio = socketio.AsyncClient(reconnection=False)
+        clients.append(sio)
+        client = ChatClient(sio, user_id)
+        if auth is ...:
+            auth = {"token": token or make_token(user_id)} if (token or user_id) else None
+        await sio.connect(
+            url or server_url,
+            auth=auth,
+            headers=headers or {},
+            transports=list(transports),
+            wait_timeout=10,
+        )
+        return client
+
+    yield _connect
+    for sio in clients:
+        if sio.connected:
+            await sio.disconnect()

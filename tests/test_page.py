@@ -1,0 +1,281 @@
+"""The bundled test page (static/), driven in headless Chromium like a person would use it.
+
+Needs Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium chromium-driver`);
+a missing browser fails the tests with that hint instead of skipping them.
+Screenshots land in tests/artifacts/; the chat view one is also docs/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.async_api import expect
+
+from server.demo import ANA, JUAN, LUCIA, MEI
+from server.keys import VERIFIER
+from tests.support.browser import (  # noqa: F401  (fixtures)
+    TIMEOUT_MS,
+    browser,
+    demo_app,
+    open_page,
+    server,
+    sign_in_demo,
+    store,
+)
+
+pytestmark = pytest.mark.browser
+expect.set_options(timeout=TIMEOUT_MS)
+
+CALCULUS = "64b0000000000000000000a1"
+CHEMISTRY = "64b0000000000000000000a2"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+
+
+async def stored_contents(store, group_id: str) -> list[str]:
+    messages, _ = await store.get_messages(group_id, limit=100_000, after_seq=0)
+    return [m["content"] for m in messages]
+
+
+async def expect_exactly(chat, contents: list[str]) -> None:
+    """The page shows these messages, seq 1..n in order, each once, none pending."""
+    seqs = list(range(1, len(contents) + 1))
+    await expect(chat.page.locator('[data-testid="message"][data-seq]')).to_have_count(len(contents))
+    await expect(chat.page.locator('[data-testid="message"][data-pending="true"]')).to_have_count(0)
+    shown = await chat.shown()
+    assert [m["seq"] for m in shown] == seqs
+    assert [m["content"] for m in shown] == contents
+
+
+async def test_two_users_exchange_messages_both_ways(browser, server, store):
+    ana = await sign_in_demo(browser, server, ANA)
+    juan = await sign_in_demo(browser, server, JUAN)
+    await expect(ana.hook("current-user")).to_have_text("Ana García")
+
+    # The group list, with unread counts: Mei's and Juan's seeded messages.
+    calculus = ana.page.locator(f'[data-testid="group"][data-group-id="{CALCULUS}"]')
+    await expect(ana.hook("group")).to_have_count(2)
+    await expect(calculus.get_by_test_id("unread-count")).to_have_text("2")
+
+    await ana.open_group(CALCULUS)
+    await juan.open_group(CALCULUS)
+    await expect(ana.hook("group-name")).to_have_text("Calculus I")
+    for chat in (ana, juan):
+        await expect_exactly(chat, await stored_contents(store, CALCULUS))
+    first = (await ana.shown())[0]
+    assert first["sender"] == "Ana García" and first["time"]
+    # Opening the group marks it read.
+    await expect(calculus.get_by_test_id("unread-count")).to_have_count(0)
+
+    # Presence both ways.
+    await expect(ana.hook("online").get_by_test_id("online-user").filter(has_text="Juan Pérez")).to_be_visible()
+    await expect(juan.hook("online").get_by_test_id("online-user").filter(has_text="Ana García")).to_be_visible()
+
+    # Ana types: Juan sees it, then her message once it is sent with Enter.
+    box = ana.hook("message-input")
+    await box.click()
+    await box.press_sequentially("Hola Juan, ¿estudiamos")
+    await expect(juan.hook("typing")).to_have_text("Ana García is typing…")
+    await box.press_sequentially(" mañana?")
+    await box.press("Enter")
+    await expect(box).to_have_value("")
+    for chat in (ana, juan):
+        await expect(chat.message(4)).to_contain_text("Hola Juan, ¿estudiamos mañana?")
+        await expect(chat.message(4).get_by_test_id("message-sender")).to_have_text("Ana García")
+        await expect(chat.message(4)).to_have_attribute("data-pending", "false")
+    await expect(juan.hook("typing")).to_have_text("")
+
+    await juan.send("Sí, a las 10 en la biblioteca.")
+    for chat in (ana, juan):
+        await expect(chat.message(5)).to_contain_text("Sí, a las 10 en la biblioteca.")
+        await expect(chat.message(5).get_by_test_id("message-sender")).to_have_text("Juan Pérez")
+
+    await ana.send("Perfecto, hasta mañana 👋")
+    contents = await stored_contents(store, CALCULUS)
+    assert len(contents) == 6
+    for chat in (ana, juan):
+        await expect_exactly(chat, contents)
+
+    # The chat view for the README, with Juan typing a reply.
+    await juan.hook("message-input").press_sequentially("Traigo mis apuntes")
+    await expect(ana.hook("typing")).to_have_text("Juan Pérez is typing…")
+    shot = await ana.screenshot("chat-view.png")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT)
+    await juan.screenshot("chat-view-juan.png")
+    assert not ana.errors and not juan.errors
+
+
+async def test_html_in_messages_renders_as_text(browser, server, store):
+    store.seed_message(
+        CALCULUS, sender_id=MEI, sender_name="<b>Mei</b><img src=x onerror=alert(2)>", content="<i>seeded</i>"
+    )
+    ana = await sign_in_demo(browser, server, ANA)
+    juan = await sign_in_demo(browser, server, JUAN)
+    await ana.open_group(CALCULUS)
+    await juan.open_group(CALCULUS)
+
+    attacks = [
+        "<img src=x onerror=alert(1)>",
+        "<script>window.__owned = 1; alert(3)</script>",
+        '"><svg onload=alert(4)>',
+    ]
+    for text in attacks:
+        await ana.send(text)
+    for chat in (ana, juan):
+        for text in attacks + ["<i>seeded</i>"]:
+            await expect(chat.message_with(text)).to_have_count(1)
+        await expect(chat.message(4).get_by_test_id("message-sender")).to_have_text(
+            "<b>Mei</b><img src=x onerror=alert(2)>"
+        )
+        messages = chat.hook("messages")
+        for tag in ("img", "script", "svg", "b", "i"):
+            await expect(messages.locator(tag)).to_have_count(0)
+    await ana.page.wait_for_timeout(500)  # time for an onerror/onload to have fired
+    for chat in (ana, juan):
+        assert chat.dialogs == []
+        assert await chat.page.evaluate("window.__owned") is None
+        assert not chat.errors
+
+
+async def test_older_history_loads_on_scrolling_up(browser, server, store):
+    for n in range(1, 121):
+        store.seed_message(CALCULUS, sender_id=JUAN, sender_name="Juan Pérez", content=f"note {n}")
+    total = 123
+    mei = await sign_in_demo(browser, server, MEI)
+    await mei.open_group(CALCULUS)
+
+    # The latest page first, scrolled to the newest message.
+    await expect(mei.message(total)).to_be_in_viewport()
+    await expect(mei.page.locator('[data-testid="message"][data-seq]')).to_have_count(50)
+    assert (await mei.shown())[0]["seq"] == total - 49
+    await expect(mei.hook("load-older")).to_be_visible()
+
+    for _ in range(10):
+        if await mei.message(1).count():
+            break
+        before = await mei.messages.count()
+        await mei.hook("messages").evaluate("el => { el.scrollTop = 0; }")
+        await expect(mei.messages).not_to_have_count(before)
+    await expect_exactly(mei, await stored_contents(store, CALCULUS))
+    await expect(mei.hook("load-older")).to_be_hidden()
+    await expect(mei.page.get_by_text("This is the beginning of the conversation.")).to_be_visible()
+    await mei.screenshot("history-top.png")
+
+
+async def test_forced_disconnect_catches_up_without_gaps_or_doubles(browser, server, store):
+    ana = await sign_in_demo(browser, server, ANA)
+    juan = await sign_in_demo(browser, server, JUAN)
+    await ana.open_group(CALCULUS)
+    await juan.open_group(CALCULUS)
+
+    # Cut Ana off: no network, and her live connection closed under her.
+    await ana.context.set_offline(True)
+    await ana.page.evaluate("studyChat.socket.io.engine.close()")
+    await expect(ana.hook("connection-state")).to_have_text("reconnecting")
+
+    # Ana writes while offline: pending, not lost.
+    await ana.send("written while offline")
+    offline_message = ana.message_with("written while offline")
+    await expect(offline_message).to_have_attribute("data-pending", "true")
+
+    # Meanwhile Juan talks, and 130 messages arrive that no connection was told about
+    # (as if sent through another node): more than one catch-up page, and a gap for Juan.
+    await juan.send("while you were away 1")
+    await expect(juan.message(4)).to_be_visible()
+    for n in range(130):
+        store.seed_message(CALCULUS, sender_id=MEI, sender_name="Mei Chen", content=f"backlog {n}")
+    await juan.send("while you were away 2")
+    await expect(juan.message(135)).to_contain_text("while you were away 2")
+
+    await ana.context.set_offline(False)
+    await expect(ana.hook("connection-state")).to_have_text("connected", timeout=30_000)
+    await expect(offline_message).to_have_attribute("data-pending", "false")
+
+    contents = await stored_contents(store, CALCULUS)
+    assert contents.count("written while offline") == 1
+    assert len(contents) == 136
+    for chat in (ana, juan):
+        await expect_exactly(chat, contents)
+    await ana.screenshot("after-reconnect.png")
+    assert not ana.errors and not juan.errors
+
+
+async def test_non_member_join_shows_the_refusal(browser, server):
+    juan = await sign_in_demo(browser, server, JUAN)
+    await juan.open_group(CALCULUS)
+
+    join = juan.hook("join-input")
+    await join.fill(CHEMISTRY)
+    await join.press("Enter")
+    await expect(juan.hook("error")).to_have_text("You are not a member of this group.")
+    await expect(juan.hook("group-name")).to_have_text("Calculus I")  # still where he was
+    await juan.screenshot("join-refused.png")
+
+    await join.fill("64b0000000000000000000ff")
+    await join.press("Enter")
+    await expect(juan.hook("error")).to_have_text("This group does not exist.")
+
+    await join.fill("not-an-id")
+    await join.press("Enter")
+    await expect(juan.hook("error")).to_contain_text("group_id: Must be a 24-character hexadecimal id.")
+
+    # A member's join by id works and clears the error.
+    await join.fill(CALCULUS.upper())
+    await join.press("Enter")
+    await expect(juan.hook("error")).to_be_hidden()
+
+    lucia = await sign_in_demo(browser, server, LUCIA)
+    await expect(lucia.page.get_by_text("You are not in any study group yet.")).to_be_visible()
+    await expect(lucia.hook("group")).to_have_count(0)
+    await lucia.hook("join-input").fill(CALCULUS)
+    await lucia.hook("join-input").press("Enter")
+    await expect(lucia.hook("error")).to_have_text("You are not a member of this group.")
+    await expect(lucia.page.locator('[data-testid="message"]')).to_have_count(0)
+
+
+async def test_edit_and_delete_own_messages(browser, server):
+    ana = await sign_in_demo(browser, server, ANA)
+    juan = await sign_in_demo(browser, server, JUAN)
+    await ana.open_group(CALCULUS)
+    await juan.open_group(CALCULUS)
+
+    await ana.send("the integral of x is x²")
+    mine = ana.message(4)
+    await expect(mine).to_have_attribute("data-pending", "false")
+    # Only one's own messages can be edited or deleted.
+    await expect(juan.message(4).get_by_test_id("message-edit")).to_have_count(0)
+    await expect(ana.message(2).get_by_test_id("message-edit")).to_have_count(0)
+
+    await mine.get_by_test_id("message-edit").click()
+    box = ana.hook("message-input")
+    await expect(box).to_have_value("the integral of x is x²")
+    await box.fill("the integral of x is x²/2 + C")
+    await box.press("Enter")
+    for chat in (ana, juan):
+        await expect(chat.message(4).get_by_test_id("message-content")).to_have_text("the integral of x is x²/2 + C")
+        await expect(chat.message(4)).to_contain_text("(edited)")
+
+    delete = mine.get_by_test_id("message-delete")
+    await delete.click()
+    await expect(delete).to_have_text("Confirm delete")
+    await delete.click()
+    for chat in (ana, juan):
+        await expect(chat.message(4).get_by_test_id("message-content")).to_have_text("message deleted")
+        await expect(chat.message(4).get_by_test_id("message-edit")).to_have_count(0)
+    assert not ana.errors and not juan.errors
+
+
+async def test_token_sign_in(browser, server, demo_app):
+    chat = await open_page(browser, server)
+    await chat.hook("token-input").fill("not-a-token")
+    await chat.hook("token-input").press("Enter")
+    await expect(chat.hook("error")).to_contain_text("Sign-in refused")
+    await expect(chat.hook("token-input")).to_be_visible()
+
+    await chat.hook("token-input").fill(demo_app[VERIFIER].issue(MEI))
+    await chat.hook("token-input").press("Enter")
+    await expect(chat.hook("connection-state")).to_have_text("connected")
+    await expect(chat.hook("error")).to_be_hidden()
+    await expect(chat.hook("group")).to_have_count(2)

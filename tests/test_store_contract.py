@@ -1,0 +1,477 @@
+"""The ``Store`` contract, run against both backends (``memory`` and ``mongo``).
+
+The Mongo cases run on a SecantusDB daemon started by the suite, or on the
+server ``MONGODB_URI`` names; each test in a database of its own. The last
+section holds what only the Mongo store can show: seq allocation across several
+clients at once, index use (``explain``), and behaviour while the server is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from bson import ObjectId
+from pymongo import AsyncMongoClient
+
+from storage.base import Message, Store, StorageUnavailable
+from storage.memory import MemoryStore
+from storage.mongo import (
+    CLIENT_MSG_INDEX,
+    LIVE_INDEX,
+    MARKER_INDEX,
+    OWN_LIVE_INDEX,
+    PROBE,
+    SEQ_INDEX,
+    MongoStore,
+    _client_msg_filter,
+)
+# The Mongo fixtures come from this plugin (tests/conftest.py may list it too);
+# registering it for assertion rewriting first lets this module import its helpers.
+pytest.register_assert_rewrite("tests.support.mongo")
+pytest_plugins = ["tests.support.mongo"]
+
+from tests.support.mongo import (  # noqa: E402
+    SecantusProcess,
+    free_port,
+    secantus_uri,
+    seed_mongo,
+)
+
+ALICE = "65aaaaaaaaaaaaaaaaaaaa01"  # "  Alice " + " Liddell "
+BOB = "65bbbbbbbbbbbbbbbbbbbb02"  # full_name only
+CAROL = "65cccccccccccccccccccc03"  # both parts blank: named by id
+DAVE = "65dddddddddddddddddddd04"  # no users document
+EVE = "65eeeeeeeeeeeeeeeeeeee05"  # last_name only, in no group
+ZOOLOGY = "65f0000000000000000000a1"  # Alice, Bob, Dave
+ALGEBRA = "65f0000000000000000000b2"  # Alice, Bob
+ALGEBRA_TOO = "65f0000000000000000000c3"  # Alice; same name, higher id
+CHEMISTRY = "65f0000000000000000000d4"  # Bob
+NOWHERE = "65f0000000000000000000ff"  # no such group
+
+USERS = [
+    (ALICE, "  Alice ", " Liddell "),
+    (BOB, "Bob", None),
+    (CAROL, " ", ""),
+    (EVE, None, "Evans"),
+]
+GROUPS = [
+    (ZOOLOGY, "Zoology", [ALICE, BOB, DAVE]),
+    (ALGEBRA, "Algebra", [ALICE, BOB]),
+    (ALGEBRA_TOO, "Algebra", [ALICE]),
+    (CHEMISTRY, "Chemistry", [BOB]),
+]
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+HEX_ID = re.compile(r"^[0-9a-f]{24}$")
+
+
+@pytest.fixture(params=["memory", "mongo"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """An open store holding ``USERS`` and ``GROUPS`` and no messages."""
+    backend: Store
+    if request.param == "memory":
+        memory = MemoryStore()
+        for user_id, full_name, last_name in USERS:
+            memory.add_user(user_id, full_name, last_name)  # type: ignore[arg-type]
+        for group_id, name, members in GROUPS:
+            memory.add_group(group_id, name, members)
+        backend = memory
+    else:
+        uri = request.getfixturevalue("mongo_uri")
+        db_name = request.getfixturevalue("mongo_db_name")
+        await seed_mongo(uri, db_name, USERS, GROUPS)
+        backend = MongoStore(uri, db_name)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+async def send(store: Store, sender: str, content: str = "hi", *, group: str = ZOOLOGY,
+               client_msg_id: str | None = None) -> Message:
+    message, duplicate = await store.add_message(
+        group, sender_id=sender, sender_name=f"name of {sender}", content=content,
+        client_msg_id=client_msg_id,
+    )
+    assert duplicate is False
+    return message
+
+
+def seqs(messages: list[Message]) -> list[int]:
+    return [m["seq"] for m in messages]
+
+
+# -- users and groups --
+
+
+async def test_get_user_builds_the_display_name(store: Store) -> None:
+    alice = await store.get_user(ALICE)
+    assert alice is not None and (alice.id, alice.name) == (ALICE, "Alice Liddell")
+    assert (await store.get_user(BOB)).name == "Bob"  # type: ignore[union-attr]
+    assert (await store.get_user(EVE)).name == "Evans"  # type: ignore[union-attr]
+    assert (await store.get_user(CAROL)).name == CAROL  # type: ignore[union-attr]
+    assert await store.get_user(DAVE) is None
+
+
+async def test_get_group_tells_members_from_others(store: Store) -> None:
+    member = await store.get_group(ZOOLOGY, DAVE)
+    assert member is not None
+    assert (member.id, member.name, member.is_member) == (ZOOLOGY, "Zoology", True)
+    outsider = await store.get_group(CHEMISTRY, ALICE)
+    assert outsider is not None and outsider.is_member is False
+    assert await store.get_group(NOWHERE, ALICE) is None
+
+
+async def test_list_groups_by_name_with_counts(store: Store) -> None:
+    await send(store, BOB, group=ALGEBRA)
+    await send(store, ALICE, group=ALGEBRA)
+    await send(store, BOB, group=ZOOLOGY)
+    await store.mark_read(ZOOLOGY, ALICE, 1)
+    groups = [g.to_wire() for g in await store.list_groups(ALICE)]
+    assert groups == [
+        {"id": ALGEBRA, "name": "Algebra", "latest_seq": 2, "unread_count": 1},
+        {"id": ALGEBRA_TOO, "name": "Algebra", "latest_seq": 0, "unread_count": 0},
+        {"id": ZOOLOGY, "name": "Zoology", "latest_seq": 1, "unread_count": 0},
+    ]
+    assert [g.id for g in await store.list_groups(BOB)] == [ALGEBRA, CHEMISTRY, ZOOLOGY]
+    assert await store.list_groups(EVE) == []
+
+
+# -- sending --
+
+
+async def test_seq_is_contiguous_from_one_and_ids_are_lowercase(store: Store) -> None:
+    assert await store.latest_seq(ZOOLOGY) == 0
+    sent = [await send(store, ALICE if i % 2 else BOB, f"m{i}") for i in range(5)]
+    assert seqs(sent) == [1, 2, 3, 4, 5]
+    assert await store.latest_seq(ZOOLOGY) == 5
+    first = sent[0]
+    assert first["type"] == "message"
+    assert first["group_id"] == ZOOLOGY and first["sender_id"] == BOB
+    assert HEX_ID.match(first["id"])
+    assert ISO_MS.match(first["timestamp"])
+    assert (first["sender"], first["sender_name"]) == (f"name of {BOB}",) * 2
+    assert (first["content"], first["client_msg_id"], first["edited_at"], first["deleted"]) == (
+        "m0", None, None, False,
+    )
+    assert await send(store, BOB, group=ALGEBRA) and await store.latest_seq(ALGEBRA) == 1
+
+
+async def test_duplicate_client_msg_id_returns_the_first_message(store: Store) -> None:
+    first = await send(store, ALICE, "original", client_msg_id="c-1")
+    again, duplicate = await store.add_message(
+        ZOOLOGY, sender_id=ALICE, sender_name="Alice", content="different", client_msg_id="c-1"
+    )
+    assert duplicate is True and again == first
+    assert await store.latest_seq(ZOOLOGY) == 1
+    # The key is (sender, group, client_msg_id): other senders and groups are new sends.
+    other_sender = await send(store, BOB, client_msg_id="c-1")
+    other_group = await send(store, ALICE, group=ALGEBRA, client_msg_id="c-1")
+    assert (other_sender["seq"], other_group["seq"]) == (2, 1)
+    # Without a client_msg_id nothing is deduplicated.
+    assert seqs([await send(store, ALICE, "x"), await send(store, ALICE, "x")]) == [3, 4]
+
+
+# -- paging --
+
+
+@pytest.mark.parametrize("count", [0, 5, 6])
+async def test_paging_boundaries(store: Store, count: int) -> None:
+    for i in range(count):
+        await send(store, ALICE, f"m{i + 1}")
+
+    async def page(**bounds: int) -> tuple[list[int], bool]:
+        messages, has_more = await store.get_messages(ZOOLOGY, limit=5, **bounds)
+        assert [m["content"] for m in messages] == [f"m{s}" for s in seqs(messages)]
+        return seqs(messages), has_more
+
+    everything = list(range(1, count + 1))
+    if count <= 5:  # empty, or exactly one page
+        assert await page() == (everything, False)
+        assert await page(after_seq=0) == (everything, False)
+        assert await page(before_seq=count + 1) == (everything, False)
+        assert await page(before_seq=100) == (everything, False)
+    else:  # one more than a page
+        assert await page() == ([2, 3, 4, 5, 6], True)
+        assert await page(before_seq=100) == ([2, 3, 4, 5, 6], True)
+        assert await page(before_seq=7) == ([2, 3, 4, 5, 6], True)
+        assert await page(before_seq=6) == ([1, 2, 3, 4, 5], False)
+        assert await page(before_seq=2) == ([1], False)
+        assert await page(after_seq=0) == ([1, 2, 3, 4, 5], True)
+        assert await page(after_seq=1) == ([2, 3, 4, 5, 6], False)
+        assert await page(after_seq=5) == ([6], False)
+    assert await page(before_seq=1) == ([], False)
+    assert await page(after_seq=count) == ([], False)
+    assert await page(after_seq=100) == ([], False)
+
+
+# -- edit and delete --
+
+
+async def test_edit_changes_content_for_the_sender_only(store: Store) -> None:
+    message = await send(store, ALICE, "draft", client_msg_id="c-9")
+    assert await store.edit_message(ZOOLOGY, message["id"], BOB, "hijack") is None
+    assert await store.edit_message(ALGEBRA, message["id"], ALICE, "wrong group") is None
+    assert await store.edit_message(ZOOLOGY, str(ObjectId()), ALICE, "nothing") is None
+    edited = await store.edit_message(ZOOLOGY, message["id"], ALICE, "final")
+    assert edited is not None
+    assert edited["content"] == "final" and ISO_MS.match(edited["edited_at"] or "")
+    assert {**edited, "content": "draft", "edited_at": None} == message
+    assert await store.get_message(ZOOLOGY, message["id"]) == edited
+    assert await store.get_message(ALGEBRA, message["id"]) is None
+    assert (await store.get_messages(ZOOLOGY, limit=10))[0] == [edited]
+
+
+async def test_delete_leaves_a_tombstone(store: Store) -> None:
+    message = await send(store, ALICE, "oops", client_msg_id="c-2")
+    edited = await store.edit_message(ZOOLOGY, message["id"], ALICE, "oops!")
+    assert edited is not None
+    assert await store.delete_message(ZOOLOGY, message["id"], BOB) is None
+    assert await store.delete_message(ALGEBRA, message["id"], ALICE) is None
+    deleted = await store.delete_message(ZOOLOGY, message["id"], ALICE)
+    assert deleted == {**edited, "content": "", "deleted": True}
+    assert deleted["client_msg_id"] == "c-2" and deleted["edited_at"] == edited["edited_at"]
+    assert await store.delete_message(ZOOLOGY, message["id"], ALICE) is None
+    assert await store.edit_message(ZOOLOGY, message["id"], ALICE, "back") is None
+    assert await store.get_message(ZOOLOGY, message["id"]) == deleted
+    assert (await store.get_messages(ZOOLOGY, limit=10))[0] == [deleted]
+    # The seq stays taken, and a resend of the same client_msg_id still finds it.
+    assert await store.latest_seq(ZOOLOGY) == 1
+    again, duplicate = await store.add_message(
+        ZOOLOGY, sender_id=ALICE, sender_name="Alice", content="oops", client_msg_id="c-2"
+    )
+    assert duplicate is True and again == deleted
+
+
+# -- read markers --
+
+
+async def test_read_markers_never_move_back_and_clamp(store: Store) -> None:
+    state = await store.read_state(ZOOLOGY, ALICE)
+    assert (state.last_read_seq, state.unread_count) == (0, 0)
+    assert (await store.mark_read(ZOOLOGY, ALICE, 7)).last_read_seq == 0  # empty group
+    for sender in (BOB, BOB, ALICE, DAVE, BOB):
+        await send(store, sender)
+    state = await store.read_state(ZOOLOGY, ALICE)
+    assert (state.last_read_seq, state.unread_count) == (0, 4)
+    state = await store.mark_read(ZOOLOGY, ALICE, 3)
+    assert (state.last_read_seq, state.unread_count) == (3, 2)
+    state = await store.mark_read(ZOOLOGY, ALICE, 1)
+    assert (state.last_read_seq, state.unread_count) == (3, 2)
+    state = await store.mark_read(ZOOLOGY, ALICE, 2**53 - 1)
+    assert (state.last_read_seq, state.unread_count) == (5, 0)
+    other = await store.read_state(ZOOLOGY, BOB)
+    assert (other.last_read_seq, other.unread_count) == (0, 2)
+
+
+async def test_unread_leaves_out_own_and_deleted_messages(store: Store) -> None:
+    mine = await send(store, ALICE)
+    theirs = [await send(store, BOB) for _ in range(3)]
+    await store.delete_message(ZOOLOGY, theirs[1]["id"], BOB)
+    await store.delete_message(ZOOLOGY, mine["id"], ALICE)
+    assert (await store.read_state(ZOOLOGY, ALICE)).unread_count == 2
+    assert (await store.read_state(ZOOLOGY, DAVE)).unread_count == 2
+    assert (await store.read_state(ZOOLOGY, BOB)).unread_count == 0
+    assert (await store.mark_read(ZOOLOGY, DAVE, 3)).unread_count == 1
+
+
+# -- Mongo only --
+
+
+async def test_concurrent_writers_in_several_processes_get_exact_seqs(
+    mongo_uri: str, mongo_db_name: str
+) -> None:
+    """200 sends through 4 clients at once: seq 1..200, each once, never a gap in sight."""
+    await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
+    stores = [MongoStore(mongo_uri, mongo_db_name) for _ in range(4)]
+    for s in stores:
+        await s.open()
+    watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+    done = asyncio.Event()
+    snapshots = 0
+
+    async def watch() -> None:
+        # A higher seq must never be visible before a lower one.
+        nonlocal snapshots
+        collection = watcher[mongo_db_name].messages
+        while not done.is_set():
+            seen = [d["seq"] async for d in collection.find({}, {"seq": 1}).sort("seq", 1)]
+            assert seen == list(range(1, len(seen) + 1))
+            snapshots += 1
+            await asyncio.sleep(0.01)
+
+    watching = asyncio.create_task(watch())
+    try:
+        sends = [
+            stores[i % 4].add_message(
+                ZOOLOGY, sender_id=(ALICE, BOB)[i % 2], sender_name="x", content=f"m{i}",
+                client_msg_id=f"c-{i}",
+            )
+            for i in range(200)
+        ]
+        results = await asyncio.gather(*sends)
+        done.set()
+        await watching
+        assert sorted(m["seq"] for m, _dup in results) == list(range(1, 201))
+        assert not any(dup for _m, dup in results)
+        messages, has_more = await stores[0].get_messages(ZOOLOGY, limit=100, after_seq=100)
+        assert seqs(messages) == list(range(101, 201)) and has_more is False
+        assert {m["content"] for m in messages} <= {f"m{i}" for i in range(200)}
+        assert await stores[3].latest_seq(ZOOLOGY) == 200
+        assert snapshots > 0
+    finally:
+        done.set()
+        watching.cancel()
+        await watcher.close()
+        for s in stores:
+            await s.close()
+
+
+async def test_same_send_from_two_processes_is_stored_once(
+    mongo_uri: str, mongo_db_name: str
+) -> None:
+    await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
+    stores = [MongoStore(mongo_uri, mongo_db_name) for _ in range(3)]
+    for s in stores:
+        await s.open()
+    try:
+        results = await asyncio.gather(*(
+            s.add_message(ZOOLOGY, sender_id=ALICE, sender_name="A", content="once",
+                          client_msg_id="retry-1")
+            for s in stores for _ in range(3)
+        ))
+        assert len({m["id"] for m, _dup in results}) == 1
+        assert sorted(dup for _m, dup in results) == [False] + [True] * 8
+        assert await stores[0].latest_seq(ZOOLOGY) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def _explain_facts(explain: Any) -> tuple[set[str], set[str], int]:
+    """Stage names, index names and the most keys examined, wherever they sit.
+
+    SecantusDB answers in mongod 8.2's shape (``queryPlanner.winningPlan`` with
+    nested ``inputStage``s, ``executionStats.totalKeysExamined``); MongoDB
+    nests them differently for aggregations and the slot-based engine, so the
+    whole document is walked.
+    """
+    stages: set[str] = set()
+    indexes: set[str] = set()
+    keys = 0
+
+    def walk(node: Any) -> None:
+        nonlocal keys
+        if isinstance(node, dict):
+            if isinstance(node.get("stage"), str):
+                stages.add(node["stage"])
+            if isinstance(node.get("indexName"), str):
+                indexes.add(node["indexName"])
+            if isinstance(node.get("totalKeysExamined"), int):
+                keys = max(keys, node["totalKeysExamined"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(explain)
+    return stages, indexes, keys
+
+
+async def test_hot_queries_use_bounded_index_scans(mongo_uri: str, mongo_db_name: str) -> None:
+    """Every hot query is an index scan whose size does not grow with the group."""
+    await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
+    store = MongoStore(mongo_uri, mongo_db_name)
+    await store.open()
+    try:
+        total = 3 * PROBE
+        for i in range(total):
+            await send(store, (ALICE, BOB)[i % 2], client_msg_id=f"c-{i}")
+        await store.mark_read(ZOOLOGY, ALICE, total - 4)
+        gid, uid = ObjectId(ZOOLOGY), ObjectId(ALICE)
+        db = store._db
+        live, own = MongoStore.unread_filters(gid, uid, total - 4)
+
+        def count_pipeline(query: dict[str, Any]) -> dict[str, Any]:
+            # What count_documents sends.
+            return {"aggregate": "messages", "pipeline": [
+                {"$match": query}, {"$group": {"_id": 1, "n": {"$sum": 1}}}], "cursor": {}}
+
+        cases = [
+            # (what, explain, index, most keys it may examine)
+            ("latest page", await store.range_cursor(gid, total - 50, total).explain(),
+             SEQ_INDEX, 51),
+            ("before_seq page", await store.range_cursor(gid, 20, 70).explain(), SEQ_INDEX, 51),
+            ("after_seq page", await store.range_cursor(gid, 100, 151).explain(), SEQ_INDEX, 52),
+            ("top seq, range probe", await store.range_cursor(
+                gid, total - 10, total - 10 + PROBE, newest_first=True, limit=1).explain(),
+             SEQ_INDEX, PROBE + 1),
+            ("top seq, point probe", await store.seq_probe_cursor(gid, 77).explain(),
+             SEQ_INDEX, 2),
+            ("client_msg_id lookup", await db.messages.find(
+                _client_msg_filter(gid, uid, "c-10")).explain(), CLIENT_MSG_INDEX, 2),
+            ("unread: live above marker", await db.command("explain", count_pipeline(live)),
+             LIVE_INDEX, 5),
+            ("unread: own above marker", await db.command("explain", count_pipeline(own)),
+             OWN_LIVE_INDEX, 5),
+            ("read marker", await db.read_markers.find(
+                {"user_id": uid, "group_id": gid}).explain(), MARKER_INDEX, 2),
+        ]
+        for what, explain, index, max_keys in cases:
+            stages, indexes, keys = _explain_facts(explain)
+            assert "COLLSCAN" not in stages, (what, explain)
+            assert any("IXSCAN" in s or s == "COUNT_SCAN" for s in stages), (what, explain)
+            assert indexes == {index}, (what, explain)
+            assert keys <= max_keys, (what, keys, explain)
+    finally:
+        await store.close()
+
+
+async def test_unreachable_server_is_storage_unavailable(tmp_path: Path) -> None:
+    store = MongoStore(secantus_uri(free_port()), "nothing")
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="MONGODB_URI"):
+        await store.open()
+    assert time.monotonic() - started < 10
+    with pytest.raises(StorageUnavailable):
+        await store.ping()  # never opened
+
+
+async def test_store_survives_a_server_restart(tmp_path: Path) -> None:
+    server = SecantusProcess(tmp_path / "data")
+    server.start()
+    store = MongoStore(secantus_uri(server.port, serverSelectionTimeoutMS=1500), "chat")
+    try:
+        await seed_mongo(server.uri, "chat", USERS, GROUPS)
+        await store.open()
+        first = await send(store, ALICE, "before")
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            await store.ping()
+        assert time.monotonic() - started < 5
+        with pytest.raises(StorageUnavailable):
+            await send(store, ALICE, "while down")
+        with pytest.raises(StorageUnavailable):
+            await store.get_messages(ZOOLOGY, limit=10)
+        with pytest.raises(StorageUnavailable):
+            await store.list_groups(ALICE)
+        server.start()  # same port, same data
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await store.ping()
+                break
+            except StorageUnavailable:
+                assert time.monotonic() < deadline, "the store did not reconnect"
+                await asyncio.sleep(0.2)
+        second = await send(store, ALICE, "after")
+        assert second["seq"] == 2
+        assert (await store.get_messages(ZOOLOGY, limit=10))[0] == [first, second]
+    finally:
+        await store.close()
+        server.stop()
