@@ -1,0 +1,43 @@
+# `make test` installs what the tests need (Python packages into .venv, the
+# JavaScript client from the npm registry, Debian's chromium and redis-server
+# when missing), then runs the whole suite; the tests start their own
+# SecantusDB, redis-server and chat servers on free ports.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := chromium redis-server
+
+.PHONY: test deps system-deps python-deps js-deps demo soak bench
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: python-deps
+	$(PY) -m server --demo
+
+soak: deps
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: python-deps
+	bench/run
+
+deps: system-deps python-deps js-deps
+
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(PY):
+	python3 -m venv $(VENV)
+
+python-deps: $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+
+js-deps:
+	@command -v npm >/dev/null 2>&1 || { echo "npm is required (Debian: apt-get install nodejs npm)"; exit 1; }
+	cd tests/js && npm ci --no-audit --no-fund --silent
