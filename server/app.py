@@ -12,11 +12,15 @@ from aiohttp import web
 from handlers.auth import TokenConfig, TokenVerifier
 from handlers.chat import ChatService
 from handlers.events import ChatEvents
+from handlers.limits import LocalLimiter
 from storage import Store, make_store
 
 from . import http
 from .config import Settings
 from .demo import seed_demo
+from .logs import library_logger
+from .metrics import Metrics
+from .metrics import add_route as add_metrics_route
 from .keys import CHAT, EVENTS, SETTINGS, SIO, STORE, VERIFIER
 
 log = logging.getLogger(__name__)
@@ -60,14 +64,14 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
 
     manager = None
     if settings.redis_url:
-        manager = socketio.AsyncRedisManager(settings.redis_url, logger=log)
+        manager = socketio.AsyncRedisManager(settings.redis_url, logger=library_logger("socketio.redis"))
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_PACKET_BYTES,
-        logger=logging.getLogger("socketio.server"),
-        engineio_logger=logging.getLogger("engineio.server"),
+        logger=library_logger("socketio.server"),
+        engineio_logger=library_logger("engineio.server"),
     )
 
     verifier = TokenVerifier(
@@ -79,7 +83,8 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         )
     )
     chat = ChatService(storage)
-    events = ChatEvents(sio, chat, verifier)
+    metrics = Metrics()
+    events = ChatEvents(sio, chat, verifier, limiter=LocalLimiter(settings.rate_limits), observer=metrics)
     events.register()
 
     app = web.Application(client_max_size=MAX_PACKET_BYTES)
@@ -91,6 +96,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     app[VERIFIER] = verifier
     sio.attach(app)
     http.setup_routes(app, STATIC_DIR)
+    add_metrics_route(app, metrics)
     app.cleanup_ctx.append(_storage_lifecycle)
     app.on_shutdown.append(_close_transports)
     return app

@@ -7,8 +7,10 @@ keeps the two in step.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
+
+from handlers.limits import Bucket, RateLimits
 
 DEFAULT_PORT = 8000
 DEFAULT_DB = "learnify"
@@ -31,6 +33,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "CORS_ORIGINS": ("comma-separated extra origins allowed for Socket.IO and HTTP", "none"),
     "LOG_LEVEL": ("logging level", "`INFO`"),
     "LOG_FORMAT": ("`text` or `json` (one JSON object per line)", "`text`"),
+    "RATE_LIMIT_SEND_PER_S": ("`send_message` refill rate per user (0 turns the limit off)", "`20`"),
+    "RATE_LIMIT_SEND_BURST": ("`send_message` bucket size per user", "`200`"),
+    "RATE_LIMIT_EVENTS_PER_S": ("refill rate per user for every other event and HTTP request", "`50`"),
+    "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request", "`300`"),
+    "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
 }
 
 
@@ -48,7 +55,7 @@ class Settings:
     port: int = DEFAULT_PORT
     mongodb_uri: str = "memory://"
     mongodb_db: str = DEFAULT_DB
-    jwt_secret: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key: str | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_issuer: str | None = None
@@ -58,6 +65,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     demo: bool = False
+    rate_limits: RateLimits = RateLimits()
+    shutdown_grace_s: float = 20.0
 
     @property
     def jwt_key(self) -> str:
@@ -92,7 +101,25 @@ class Settings:
         if log_format not in ("text", "json"):
             problems.append(f"LOG_FORMAT must be 'text' or 'json', not {env['LOG_FORMAT']!r}")
 
+        numbers: dict[str, float] = {}
+        for name, default in (
+            ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
+            ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
+            ("SHUTDOWN_GRACE_S", 20.0),
+        ):
+            try:
+                numbers[name] = float(env.get(name, default))
+                if not 0 <= numbers[name] < 1e9:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{name} must be a non-negative number, not {env[name]!r}")
+                numbers[name] = default
         common = dict(
+            rate_limits=RateLimits(
+                send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
+                other=Bucket(numbers["RATE_LIMIT_EVENTS_PER_S"], int(numbers["RATE_LIMIT_EVENTS_BURST"])),
+            ),
+            shutdown_grace_s=numbers["SHUTDOWN_GRACE_S"],
             port=port,
             redis_url=env.get("REDIS_URL"),
             cors_origins=_split(env.get("CORS_ORIGINS")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,17 @@ def _api(handler):
     """The HTTP error boundary: the same envelope as acks, with matching status codes."""
 
     async def run(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
-            return await handler(request)
+            response, outcome = await handler(request), "ok"
         except ChatError as exc:
-            if exc.code != "unauthorized":
-                log.warning("refused %s %s code=%s", request.method, request.path, exc.code)
-            return error_response(exc)
+            log.warning("refused %s %s code=%s", request.method, request.path, exc.code)
+            response, outcome = error_response(exc), exc.code
         except StorageUnavailable as exc:
             log.error("storage unavailable during %s %s: %s", request.method, request.path, exc)
-            return error_response(ChatError("storage_unavailable"))
+            response, outcome = error_response(ChatError("storage_unavailable")), "storage_unavailable"
+        request.app[EVENTS].observer.event(f"http:{handler.__name__}", outcome, time.perf_counter() - started)
+        return response
 
     return run
 

@@ -32,8 +32,17 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # python-socketio and aiohttp log every event and request at INFO: quiet
-    # unless debugging (they would also repeat message content at INFO).
-    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
-    for name in ("socketio.server", "engineio.server", "aiohttp.access"):
-        logging.getLogger(name).setLevel(quiet)
+    # aiohttp's access log would add a line per long-poll request.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class LibraryLogger(logging.LoggerAdapter):
+    """python-socketio and python-engineio log every packet (content, tokens) at
+    INFO; demote that to DEBUG so nothing a user wrote reaches INFO logs."""
+
+    def info(self, msg, *args, **kwargs):
+        self.debug(msg, *args, **kwargs)
+
+
+def library_logger(name: str) -> LibraryLogger:
+    return LibraryLogger(logging.getLogger(name), {})

@@ -1,0 +1,55 @@
+"""Prometheus metrics, one registry per application (tests build many apps)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from handlers.events import Observer
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics(Observer):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connected = Gauge("chat_connected_clients", "Authenticated Socket.IO connections on this node.", registry=r)
+        self.joined = Gauge("chat_joined_rooms", "Group rooms joined by connections on this node.", registry=r)
+        self.events = Counter("chat_events", "Client events handled, by event name and outcome code.",
+                              ["event", "outcome"], registry=r)
+        self.event_seconds = Histogram("chat_event_duration_seconds", "Time to answer a client event.",
+                                       ["event"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stored_seconds = Histogram("chat_send_stored_seconds", "send_message: received to stored.",
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.broadcast_seconds = Histogram("chat_send_broadcast_seconds",
+                                        "send_message: received to broadcast handed to every recipient.",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.storage_errors = Counter("chat_storage_errors", "Operations refused as storage_unavailable.",
+                                      registry=r)
+        self.rate_limited = Counter("chat_rate_limited", "Requests refused as rate_limited.", registry=r)
+
+    def event(self, event: str, outcome: str, seconds: float) -> None:
+        self.events.labels(event, outcome).inc()
+        self.event_seconds.labels(event).observe(seconds)
+        if outcome == "storage_unavailable":
+            self.storage_errors.inc()
+        elif outcome == "rate_limited":
+            self.rate_limited.inc()
+
+    def connections(self, delta: int) -> None:
+        self.connected.inc(delta)
+
+    def rooms(self, delta: int) -> None:
+        self.joined.inc(delta)
+
+    def send_stored(self, seconds: float) -> None:
+        self.stored_seconds.observe(seconds)
+
+    def send_broadcast(self, seconds: float) -> None:
+        self.broadcast_seconds.observe(seconds)
+
+
+def add_route(app: web.Application, metrics: Metrics) -> None:
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
