@@ -85,6 +85,10 @@ class ChatEvents:
         self.connections: dict[str, Connection] = {}
         self._group_locks: dict[str, list] = {}
         self._in_flight: set[asyncio.Task] = set()
+        self._handling = 0  # events being handled now
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closing = False
 
     def register(self) -> None:
         self.sio.on("connect", self.connect)
@@ -155,7 +159,11 @@ class ChatEvents:
             started = time.perf_counter()
             conn = self.connections.get(sid)
             group_id = None
+            self._handling += 1
+            self._idle.clear()
             try:
+                if self.closing:
+                    raise ChatError("storage_unavailable", "The server is restarting; send again after reconnecting.")
                 if conn is None:
                     raise ChatError("unauthorized", "The connection is not signed in.")
                 retry_after = await self.limiter.check(conn.user_id, event)
@@ -176,6 +184,10 @@ class ChatEvents:
             except Exception:
                 log.exception("internal error in %s sid=%s", event, sid)
                 result, outcome = ChatError("internal").envelope(), "internal"
+            finally:
+                self._handling -= 1
+                if not self._handling:
+                    self._idle.set()
             if outcome != "ok" and outcome != "storage_unavailable":
                 log.warning(
                     "refused %s sid=%s user=%s group=%s code=%s",
@@ -317,10 +329,23 @@ class ChatEvents:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def drain(self) -> None:
-        """Wait for scheduled broadcasts (used at shutdown)."""
-        while self._in_flight:
-            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+    async def quiesce(self, timeout: float) -> bool:
+        """Refuse new events, then wait up to ``timeout`` for the ones in flight
+        and their broadcasts; ``True`` when everything finished."""
+        self.closing = True
+
+        async def settle() -> None:
+            while self._handling or self._in_flight:
+                await self._idle.wait()
+                if self._in_flight:
+                    await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+
+        try:
+            await asyncio.wait_for(settle(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            log.warning("shutdown: %d events still in flight after %.1f s", self._handling, timeout)
+            return False
 
     async def _leave_room(self, conn: Connection, group_id: str, *, announce: bool = True) -> None:
         if group_id not in conn.groups:

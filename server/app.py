@@ -110,11 +110,12 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_transports(app: web.Application) -> None:
-    """Runs before aiohttp waits for open requests: end every Engine.IO session
-    at the transport level (clients reconnect by themselves), after scheduled
-    broadcasts went out."""
+    """Graceful shutdown, after aiohttp stopped accepting connections: finish
+    the events in flight (stored and acked, or refused), then end every
+    Engine.IO session at the transport level so standard clients reconnect by
+    themselves (a Socket.IO disconnect would tell them not to)."""
     sio = app[SIO]
-    await app[EVENTS].drain()
+    await app[EVENTS].quiesce(app[SETTINGS].shutdown_grace_s)
     if sio.eio.sockets:
         await sio.eio.disconnect()
     await sio.shutdown()
