@@ -1,0 +1,89 @@
+"""Settings, the command line and the README's settings table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from handlers.auth import TokenConfig, TokenVerifier
+from server.config import SETTINGS, ConfigError, Settings
+from tests.support.chat import ANA, SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], cwd=ROOT, env={**clean, **(env or {})},
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_missing_settings_are_all_named():
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({})
+    assert "MONGODB_URI" in str(err.value) and "JWT_SECRET" in str(err.value)
+
+
+def test_contradictory_jwt_settings():
+    with pytest.raises(ConfigError, match="JWT_SECRET and JWT_PUBLIC_KEY"):
+        Settings.from_env({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "JWT_PUBLIC_KEY": "pem"})
+
+
+def test_values_and_defaults():
+    s = Settings.from_env({"MONGODB_URI": "mongodb://h:1/school?x=1", "JWT_SECRET": SECRET, "PORT": "9001",
+                           "CORS_ORIGINS": "https://a.example, https://b.example"})
+    assert (s.port, s.host, s.mongodb_db) == (9001, "0.0.0.0", "school")
+    assert s.cors_origins == ("https://a.example", "https://b.example")
+    assert s.jwt_algorithms == ("HS256",) and s.redis_url is None
+    s = Settings.from_env({"MONGODB_URI": "mongodb://h:1/school", "MONGODB_DB": "other", "JWT_SECRET": SECRET})
+    assert s.mongodb_db == "other"
+    assert Settings.from_env({"MONGODB_URI": "mongodb://h", "JWT_SECRET": SECRET}).mongodb_db == "learnify"
+    with pytest.raises(ConfigError, match="PORT"):
+        Settings.from_env({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "PORT": "http"})
+
+
+def test_demo_ignores_storage_and_jwt_settings():
+    s = Settings.from_env({"MONGODB_URI": "mongodb://elsewhere", "JWT_SECRET": SECRET, "PORT": "9002"}, demo=True)
+    assert s.demo and s.mongodb_uri == "memory://" and s.host == "127.0.0.1" and s.port == 9002
+    assert s.jwt_secret != SECRET and len(s.jwt_secret) >= 32
+    assert Settings.from_env({}, demo=True).jwt_secret != s.jwt_secret  # a fresh key every run
+
+
+def test_secrets_stay_out_of_reprs():
+    s = Settings.from_env({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET})
+    assert SECRET not in repr(s)
+
+
+def test_readme_settings_table_matches_the_code():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.M))
+    assert documented == set(SETTINGS)
+
+
+def test_serving_without_settings_exits_naming_them():
+    result = run_cli()
+    assert result.returncode != 0
+    assert "MONGODB_URI" in result.stderr and "JWT_SECRET" in result.stderr
+
+
+def test_token_command_prints_a_token_the_server_accepts():
+    result = run_cli("token", ANA.upper(), "--ttl", "120", env={"JWT_SECRET": SECRET})
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    verifier = TokenVerifier(TokenConfig(SECRET))
+    assert verifier.verify(token) == ANA
+    assert run_cli("token", "not-an-id", env={"JWT_SECRET": SECRET}).returncode != 0
+    assert "JWT_SECRET" in run_cli("token", ANA).stderr
+
+
+def test_token_command_includes_issuer_and_audience():
+    env = {"JWT_SECRET": SECRET, "JWT_ISSUER": "learnify", "JWT_AUDIENCE": "chat"}
+    token = run_cli("token", ANA, env=env).stdout.strip()
+    assert TokenVerifier(TokenConfig(SECRET, issuer="learnify", audience="chat")).verify(token) == ANA
