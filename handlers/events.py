@@ -358,6 +358,17 @@ class ChatEvents:
         if last and announce:
             await self._emit_presence(conn, group_id, online=False)
 
+    async def announce_offline(self, group_id: str, user_id: str) -> None:
+        """Tell a room that a user of a dead node is gone (found by the presence sweep)."""
+        name = user_id
+        try:
+            user = await self.store.get_user(user_id)
+            name = user.name if user else user_id
+        except StorageUnavailable:
+            pass
+        payload = {"group_id": group_id, "user_id": user_id, "name": name, "online": False}
+        await self.sio.emit("presence", payload, room=group_id)
+
     async def _emit_presence(self, conn: Connection, group_id: str, *, online: bool) -> None:
         payload = {
             "group_id": group_id,

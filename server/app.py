@@ -13,6 +13,7 @@ from handlers.auth import TokenConfig, TokenVerifier
 from handlers.chat import ChatService
 from handlers.events import ChatEvents
 from handlers.limits import LocalLimiter
+from handlers.live import LocalPresence
 from storage import Store, make_store
 
 from . import http
@@ -21,7 +22,8 @@ from .demo import seed_demo
 from .logs import library_logger
 from .metrics import Metrics
 from .metrics import add_route as add_metrics_route
-from .keys import CHAT, EVENTS, SETTINGS, SIO, STORE, VERIFIER
+from .cluster import Cluster
+from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,12 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         if settings.demo:
             seed_demo(storage)
 
-    manager = None
+    cluster = None
     if settings.redis_url:
-        manager = socketio.AsyncRedisManager(settings.redis_url, logger=library_logger("socketio.redis"))
+        cluster = Cluster(settings.redis_url, settings.rate_limits, settings.presence_ttl_s)
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
-        client_manager=manager,
+        client_manager=cluster.manager if cluster else None,
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_PACKET_BYTES,
         logger=library_logger("socketio.server"),
@@ -84,7 +86,14 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     )
     chat = ChatService(storage)
     metrics = Metrics()
-    events = ChatEvents(sio, chat, verifier, limiter=LocalLimiter(settings.rate_limits), observer=metrics)
+    events = ChatEvents(
+        sio,
+        chat,
+        verifier,
+        presence=cluster.presence if cluster else LocalPresence(),
+        limiter=cluster.limiter if cluster else LocalLimiter(settings.rate_limits),
+        observer=metrics,
+    )
     events.register()
 
     app = web.Application(client_max_size=MAX_PACKET_BYTES)
@@ -94,6 +103,8 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     app[EVENTS] = events
     app[CHAT] = chat
     app[VERIFIER] = verifier
+    if cluster:
+        app[CLUSTER] = cluster
     sio.attach(app)
     http.setup_routes(app, STATIC_DIR)
     add_metrics_route(app, metrics)
@@ -105,8 +116,14 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
 async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
-    yield
-    await store.close()
+    try:
+        if CLUSTER in app:
+            async for _ in app[CLUSTER].lifecycle(app[EVENTS]):
+                yield
+        else:
+            yield
+    finally:
+        await store.close()
 
 
 async def _close_transports(app: web.Application) -> None:

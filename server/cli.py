@@ -16,6 +16,7 @@ from storage import StorageUnavailable
 
 from . import logs
 from .app import create_app
+from .cluster import StartupError
 from .config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def serve(settings: Settings) -> int:
     try:
         web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S,
                     print=None, access_log=None)
-    except StorageUnavailable as exc:
-        print(f"error: cannot reach MongoDB at MONGODB_URI: {exc}", file=sys.stderr)
+    except (StorageUnavailable, StartupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

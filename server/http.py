@@ -17,7 +17,7 @@ from handlers.auth import bearer
 from handlers.errors import ChatError, invalid
 from storage.base import ID_RE, StorageUnavailable
 
-from .keys import CHAT, EVENTS, SETTINGS, STORE, VERIFIER
+from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, STORE, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,12 @@ async def readyz(request: web.Request) -> web.Response:
         checks["storage"] = "ok"
     except (StorageUnavailable, asyncio.TimeoutError, OSError) as exc:
         checks["storage"] = f"unavailable: {exc or type(exc).__name__}"
+    if CLUSTER in request.app:
+        try:
+            await asyncio.wait_for(request.app[CLUSTER].ping(), READY_TIMEOUT_S)
+            checks["redis"] = "ok"
+        except (StorageUnavailable, asyncio.TimeoutError, OSError) as exc:
+            checks["redis"] = f"unavailable: {exc or type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response({"ok": ready, "checks": checks}, status=200 if ready else 503)
 

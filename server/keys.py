@@ -10,6 +10,7 @@ from handlers.chat import ChatService
 from handlers.events import ChatEvents
 from storage import Store
 
+from .cluster import Cluster
 from .config import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -18,3 +19,4 @@ SIO = web.AppKey("sio", socketio.AsyncServer)
 EVENTS = web.AppKey("events", ChatEvents)
 CHAT = web.AppKey("chat", ChatService)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
+CLUSTER = web.AppKey("cluster", Cluster)

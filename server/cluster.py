@@ -1,0 +1,71 @@
+"""Several nodes: the Redis message queue, shared presence and rate limits,
+and the heartbeat that keeps this node's presence alive in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from handlers.events import ChatEvents
+from handlers.fanout import ChatRedisManager
+from handlers.limits import LocalLimiter, RateLimits
+from storage.shared_state import RedisConnection, RedisLimiter, RedisPresence
+
+from .logs import library_logger
+
+log = logging.getLogger(__name__)
+
+
+class Cluster:
+    def __init__(self, redis_url: str, limits: RateLimits, presence_ttl_s: float) -> None:
+        self.connection = RedisConnection(redis_url)
+        self.manager = ChatRedisManager(
+            redis_url,
+            logger=library_logger("socketio.redis"),
+            redis_options={"socket_connect_timeout": 2},
+        )
+        self.presence = RedisPresence(self.connection, self.manager.host_id, presence_ttl_s)
+        self.limiter = RedisLimiter(self.connection, limits, LocalLimiter(limits))
+        self.interval_s = presence_ttl_s / 3
+
+    async def ping(self) -> None:
+        await self.connection.ping()
+
+    async def lifecycle(self, events: ChatEvents) -> AsyncIterator[None]:
+        try:
+            await self.connection.open()
+        except Exception as exc:
+            await self.connection.close()
+            raise StartupError(f"cannot reach Redis at REDIS_URL: {exc}") from exc
+        task = asyncio.ensure_future(self._heartbeat(events))
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self.manager.close()
+            await self.connection.close()
+
+    async def _heartbeat(self, events: ChatEvents) -> None:
+        """Refresh this node's entries; announce users of dead nodes offline."""
+        healthy = True
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.presence.heartbeat()
+                for group_id, user_id in await self.presence.sweep():
+                    await events.announce_offline(group_id, user_id)
+                if not healthy:
+                    log.warning("Redis is back; presence restored")
+                healthy = True
+            except Exception as exc:  # keep serving local clients meanwhile
+                if healthy:
+                    log.error("Redis unavailable for presence heartbeat: %s", exc)
+                healthy = False
+
+
+class StartupError(Exception):
+    """A dependency named in the settings cannot be reached at start."""

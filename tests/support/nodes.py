@@ -1,0 +1,77 @@
+"""Chat server nodes as real processes (``python -m server``), for multi-node and fault tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from server.config import SETTINGS
+
+from .redis import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Node:
+    """One server process on its own port."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.name = name
+        self.env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+        self.env.update(env, PORT=str(self.port), HOST="127.0.0.1")
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> "Node":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log()[-3000:]}")
+            if self.status("/readyz") == 200:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready: {self.log()[-3000:]}")
+
+    def status(self, path: str) -> int | None:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+        except OSError:
+            return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
