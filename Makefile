@@ -1,10 +1,9 @@
 # `make test` installs what the tests need (Python packages into .venv, the
-# JavaScript client from the npm registry, Debian's chromium and redis-server
-# when missing), then runs the whole suite; the tests start their own
+# JavaScript client from the npm registry, Debian's chromium, redis-server and
+# nginx when missing), then runs the whole suite; the tests start their own
 # SecantusDB, redis-server and chat servers on free ports.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := chromium redis-server
 
 .PHONY: test deps system-deps python-deps js-deps demo soak bench
 
@@ -26,6 +25,7 @@ system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \

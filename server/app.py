@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping
@@ -133,6 +134,12 @@ async def _close_transports(app: web.Application) -> None:
     themselves (a Socket.IO disconnect would tell them not to)."""
     sio = app[SIO]
     await app[EVENTS].quiesce(app[SETTINGS].shutdown_grace_s)
-    if sio.eio.sockets:
-        await sio.eio.disconnect()
+    # wait=False: a polling client between two requests may never poll again
+    # (the listener is already closed); its CLOSE packet waits in the queue
+    # and aiohttp's shutdown timeout ends what is still open.
+    sockets = list(sio.eio.sockets.values())
+    await asyncio.gather(
+        *(s.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT) for s in sockets),
+        return_exceptions=True,
+    )
     await sio.shutdown()

@@ -48,11 +48,12 @@ def start_nodes(seeded_db, redis_server, tmp_path):
 async def clients():
     made: list[socketio.AsyncClient] = []
 
-    async def _connect(node: Node, user_id: str) -> ChatClient:
+    async def _connect(node: Node, user_id: str, transports=("websocket",)) -> ChatClient:
         sio = socketio.AsyncClient(reconnection=False)
         made.append(sio)
         client = ChatClient(sio, user_id)
-        await sio.connect(node.url, auth={"token": make_token(user_id)}, transports=["websocket"], wait_timeout=10)
+        await sio.connect(node.url, auth={"token": make_token(user_id)}, transports=list(transports),
+                          wait_timeout=10)
         return client
 
     yield _connect
