@@ -2,11 +2,15 @@
 
 Needs Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium chromium-driver`);
 a missing browser fails the tests with that hint instead of skipping them.
-Screenshots land in tests/artifacts/; the chat view one is also docs/screenshot.png.
+Screenshots land in tests/artifacts/ (gitignored). The chat view one is copied to
+docs/screenshot.png, the README's, when that file is missing or UPDATE_SCREENSHOT=1 is set,
+so that a test run does not dirty the work tree.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -15,14 +19,15 @@ from playwright.async_api import expect
 
 from server.demo import ANA, JUAN, LUCIA, MEI
 from server.keys import VERIFIER
+from storage.base import StorageUnavailable
 from tests.support.browser import (  # noqa: F401  (fixtures)
     TIMEOUT_MS,
     browser,
     demo_app,
+    demo_server,
+    demo_store,
     open_page,
-    server,
     sign_in_demo,
-    store,
 )
 
 pytestmark = pytest.mark.browser
@@ -48,9 +53,9 @@ async def expect_exactly(chat, contents: list[str]) -> None:
     assert [m["content"] for m in shown] == contents
 
 
-async def test_two_users_exchange_messages_both_ways(browser, server, store):
-    ana = await sign_in_demo(browser, server, ANA)
-    juan = await sign_in_demo(browser, server, JUAN)
+async def test_two_users_exchange_messages_both_ways(browser, demo_server, demo_store):
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    juan = await sign_in_demo(browser, demo_server, JUAN)
     await expect(ana.hook("current-user")).to_have_text("Ana García")
 
     # The group list, with unread counts: Mei's and Juan's seeded messages.
@@ -62,7 +67,7 @@ async def test_two_users_exchange_messages_both_ways(browser, server, store):
     await juan.open_group(CALCULUS)
     await expect(ana.hook("group-name")).to_have_text("Calculus I")
     for chat in (ana, juan):
-        await expect_exactly(chat, await stored_contents(store, CALCULUS))
+        await expect_exactly(chat, await stored_contents(demo_store, CALCULUS))
     first = (await ana.shown())[0]
     assert first["sender"] == "Ana García" and first["time"]
     # Opening the group marks it read.
@@ -72,12 +77,17 @@ async def test_two_users_exchange_messages_both_ways(browser, server, store):
     await expect(ana.hook("online").get_by_test_id("online-user").filter(has_text="Juan Pérez")).to_be_visible()
     await expect(juan.hook("online").get_by_test_id("online-user").filter(has_text="Ana García")).to_be_visible()
 
-    # Ana types: Juan sees it, then her message once it is sent with Enter.
+    # Ana types: Juan sees it; she looks away (blur): he sees her stop well before
+    # the 6 s expiry; she types again, and sends with Enter.
     box = ana.hook("message-input")
     await box.click()
     await box.press_sequentially("Hola Juan, ¿estudiamos")
     await expect(juan.hook("typing")).to_have_text("Ana García is typing…")
+    await ana.hook("group-name").click()
+    await expect(juan.hook("typing")).to_have_text("", timeout=3000)
+    await box.click()
     await box.press_sequentially(" mañana?")
+    await expect(juan.hook("typing")).to_have_text("Ana García is typing…")
     await box.press("Enter")
     await expect(box).to_have_value("")
     for chat in (ana, juan):
@@ -91,8 +101,9 @@ async def test_two_users_exchange_messages_both_ways(browser, server, store):
         await expect(chat.message(5)).to_contain_text("Sí, a las 10 en la biblioteca.")
         await expect(chat.message(5).get_by_test_id("message-sender")).to_have_text("Juan Pérez")
 
-    await ana.send("Perfecto, hasta mañana 👋")
-    contents = await stored_contents(store, CALCULUS)
+    await ana.send("¡Perfecto, hasta mañana!")
+    await expect(ana.message(6)).to_have_attribute("data-pending", "false")
+    contents = await stored_contents(demo_store, CALCULUS)
     assert len(contents) == 6
     for chat in (ana, juan):
         await expect_exactly(chat, contents)
@@ -101,18 +112,19 @@ async def test_two_users_exchange_messages_both_ways(browser, server, store):
     await juan.hook("message-input").press_sequentially("Traigo mis apuntes")
     await expect(ana.hook("typing")).to_have_text("Juan Pérez is typing…")
     shot = await ana.screenshot("chat-view.png")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, SCREENSHOT)
+    if os.environ.get("UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists():
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
     await juan.screenshot("chat-view-juan.png")
     assert not ana.errors and not juan.errors
 
 
-async def test_html_in_messages_renders_as_text(browser, server, store):
-    store.seed_message(
+async def test_html_in_messages_renders_as_text(browser, demo_server, demo_store):
+    demo_store.seed_message(
         CALCULUS, sender_id=MEI, sender_name="<b>Mei</b><img src=x onerror=alert(2)>", content="<i>seeded</i>"
     )
-    ana = await sign_in_demo(browser, server, ANA)
-    juan = await sign_in_demo(browser, server, JUAN)
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    juan = await sign_in_demo(browser, demo_server, JUAN)
     await ana.open_group(CALCULUS)
     await juan.open_group(CALCULUS)
 
@@ -139,11 +151,11 @@ async def test_html_in_messages_renders_as_text(browser, server, store):
         assert not chat.errors
 
 
-async def test_older_history_loads_on_scrolling_up(browser, server, store):
+async def test_older_history_loads_on_scrolling_up(browser, demo_server, demo_store):
     for n in range(1, 121):
-        store.seed_message(CALCULUS, sender_id=JUAN, sender_name="Juan Pérez", content=f"note {n}")
+        demo_store.seed_message(CALCULUS, sender_id=JUAN, sender_name="Juan Pérez", content=f"note {n}")
     total = 123
-    mei = await sign_in_demo(browser, server, MEI)
+    mei = await sign_in_demo(browser, demo_server, MEI)
     await mei.open_group(CALCULUS)
 
     # The latest page first, scrolled to the newest message.
@@ -158,15 +170,15 @@ async def test_older_history_loads_on_scrolling_up(browser, server, store):
         before = await mei.messages.count()
         await mei.hook("messages").evaluate("el => { el.scrollTop = 0; }")
         await expect(mei.messages).not_to_have_count(before)
-    await expect_exactly(mei, await stored_contents(store, CALCULUS))
+    await expect_exactly(mei, await stored_contents(demo_store, CALCULUS))
     await expect(mei.hook("load-older")).to_be_hidden()
     await expect(mei.page.get_by_text("This is the beginning of the conversation.")).to_be_visible()
     await mei.screenshot("history-top.png")
 
 
-async def test_forced_disconnect_catches_up_without_gaps_or_doubles(browser, server, store):
-    ana = await sign_in_demo(browser, server, ANA)
-    juan = await sign_in_demo(browser, server, JUAN)
+async def test_forced_disconnect_catches_up_without_gaps_or_doubles(browser, demo_server, demo_store):
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    juan = await sign_in_demo(browser, demo_server, JUAN)
     await ana.open_group(CALCULUS)
     await juan.open_group(CALCULUS)
 
@@ -185,7 +197,7 @@ async def test_forced_disconnect_catches_up_without_gaps_or_doubles(browser, ser
     await juan.send("while you were away 1")
     await expect(juan.message(4)).to_be_visible()
     for n in range(130):
-        store.seed_message(CALCULUS, sender_id=MEI, sender_name="Mei Chen", content=f"backlog {n}")
+        demo_store.seed_message(CALCULUS, sender_id=MEI, sender_name="Mei Chen", content=f"backlog {n}")
     await juan.send("while you were away 2")
     await expect(juan.message(135)).to_contain_text("while you were away 2")
 
@@ -193,7 +205,7 @@ async def test_forced_disconnect_catches_up_without_gaps_or_doubles(browser, ser
     await expect(ana.hook("connection-state")).to_have_text("connected", timeout=30_000)
     await expect(offline_message).to_have_attribute("data-pending", "false")
 
-    contents = await stored_contents(store, CALCULUS)
+    contents = await stored_contents(demo_store, CALCULUS)
     assert contents.count("written while offline") == 1
     assert len(contents) == 136
     for chat in (ana, juan):
@@ -202,8 +214,44 @@ async def test_forced_disconnect_catches_up_without_gaps_or_doubles(browser, ser
     assert not ana.errors and not juan.errors
 
 
-async def test_non_member_join_shows_the_refusal(browser, server):
-    juan = await sign_in_demo(browser, server, JUAN)
+async def test_a_send_is_resent_with_its_id_until_stored_and_shown_once(browser, demo_server, demo_store):
+    # The store fails the first attempt, and is slower than the page's ack timeout
+    # on the second: the page must resend (same client_msg_id) and show one message.
+    attempts: list[str] = []
+    add_message = demo_store.add_message
+
+    async def flaky_add_message(group_id, **fields):
+        attempts.append(fields["client_msg_id"])
+        if len(attempts) == 1:
+            raise StorageUnavailable("primary stepped down")
+        if len(attempts) == 2:
+            await asyncio.sleep(1.5)
+        return await add_message(group_id, **fields)
+
+    demo_store.add_message = flaky_add_message
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    juan = await sign_in_demo(browser, demo_server, JUAN)
+    await ana.open_group(CALCULUS)
+    await juan.open_group(CALCULUS)
+    await ana.page.evaluate("studyChat.state.conn.ackTimeoutMs = 500")
+
+    await ana.send("resent until stored")
+    sent = ana.message_with("resent until stored")
+    await expect(sent).to_have_attribute("data-pending", "true")
+    await expect(sent).to_have_attribute("data-seq", "4")
+    await expect(sent).to_have_attribute("data-pending", "false")
+    await juan.page.wait_for_timeout(500)  # time for a stray second copy to show up
+
+    assert len(attempts) >= 3 and len(set(attempts)) == 1, attempts
+    contents = await stored_contents(demo_store, CALCULUS)
+    assert contents.count("resent until stored") == 1
+    for chat in (ana, juan):
+        await expect_exactly(chat, contents)
+    await expect(ana.hook("error")).to_be_hidden()
+
+
+async def test_non_member_join_shows_the_refusal(browser, demo_server):
+    juan = await sign_in_demo(browser, demo_server, JUAN)
     await juan.open_group(CALCULUS)
 
     join = juan.hook("join-input")
@@ -226,7 +274,7 @@ async def test_non_member_join_shows_the_refusal(browser, server):
     await join.press("Enter")
     await expect(juan.hook("error")).to_be_hidden()
 
-    lucia = await sign_in_demo(browser, server, LUCIA)
+    lucia = await sign_in_demo(browser, demo_server, LUCIA)
     await expect(lucia.page.get_by_text("You are not in any study group yet.")).to_be_visible()
     await expect(lucia.hook("group")).to_have_count(0)
     await lucia.hook("join-input").fill(CALCULUS)
@@ -235,9 +283,9 @@ async def test_non_member_join_shows_the_refusal(browser, server):
     await expect(lucia.page.locator('[data-testid="message"]')).to_have_count(0)
 
 
-async def test_edit_and_delete_own_messages(browser, server):
-    ana = await sign_in_demo(browser, server, ANA)
-    juan = await sign_in_demo(browser, server, JUAN)
+async def test_edit_and_delete_own_messages(browser, demo_server):
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    juan = await sign_in_demo(browser, demo_server, JUAN)
     await ana.open_group(CALCULUS)
     await juan.open_group(CALCULUS)
 
@@ -267,8 +315,8 @@ async def test_edit_and_delete_own_messages(browser, server):
     assert not ana.errors and not juan.errors
 
 
-async def test_token_sign_in(browser, server, demo_app):
-    chat = await open_page(browser, server)
+async def test_token_sign_in(browser, demo_server, demo_app):
+    chat = await open_page(browser, demo_server)
     await chat.hook("token-input").fill("not-a-token")
     await chat.hook("token-input").press("Enter")
     await expect(chat.hook("error")).to_contain_text("Sign-in refused")

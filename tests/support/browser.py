@@ -46,20 +46,23 @@ def demo_app() -> web.Application:
 
 
 @pytest.fixture
-def store(demo_app: web.Application) -> MemoryStore:
+def demo_store(demo_app: web.Application) -> MemoryStore:
+    """The demo app's embedded store, for seeding messages behind the page's back."""
     store = demo_app[STORE]
     assert isinstance(store, MemoryStore)
     return store
 
 
 @pytest.fixture
-async def server(aiohttp_server, demo_app: web.Application) -> TestServer:
+async def demo_server(aiohttp_server, demo_app: web.Application) -> TestServer:
     """The demo app served on a free port of 127.0.0.1."""
     return await aiohttp_server(demo_app, host="127.0.0.1")
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+async def browser(demo_server: TestServer) -> AsyncIterator[Browser]:
+    """Headless Chromium; it needs ``demo_server`` only to be closed before the server stops,
+    so that no open connection holds up the server's shutdown."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"Chromium is not installed at {CHROMIUM}; the browser tests need Debian's chromium: "

@@ -1,0 +1,551 @@
+// The bundled test page: sign-in, the group list, the open group, the composer.
+// It is also the reference client of the wire contract: every protocol rule it
+// follows is commented where it is applied. Automation drives it through the
+// data-testid attributes.
+
+import { Connection, Outbox } from "./client.js";
+import { People, TypingAnnouncer } from "./people.js";
+import { demoToken, demoUsers, forgetSession, saveSession, savedSession, tokenSubject } from "./session.js";
+import { Timeline, el } from "./timeline.js";
+
+const PAGE_SIZE = 50;
+const CATCH_UP_PAGE = 100; // the protocol's largest `limit`
+const MAX_CONTENT = 4000; // code points
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  signIn: $("sign-in"), chat: $("chat"),
+  demoSection: $("demo-section"), demoUser: $("demo-user"), demoSignIn: $("demo-sign-in"),
+  tokenForm: $("token-form"), tokenInput: $("token-input"),
+  me: $("me"), state: $("connection-state"), reconnect: $("reconnect"), signOut: $("sign-out"),
+  errorBar: $("error-bar"), error: $("error"), errorDismiss: $("error-dismiss"),
+  groups: $("groups"), noGroups: $("no-groups"), joinForm: $("join-form"), joinInput: $("join-input"),
+  groupName: $("group-name"), groupId: $("group-id"), placeholder: $("placeholder"),
+  scroller: $("scroller"), historyTop: $("history-top"), loadOlder: $("load-older"), historyStart: $("history-start"),
+  composer: $("composer"), input: $("message-input"), send: $("send"), editBanner: $("edit-banner"),
+};
+
+const state = {
+  demo: false, // the server offers the demo sign-in
+  demoUser: null, // signed in through the demo picker: the token can be renewed
+  me: null, // our user id: the token's `sub`
+  conn: null,
+  outbox: null,
+  everConnected: false,
+  tokenRenewedAt: 0,
+  groups: [], // the list_groups answer
+  view: null, // the open group's Timeline
+  joining: null, // the Timeline being joined: it collects events until its ack
+  editing: null, // the message being edited
+};
+const people = new People($("online"), $("typing"));
+people.onMyName = (name) => { ui.me.textContent = name; };
+const typing = new TypingAnnouncer((groupId, isTyping) => state.conn?.notify("typing", { group_id: groupId, is_typing: isTyping }));
+
+// -- errors and connection state --
+
+function showError(text) {
+  ui.error.textContent = text;
+  ui.errorBar.hidden = false;
+}
+
+function clearError() {
+  ui.error.textContent = "";
+  ui.errorBar.hidden = true;
+}
+
+const describe = (err) => (typeof err.describe === "function" ? err.describe() : String(err.message || err));
+
+/** "connected", "reconnecting" (the client retries by itself) or "disconnected". */
+function setConnectionState(text, reason = "") {
+  ui.state.textContent = text;
+  ui.state.dataset.state = text;
+  ui.state.title = reason; // e.g. "transport close", "xhr poll error"
+  ui.reconnect.hidden = text !== "disconnected" || !state.conn;
+}
+
+// -- sign-in --
+
+async function offerDemoUsers() {
+  const users = await demoUsers();
+  if (!users) return; // not a --demo server: the token field is the way in
+  for (const user of users) {
+    people.learn(user.id, user.name);
+    ui.demoUser.append(el("option", { value: user.id }, user.name));
+  }
+  state.demo = true;
+  ui.demoSection.hidden = false;
+}
+
+function signIn(token, demoUser = null) {
+  clearError();
+  state.demoUser = demoUser;
+  state.me = people.me = tokenSubject(token);
+  saveSession(token, demoUser);
+  ui.me.textContent = people.nameOf(state.me);
+  ui.signIn.hidden = true;
+  ui.chat.hidden = false;
+  ui.signOut.hidden = false;
+  state.conn = new Connection(token, { state: setConnectionState, connected: onConnected, refused: onRefused, event: onServerEvent });
+  state.outbox = new Outbox(state.conn, { acked: onSendAcked, failed: onSendFailed, retrying: onSendRetrying });
+}
+
+function signOut() {
+  state.conn?.close();
+  state.outbox?.clear();
+  forgetSession();
+  cancelEdit();
+  showGroup(null);
+  Object.assign(state, { demoUser: null, me: null, conn: null, outbox: null, everConnected: false, groups: [], joining: null });
+  people.me = null;
+  people.reset();
+  renderGroups();
+  ui.chat.hidden = true;
+  ui.signIn.hidden = false;
+  ui.signOut.hidden = true;
+  ui.me.textContent = "";
+  setConnectionState("disconnected");
+}
+
+/** The server refused the handshake (`connect_error` with `{code, message}`). */
+async function onRefused(err) {
+  // Tokens are checked at each handshake: a demo user's expired (or, after a
+  // server restart, unknown) token is renewed, at most once a minute.
+  const conn = state.conn;
+  if (state.demoUser && err.code === "unauthorized" && Date.now() - state.tokenRenewedAt > 60_000) {
+    state.tokenRenewedAt = Date.now();
+    try {
+      conn.token = await demoToken(state.demoUser);
+      saveSession(conn.token, state.demoUser);
+      conn.connect();
+      return;
+    } catch {
+      // show the refusal
+    }
+  }
+  if (!state.everConnected) signOut(); // back to the sign-in form
+  showError(`Sign-in refused: ${describe(err)}`);
+}
+
+// -- (re)connection and catch-up --
+
+async function onConnected() {
+  state.everConnected = true;
+  people.reset(); // the join ack says who is online now
+  await refreshGroups();
+  const view = state.view;
+  if (view) {
+    try {
+      await catchUp(view);
+    } catch (err) {
+      showError(`Could not rejoin ${ui.groupName.textContent}: ${describe(err)}`);
+    }
+  }
+  state.outbox.flush(); // resend unacked messages, with their client_msg_id: never doubled
+}
+
+/** Rejoin the open group and fetch everything after the last contiguous seq held. */
+async function catchUp(view) {
+  view.catchingUp = true; // fillGap() stands aside: this loop fetches the same pages
+  try {
+    let ack = await state.conn.request("join_group", { group_id: view.groupId, since_seq: view.top, limit: CATCH_UP_PAGE });
+    if (ack.latest_seq < view.top) {
+      // Not the history we hold (a --demo server restarted with a fresh store): start over.
+      showGroup(null);
+      await openGroup(view.groupId);
+      return;
+    }
+    people.setOnline(ack.online);
+    while (state.view === view) {
+      mergeIntoView(view, ack.messages, ack.latest_seq);
+      if (!ack.has_more) break; // with since_seq, has_more means newer messages follow
+      ack = await state.conn.request("get_history", { group_id: view.groupId, after_seq: view.top, limit: CATCH_UP_PAGE });
+    }
+  } finally {
+    view.catchingUp = false;
+  }
+  fillGap(view); // events that arrived meanwhile may have left a gap
+}
+
+/** A seq more than one above the last contiguous one was seen: fill in with `after_seq`. */
+function fillGap(view) {
+  if (view.filling || view.catchingUp || !view.hasGap || !state.conn.connected) return;
+  view.filling = (async () => {
+    try {
+      while (view.hasGap && state.conn.connected) {
+        const before = view.top;
+        const ack = await state.conn.request("get_history", { group_id: view.groupId, after_seq: view.top, limit: CATCH_UP_PAGE });
+        mergeIntoView(view, ack.messages);
+        if (view.top === before) break; // nothing more to be had now
+      }
+    } catch (err) {
+      if (err.code !== "disconnected") showError(`Could not load missing messages: ${describe(err)}`);
+    } finally {
+      view.filling = null;
+    }
+  })();
+}
+
+/** Messages from acks, events or history into a timeline, whatever their order or overlap. */
+function mergeIntoView(view, messages, latestSeq = 0) {
+  for (const m of messages) {
+    people.learn(m.sender_id, m.sender_name);
+    // One of our sends came back (possibly from before a reconnect): stop resending it.
+    if (m.sender_id === state.me && m.client_msg_id) state.outbox.settle(m);
+  }
+  const shown = view === state.view;
+  const stick = shown && nearBottom();
+  const added = view.merge(messages);
+  view.noteLatest(latestSeq);
+  if (!shown) return;
+  if (added && stick) scrollToBottom();
+  fillGap(view);
+  markReadSoon();
+}
+
+// -- groups --
+
+async function refreshGroups() {
+  try {
+    state.groups = (await state.conn.request("list_groups")).groups;
+    renderGroups();
+  } catch (err) {
+    showError(`Could not list your groups: ${describe(err)}`);
+  }
+}
+
+function renderGroups() {
+  ui.groups.replaceChildren(
+    ...state.groups.map((group) => {
+      const button = el("button", { type: "button", class: "group", "data-testid": "group", "data-group-id": group.id });
+      if (state.view?.groupId === group.id) button.setAttribute("aria-current", "true");
+      button.append(el("span", { class: "group-name" }, group.name));
+      if (group.unread_count > 0) {
+        button.append(el("span", { class: "badge", "data-testid": "unread-count", title: "unread messages" }, String(group.unread_count)));
+      }
+      const item = el("li");
+      item.append(button);
+      return item;
+    }),
+  );
+  ui.noGroups.hidden = state.groups.length > 0 || !state.conn;
+}
+
+/** Join a group (from the list or by id); only a successful join leaves the open one. */
+async function openGroup(groupId) {
+  clearError();
+  groupId = groupId.trim().toLowerCase(); // answers and events carry lowercase ids
+  if (state.view?.groupId === groupId) return;
+  if (!state.conn.connected) {
+    showError("Not connected to the server.");
+    return;
+  }
+  const next = new Timeline(groupId, state.me);
+  state.joining = next;
+  let ack;
+  try {
+    ack = await state.conn.request("join_group", { group_id: groupId, limit: PAGE_SIZE });
+  } catch (err) {
+    if (state.joining === next) state.joining = null;
+    showError(describe(err)); // e.g. "You are not a member of this group."
+    return;
+  }
+  if (state.joining !== next) return; // another group was picked meanwhile
+  state.joining = null;
+  if (state.view) {
+    typing.stop();
+    state.conn.notify("leave_group", { group_id: state.view.groupId });
+  }
+  cancelEdit();
+  people.reset();
+  people.setOnline(ack.online);
+  showGroup(next, ack.group.name);
+  next.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
+  mergeIntoView(next, ack.messages, ack.latest_seq);
+  for (const entry of state.outbox.forGroup(groupId)) next.addPending(entry, people.nameOf(state.me));
+  updateHistoryTop();
+  scrollToBottom();
+  loadOlderToFill();
+}
+
+/** Show a timeline, or the "pick a group" placeholder for `null`. */
+function showGroup(view, name = "") {
+  state.view = view;
+  ui.scroller.querySelector("ol.messages")?.remove();
+  if (view) ui.scroller.append(view.list);
+  ui.placeholder.hidden = view !== null;
+  ui.groupName.textContent = view ? name : "No group open";
+  ui.groupId.textContent = view ? view.groupId : "";
+  ui.input.disabled = ui.send.disabled = view === null; // offline sends wait in the outbox
+  renderGroups();
+  updateHistoryTop();
+  if (view) ui.input.focus();
+}
+
+// -- scrolling and older history --
+
+function nearBottom() {
+  const s = ui.scroller;
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 60;
+}
+
+function scrollToBottom() {
+  ui.scroller.scrollTop = ui.scroller.scrollHeight;
+}
+
+function updateHistoryTop() {
+  const view = state.view;
+  ui.historyTop.hidden = !view;
+  if (!view) return;
+  ui.loadOlder.hidden = !view.hasOlder;
+  ui.loadOlder.disabled = view.loadingOlder;
+  ui.loadOlder.textContent = view.loadingOlder ? "Loading older messages…" : "Load older messages";
+  ui.historyStart.hidden = view.hasOlder;
+}
+
+async function loadOlder() {
+  const view = state.view;
+  if (!view || !view.hasOlder || view.loadingOlder || !state.conn.connected) return;
+  view.loadingOlder = true;
+  updateHistoryTop();
+  try {
+    const ack = await state.conn.request("get_history", { group_id: view.groupId, before_seq: view.oldest, limit: PAGE_SIZE });
+    if (state.view !== view) return;
+    // Keep what the reader looks at in place while rows are added above it.
+    const fromBottom = ui.scroller.scrollHeight - ui.scroller.scrollTop;
+    view.hasOlder = ack.has_more;
+    mergeIntoView(view, ack.messages);
+    ui.scroller.scrollTop = ui.scroller.scrollHeight - fromBottom;
+  } catch (err) {
+    showError(`Could not load older messages: ${describe(err)}`);
+  } finally {
+    view.loadingOlder = false;
+    updateHistoryTop();
+  }
+  loadOlderToFill();
+}
+
+/** Still at the top (or no scroll bar at all): keep loading. */
+function loadOlderToFill() {
+  const s = ui.scroller;
+  if (state.view?.hasOlder && (s.scrollHeight <= s.clientHeight || s.scrollTop < 80)) loadOlder();
+}
+
+// -- read markers --
+
+let markTimer = null;
+/** At most one mark_read per 300 ms, however fast messages come in. */
+function markReadSoon() {
+  markTimer ??= setTimeout(() => {
+    markTimer = null;
+    markRead();
+  }, 300);
+}
+
+async function markRead() {
+  const view = state.view;
+  if (!view || view.lastMarked >= view.top || document.visibilityState !== "visible" || !state.conn?.connected) return;
+  view.lastMarked = view.top;
+  try {
+    const ack = await state.conn.request("mark_read", { group_id: view.groupId, seq: view.top });
+    const group = state.groups.find((g) => g.id === view.groupId);
+    if (group) group.unread_count = ack.unread_count;
+    renderGroups();
+  } catch {
+    view.lastMarked = 0; // best effort: try again with the next message
+  }
+}
+
+// -- server events --
+
+function onServerEvent(event, payload) {
+  // Only the open group's events (and the one being joined) matter; we left
+  // the rooms of the others, and list_groups counts their unread messages.
+  const view = [state.view, state.joining].find((v) => v?.groupId === payload.group_id);
+  if (event === "message" || event === "message_updated" || event === "message_deleted") {
+    if (payload.sender_id === state.me && payload.client_msg_id) state.outbox.settle(payload);
+    if (!view) return;
+    if (event === "message" && view === state.view) people.typing(payload.sender_id, false);
+    if (event === "message_deleted" && state.editing?.id === payload.id) cancelEdit();
+    mergeIntoView(view, [payload]); // may arrive before or after our ack: merged by seq
+  } else if (event === "typing") {
+    people.learn(payload.user_id, payload.name);
+    if (view && view === state.view && payload.user_id !== state.me) people.typing(payload.user_id, payload.is_typing);
+  } else if (event === "presence") {
+    if (view && view === state.view) people.presence(payload);
+  }
+}
+
+// -- sending, editing, deleting --
+
+function submit() {
+  const text = ui.input.value;
+  if (!text.trim() || !state.view) return;
+  if ([...text].length > MAX_CONTENT) {
+    showError(`A message can have at most ${MAX_CONTENT} characters.`);
+    return;
+  }
+  clearError();
+  if (state.editing) {
+    saveEdit(text);
+    return;
+  }
+  const entry = state.outbox.add(state.view.groupId, text);
+  state.view.addPending(entry, people.nameOf(state.me));
+  ui.input.value = "";
+  typing.stop();
+  scrollToBottom();
+  state.outbox.send(entry); // offline, it waits for the reconnect
+}
+
+function onSendAcked(message) {
+  const view = [state.view, state.joining].find((v) => v?.groupId === message.group_id);
+  if (!view) return;
+  mergeIntoView(view, [message]);
+  view.removePending(message.client_msg_id); // also when a resend is answered `duplicate: true`
+}
+
+function onSendFailed(entry, err) {
+  if (state.view?.groupId === entry.groupId) state.view.markFailed(entry.id, describe(err));
+  showError(`Message not sent: ${describe(err)}`);
+}
+
+function onSendRetrying(entry) {
+  if (state.view?.groupId === entry.groupId) state.view.markRetrying(entry.id, entry.attempt);
+}
+
+function startEdit(message) {
+  cancelEdit();
+  typing.stop();
+  state.editing = message;
+  state.view.nodes.get(message.seq)?.classList.add("editing");
+  ui.editBanner.hidden = false;
+  ui.input.value = message.content;
+  ui.input.focus();
+}
+
+function cancelEdit() {
+  if (!state.editing) return;
+  state.view?.nodes.get(state.editing.seq)?.classList.remove("editing");
+  state.editing = null;
+  ui.editBanner.hidden = true;
+  ui.input.value = "";
+}
+
+async function saveEdit(text) {
+  const { id, group_id: groupId } = state.editing;
+  try {
+    const ack = await state.conn.request("edit_message", { group_id: groupId, message_id: id, content: text });
+    cancelEdit();
+    if (state.view?.groupId === groupId) mergeIntoView(state.view, [ack.message]);
+  } catch (err) {
+    showError(`Could not edit the message: ${describe(err)}`);
+  }
+}
+
+async function deleteMessage(message, button) {
+  // The first click arms the button; a second one within 3 s deletes.
+  if (button.dataset.armed !== "true") {
+    button.dataset.armed = "true";
+    button.textContent = "Confirm delete";
+    setTimeout(() => {
+      button.dataset.armed = "false";
+      button.textContent = "Delete";
+    }, 3000);
+    return;
+  }
+  try {
+    const ack = await state.conn.request("delete_message", { group_id: message.group_id, message_id: message.id });
+    if (state.view?.groupId === message.group_id) mergeIntoView(state.view, [ack.message]);
+  } catch (err) {
+    showError(`Could not delete the message: ${describe(err)}`);
+  }
+}
+
+function onMessageAction(button) {
+  const view = state.view;
+  if (button.dataset.action === "dismiss") {
+    const id = button.closest("li").dataset.clientMsgId;
+    state.outbox.dismiss(id);
+    view.removePending(id);
+    return;
+  }
+  const message = view.messageOf(button);
+  if (message && button.dataset.action === "edit") startEdit(message);
+  if (message && button.dataset.action === "delete") deleteMessage(message, button);
+}
+
+// -- wiring --
+
+function wire() {
+  ui.demoSignIn.addEventListener("click", async () => {
+    try {
+      signIn(await demoToken(ui.demoUser.value), ui.demoUser.value);
+    } catch (err) {
+      showError(`Demo sign-in failed: ${describe(err)}`);
+    }
+  });
+  ui.tokenForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = ui.tokenInput.value.trim();
+    if (token) signIn(token);
+    else showError("Paste a token first.");
+  });
+  ui.signOut.addEventListener("click", signOut);
+  ui.reconnect.addEventListener("click", () => state.conn?.connect());
+  ui.errorDismiss.addEventListener("click", clearError);
+  ui.groups.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-group-id]");
+    if (button) openGroup(button.dataset.groupId);
+  });
+  ui.joinForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (ui.joinInput.value.trim()) openGroup(ui.joinInput.value);
+  });
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  ui.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submit();
+    } else if (event.key === "Escape") {
+      cancelEdit();
+    }
+  });
+  ui.input.addEventListener("input", () => {
+    if (state.view && !state.editing) typing.input(state.view.groupId, ui.input.value.trim() !== "");
+  });
+  ui.input.addEventListener("blur", () => typing.stop());
+  ui.scroller.addEventListener("scroll", () => {
+    if (ui.scroller.scrollTop < 80) loadOlder();
+  });
+  ui.loadOlder.addEventListener("click", loadOlder);
+  ui.scroller.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (button && state.view) onMessageAction(button);
+  });
+  document.addEventListener("visibilitychange", markReadSoon);
+}
+
+async function main() {
+  wire();
+  setConnectionState("disconnected");
+  showGroup(null);
+  await offerDemoUsers();
+  // A reload keeps the session (a demo user's stale token is renewed).
+  const saved = savedSession();
+  if (saved) signIn(saved.token, saved.demoUser);
+  // For the browser console and automation, e.g. studyChat.socket.io.engine.close().
+  window.studyChat = {
+    state,
+    people,
+    get socket() {
+      return state.conn?.socket ?? null;
+    },
+  };
+  document.body.dataset.ready = "true";
+}
+
+main();

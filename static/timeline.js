@@ -1,0 +1,191 @@
+// One group's messages as the page shows them: each seq once, in seq order,
+// then our own sends that wait for their ack. Everything the server sends is
+// put on the page with textContent, never parsed as HTML.
+
+/** Should `incoming` replace `current` (same seq)? Tombstones are final; later edits win. */
+function supersedes(incoming, current) {
+  if (current.deleted) return false;
+  if (incoming.deleted) return true;
+  return (incoming.edited_at || "") > (current.edited_at || "");
+}
+
+/** A small element with text (never HTML). */
+export function el(tag, attrs = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  if (text) node.textContent = text;
+  return node;
+}
+
+function formatTime(iso) {
+  const date = new Date(iso);
+  const today = new Date().toDateString() === date.toDateString();
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return today ? time : `${date.toLocaleDateString()} ${time}`;
+}
+
+export class Timeline {
+  /** `me` is the signed-in user's id: their messages get edit and delete buttons. */
+  constructor(groupId, me) {
+    this.groupId = groupId;
+    this.me = me;
+    this.list = el("ol", { class: "messages", "data-group-id": groupId });
+    this.bySeq = new Map(); // seq -> message
+    this.nodes = new Map(); // seq -> <li>
+    this.seqs = []; // sorted
+    this.pending = new Map(); // client_msg_id -> <li>
+    this.top = 0; // every seq from the oldest held up to `top` is held
+    this.latestKnown = 0; // the highest seq the server told us about
+    this.hasOlder = false;
+    this.loadingOlder = false;
+    this.filling = null; // the running gap fill, if any
+    this.catchingUp = false; // a rejoin after a reconnect is paging in what was missed
+    this.lastMarked = 0; // the seq of our last mark_read
+  }
+
+  get oldest() {
+    return this.seqs.length ? this.seqs[0] : null;
+  }
+
+  get newest() {
+    return this.seqs.length ? this.seqs[this.seqs.length - 1] : 0;
+  }
+
+  /** True when a seq above `top` is known to exist: fetch `get_history {after_seq: top}`. */
+  get hasGap() {
+    return this.latestKnown > this.top;
+  }
+
+  noteLatest(seq) {
+    this.latestKnown = Math.max(this.latestKnown, seq || 0);
+  }
+
+  /** Add or update messages; returns how many were new. Order of arrival does not matter. */
+  merge(messages) {
+    let added = 0;
+    for (const message of messages) {
+      if (message.group_id !== this.groupId) continue;
+      const current = this.bySeq.get(message.seq);
+      if (current && !supersedes(message, current)) continue;
+      if (!current) added += 1;
+      this.bySeq.set(message.seq, message);
+      this._place(message);
+      if (message.sender_id === this.me && message.client_msg_id) this.removePending(message.client_msg_id);
+    }
+    if (added) this._advanceTop();
+    return added;
+  }
+
+  _advanceTop() {
+    if (this.top < this.oldest - 1) this.top = this.oldest - 1;
+    while (this.bySeq.has(this.top + 1)) this.top += 1;
+    this.noteLatest(this.newest);
+  }
+
+  _place(message) {
+    const node = this._render(message);
+    const old = this.nodes.get(message.seq);
+    this.nodes.set(message.seq, node);
+    if (old) {
+      old.replaceWith(node);
+      return;
+    }
+    // Binary search for the position among the held seqs.
+    let lo = 0;
+    let hi = this.seqs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.seqs[mid] < message.seq) lo = mid + 1;
+      else hi = mid;
+    }
+    this.seqs.splice(lo, 0, message.seq);
+    const next = lo + 1 < this.seqs.length ? this.nodes.get(this.seqs[lo + 1]) : null;
+    // The newest stored message goes before our unacked sends (or at the end).
+    this.list.insertBefore(node, next || this.list.querySelector('[data-pending="true"], [data-failed="true"]'));
+  }
+
+  _render(message) {
+    const own = message.sender_id === this.me;
+    const node = el("li", {
+      class: "message" + (own ? " own" : "") + (message.deleted ? " deleted" : ""),
+      "data-testid": "message",
+      "data-seq": String(message.seq),
+      "data-id": message.id,
+      "data-sender-id": message.sender_id ?? "",
+      "data-pending": "false",
+    });
+    const sender = message.sender_name || message.sender || message.sender_id || "unknown";
+    const meta = el("div", { class: "meta" });
+    meta.append(
+      el("span", { class: "sender", "data-testid": "message-sender" }, sender),
+      el("time", {
+        "data-testid": "message-time",
+        datetime: message.timestamp,
+        title: new Date(message.timestamp).toLocaleString(),
+      }, formatTime(message.timestamp)),
+    );
+    if (message.edited_at && !message.deleted) {
+      const title = `edited ${new Date(message.edited_at).toLocaleString()}`;
+      meta.append(el("span", { class: "edited", "data-testid": "message-edited", title }, "(edited)"));
+    }
+    if (own && !message.deleted) {
+      const actions = el("span", { class: "actions" });
+      actions.append(
+        el("button", { type: "button", "data-action": "edit", "data-testid": "message-edit" }, "Edit"),
+        el("button", { type: "button", "data-action": "delete", "data-testid": "message-delete" }, "Delete"),
+      );
+      meta.append(actions);
+    }
+    const text = message.deleted ? "message deleted" : message.content;
+    node.append(meta, el("p", { class: "content", "data-testid": "message-content" }, text));
+    return node;
+  }
+
+  /** One of our sends, shown until its ack (or its `message` event) arrives. */
+  addPending(entry, myName) {
+    if (this.pending.has(entry.id)) return;
+    const node = el("li", {
+      class: "message own",
+      "data-testid": "message",
+      "data-pending": "true",
+      "data-client-msg-id": entry.id,
+    });
+    const meta = el("div", { class: "meta" });
+    meta.append(el("span", { class: "sender", "data-testid": "message-sender" }, myName));
+    meta.append(el("span", { class: "status" }, "sending…"));
+    node.append(meta, el("p", { class: "content", "data-testid": "message-content" }, entry.content));
+    this.pending.set(entry.id, node);
+    this.list.append(node);
+    if (entry.error) this.markFailed(entry.id, entry.error.describe());
+    else if (entry.attempt > 1) this.markRetrying(entry.id, entry.attempt);
+  }
+
+  markRetrying(id, attempt) {
+    const node = this.pending.get(id);
+    if (node) node.querySelector(".status").textContent = `sending… (try ${attempt})`;
+  }
+
+  markFailed(id, reason) {
+    const node = this.pending.get(id);
+    if (!node) return;
+    node.dataset.pending = "false";
+    node.dataset.failed = "true";
+    node.classList.add("failed");
+    node.querySelector(".status").textContent = `not sent: ${reason}`;
+    const actions = el("span", { class: "actions" });
+    actions.append(el("button", { type: "button", "data-action": "dismiss", "data-testid": "message-dismiss" }, "Dismiss"));
+    node.querySelector(".meta").append(actions);
+  }
+
+  removePending(id) {
+    const node = this.pending.get(id);
+    if (node) node.remove();
+    this.pending.delete(id);
+  }
+
+  /** The message shown in `node` (an element inside this timeline's list). */
+  messageOf(node) {
+    const item = node.closest("li.message");
+    return item && item.dataset.seq ? this.bySeq.get(Number(item.dataset.seq)) : null;
+  }
+}
