@@ -34,6 +34,7 @@ JS_DIR = Path(__file__).resolve().parent / "js"
 SCENARIOS = JS_DIR / "scenarios.mjs"
 SCENARIO_TIMEOUT_S = 200
 STARTUP_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 10
 
 ANA, JUAN, MEI, OMAR, LUCIA = (f"64b00000000000000000000{i}" for i in range(1, 6))
 USERS = {"ana": ANA, "juan": JUAN, "mei": MEI, "omar": OMAR, "lucia": LUCIA}
@@ -136,8 +137,10 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=25)
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                # Graceful shutdown is not what these tests check; don't let it stall the suite.
+                print(f"server still running {STOP_TIMEOUT_S} s after SIGTERM; killed")
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
@@ -210,6 +213,9 @@ def run_scenario(node: str, server: ServerProcess, scenario: str, **config: Any)
                     f"stdout: {done.stdout}\nstderr: {done.stderr}", pytrace=False)
     if report["fatal"] or done.returncode != 0:
         pytest.fail(f"scenario {scenario} stopped: {report['fatal']}\nstderr: {done.stderr}", pytrace=False)
+    if report["waits_timed_out"]:
+        # Shown with the failure that a missing event causes below.
+        print(f"events scenario {scenario} waited for and never got: {report['waits_timed_out']}")
     unanswered = [c for c in report["calls"] if c["outcome"] == "timeout"]
     assert unanswered == [], f"acks the server never answered: {unanswered}"
     broken = [c for c in report["calls"] if c["outcome"] in ("internal", "malformed")]

@@ -13,11 +13,12 @@ import { io } from "socket.io-client";
 
 const ACK_TIMEOUT_MS = 15000;
 const WAIT_TIMEOUT_MS = 15000;
+const CLOSE_GRACE_MS = 300;
 
-export const CALCULUS = "64b0000000000000000000a1";
-export const CHEMISTRY = "64b0000000000000000000a2";
-export const UNKNOWN_GROUP = "64b0000000000000000000ff";
-export const USER_IDS = {
+const CALCULUS = "64b0000000000000000000a1";
+const CHEMISTRY = "64b0000000000000000000a2";
+const UNKNOWN_GROUP = "64b0000000000000000000ff";
+const USER_IDS = {
   ana: "64b000000000000000000001",
   juan: "64b000000000000000000002",
   mei: "64b000000000000000000003",
@@ -452,7 +453,11 @@ async function main() {
   }
   await Promise.all(clients.map((client) => client.close().catch(() => {})));
   process.stdout.write(JSON.stringify({ scenario: name, result, fatal, calls, waits_timed_out: waitsTimedOut }) + "\n");
-  process.exit(fatal ? 1 : 0);
+  // A polling client POSTs its close packet after "disconnect" has fired, and
+  // its last long-poll GET stays open until the server times it out, so Node
+  // would not exit by itself for a while: give the goodbyes a moment to leave
+  // (the server then sees clean closes, not vanished clients), then exit.
+  setTimeout(() => process.exit(fatal ? 1 : 0), CLOSE_GRACE_MS);
 }
 
 await main();
