@@ -22,7 +22,8 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import PyMongoError
 
-DAEMON = str(Path(sys.executable).with_name("secantusd-py"))
+# `python -m secantus` is the `secantusd-py` daemon, run by this interpreter.
+DAEMON = [sys.executable, "-m", "secantus"]
 START_TIMEOUT_S = 30.0
 
 
@@ -55,7 +56,7 @@ class SecantusProcess:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [
-                    DAEMON,
+                    *DAEMON,
                     "--host", "127.0.0.1",
                     "--port", str(self.port),
                     "--storage-path", str(self.storage_path),
@@ -68,7 +69,7 @@ class SecantusProcess:
         while True:
             if self._proc.poll() is not None:
                 self._proc = None
-                raise RuntimeError(f"secantusd-py exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"SecantusDB exited: {self.log_path.read_text()[-2000:]}")
             try:
                 with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
                     client.admin.command("ping")
@@ -76,7 +77,7 @@ class SecantusProcess:
             except PyMongoError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"secantusd-py did not answer on port {self.port}")
+                    raise RuntimeError(f"SecantusDB did not answer on port {self.port}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -97,8 +98,15 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if env_uri and not env_uri.startswith("memory://"):
         yield env_uri
         return
-    server = SecantusProcess(tmp_path_factory.mktemp("secantus") / "data")
-    server.start()
+    for attempt in range(3):
+        # Another process may take the free port before the daemon binds it.
+        server = SecantusProcess(tmp_path_factory.mktemp("secantus") / "data")
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     try:
         yield server.uri
     finally:

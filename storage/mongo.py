@@ -1,0 +1,563 @@
+"""The MongoDB store, on pymongo's ``AsyncMongoClient``.
+
+Collections. ``users {_id, full_name, last_name}`` and ``study_groups {_id, name,
+members: [ObjectId]}`` belong to the wider application and are only read; this
+store creates no index on them, so the owning application should index
+``study_groups.members`` (``list_groups`` and membership checks query it).
+The store's own collections are:
+
+``messages``
+    ``{_id: ObjectId, group_id: ObjectId, seq: int, sender_id: ObjectId | null,
+    sender: str, content: str, timestamp: date, client_msg_id: str | null,
+    edited_at: date | null, deleted: bool}``. Anything else that writes here
+    (``migrate-legacy-chat``) must write the same shape, ``deleted: false``
+    included: the unread counts read it through an index.
+``read_markers``
+    ``{user_id: ObjectId, group_id: ObjectId, seq: int}``.
+
+Sequence numbers. A message gets ``max(seq) + 1`` of its group and the unique
+``(group_id, seq)`` index arbitrates between writers: the loser of a race gets
+``DuplicateKeyError`` and tries the next number. Nothing is reserved before
+the insert, so a failed insert leaves no hole, and a number is only taken after
+the one below it was seen stored, so a higher ``seq`` is never visible before a
+lower one. Writers of one group inside a process queue on a lock (racing on one
+unique index is slow, on SecantusDB especially); across processes the retry is
+enough. Because seqs are contiguous, a page is a ``seq`` range and costs the
+same whatever the group's size; the group's top is found from a per-process
+lower bound and a bounded range probe (galloping with point probes when far
+behind), which also works on servers that cannot stop an index walk at a
+``limit``. This assumes messages are never removed from the collection
+(deletion is a tombstone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import re
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import pymongo
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo.asynchronous.cursor import AsyncCursor
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from .base import (
+    GroupAccess,
+    GroupSummary,
+    Message,
+    ReadState,
+    StorageUnavailable,
+    User,
+    display_name,
+    iso_timestamp,
+    now_ms,
+)
+
+DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
+PING_TIMEOUT_S = 2.0
+PROBE = 64  # seqs a single range probe for the group's top may walk
+MAX_INSERT_ATTEMPTS = 200
+SEQ_HINTS_KEPT = 10_000
+
+SEQ_INDEX = "group_seq"
+CLIENT_MSG_INDEX = "group_sender_client_msg"
+LIVE_INDEX = "group_deleted_seq"
+OWN_LIVE_INDEX = "group_sender_deleted_seq"
+MARKER_INDEX = "user_group"
+
+MESSAGE_INDEXES = [
+    IndexModel([("group_id", ASCENDING), ("seq", ASCENDING)], name=SEQ_INDEX, unique=True),
+    # `$gt: ""` is "a non-empty string" (comparisons are type-bracketed) and is
+    # what SecantusDB can prove a `client_msg_id: "x"` query implies; with
+    # `$type: "string"` it scans the collection instead.
+    IndexModel(
+        [("group_id", ASCENDING), ("sender_id", ASCENDING), ("client_msg_id", ASCENDING)],
+        name=CLIENT_MSG_INDEX,
+        unique=True,
+        partialFilterExpression={"client_msg_id": {"$gt": ""}},
+    ),
+    # Unread counts: live messages above a marker, minus the reader's own.
+    IndexModel(
+        [("group_id", ASCENDING), ("deleted", ASCENDING), ("seq", ASCENDING)], name=LIVE_INDEX
+    ),
+    IndexModel(
+        [
+            ("group_id", ASCENDING),
+            ("sender_id", ASCENDING),
+            ("deleted", ASCENDING),
+            ("seq", ASCENDING),
+        ],
+        name=OWN_LIVE_INDEX,
+    ),
+]
+MARKER_INDEXES = [
+    # user first: one query reads all of a user's markers for `list_groups`.
+    IndexModel([("user_id", ASCENDING), ("group_id", ASCENDING)], name=MARKER_INDEX, unique=True),
+]
+
+T = TypeVar("T")
+
+
+def _unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn driver failures (down, timed out, refused) into ``StorageUnavailable``."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: "MongoStore", *args: Any, **kwargs: Any) -> T:
+        if self._client is None:
+            raise StorageUnavailable("the MongoDB store is not open")
+        try:
+            return await fn(self, *args, **kwargs)
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            raise StorageUnavailable(f"MongoDB did not answer: {_short(exc)}") from exc
+
+    return wrapper
+
+
+class MongoStore:
+    """A ``Store`` on MongoDB (or anything speaking its wire protocol)."""
+
+    def __init__(self, uri: str, db_name: str) -> None:
+        self._uri = uri
+        self._db_name = db_name
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._writers: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # Per group, a seq known to be stored: where the search for the top starts.
+        self._seq_hints: OrderedDict[ObjectId, int] = OrderedDict()
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        """Connect, check the server answers, create indexes (idempotent)."""
+        if self._client is not None:
+            return
+        options: dict[str, Any] = {"tz_aware": True}
+        if "serverselectiontimeoutms=" not in self._uri.lower():
+            options["serverSelectionTimeoutMS"] = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
+        where = _redacted(self._uri)
+        try:
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(self._uri, **options)
+        except PyMongoError as exc:
+            raise StorageUnavailable(f"MONGODB_URI ({where}) is not usable: {exc}") from exc
+        try:
+            await client.admin.command("ping")
+            db = client[self._db_name]
+            await db.messages.create_indexes(MESSAGE_INDEXES)
+            await db.read_markers.create_indexes(MARKER_INDEXES)
+        except PyMongoError as exc:
+            # Server selection gives up just as the monitor retries, and a close()
+            # that cancels the monitor mid-connect leaks its socket (pymongo
+            # PYTHON-5867); a refused connect is over within milliseconds.
+            await asyncio.sleep(0.05)
+            await client.close()
+            raise StorageUnavailable(
+                f"MongoDB at MONGODB_URI ({where}) could not be opened: {_short(exc)}"
+            ) from exc
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    @_unavailable
+    async def ping(self) -> None:
+        with pymongo.timeout(PING_TIMEOUT_S):
+            await self._db.command("ping")
+
+    # -- users and groups (read-only) --
+
+    @_unavailable
+    async def get_user(self, user_id: str) -> User | None:
+        uid = _oid_or_none(user_id)
+        if uid is None:
+            return None
+        doc = await self._db.users.find_one({"_id": uid}, {"full_name": 1, "last_name": 1})
+        return None if doc is None else User(str(uid), display_name(doc, str(uid)))
+
+    @_unavailable
+    async def get_group(self, group_id: str, user_id: str) -> GroupAccess | None:
+        gid, uid = _oid_or_none(group_id), _oid_or_none(user_id)
+        if gid is None:
+            return None
+        # `$elemMatch` sends back at most the caller's own entry, never the whole array.
+        projection: dict[str, Any] = {"name": 1}
+        if uid is not None:
+            projection["members"] = {"$elemMatch": {"$eq": uid}}
+        doc = await self._db.study_groups.find_one({"_id": gid}, projection)
+        if doc is None:
+            return None
+        return GroupAccess(str(gid), _name(doc), bool(doc.get("members")))
+
+    @_unavailable
+    async def list_groups(self, user_id: str) -> list[GroupSummary]:
+        uid = _oid_or_none(user_id)
+        if uid is None:
+            return []
+        groups = await self._db.study_groups.find({"members": uid}, {"name": 1}).to_list(None)
+        if not groups:
+            return []
+        markers = {
+            doc["group_id"]: int(doc["seq"])
+            async for doc in self._markers.find(
+                {"user_id": uid, "group_id": {"$in": [g["_id"] for g in groups]}},
+                {"group_id": 1, "seq": 1},
+            )
+        }
+
+        async def summary(group: dict[str, Any]) -> GroupSummary:
+            gid = group["_id"]
+            latest = await self._top_seq(gid)
+            last = markers.get(gid, 0)
+            unread = 0 if last >= latest else await self._unread(gid, uid, last)
+            return GroupSummary(str(gid), _name(group), latest, unread)
+
+        results = await asyncio.gather(*(summary(g) for g in groups), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        summaries = [r for r in results if isinstance(r, GroupSummary)]
+        summaries.sort(key=lambda s: (s.name, s.id))
+        return summaries
+
+    # -- messages --
+
+    @_unavailable
+    async def add_message(
+        self,
+        group_id: str,
+        *,
+        sender_id: str,
+        sender_name: str,
+        content: str,
+        client_msg_id: str | None,
+    ) -> tuple[Message, bool]:
+        gid, sid = _oid(group_id), _oid(sender_id)
+        async with self._writer(str(gid)):
+            if client_msg_id is not None:
+                first = await self._messages.find_one(_client_msg_filter(gid, sid, client_msg_id))
+                if first is not None:
+                    return _to_wire(first), True
+            doc: dict[str, Any] = {
+                "_id": ObjectId(),
+                "group_id": gid,
+                "sender_id": sid,
+                "sender": sender_name,
+                "content": content,
+                "client_msg_id": client_msg_id,
+                "edited_at": None,
+                "deleted": False,
+            }
+            for attempt in range(MAX_INSERT_ATTEMPTS):
+                doc["seq"] = await self._top_seq(gid) + 1
+                doc["timestamp"] = now_ms()
+                try:
+                    await self._messages.insert_one(doc)
+                except DuplicateKeyError as exc:
+                    index = _duplicate_index(exc)
+                    if index == SEQ_INDEX:
+                        # Another process took this seq: it is stored, so start above it.
+                        self._remember_seq(gid, doc["seq"])
+                        if attempt >= 2:
+                            await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
+                        continue
+                    if index == CLIENT_MSG_INDEX and client_msg_id is not None:
+                        # Another process stored the same send first.
+                        first = await self._messages.find_one(
+                            _client_msg_filter(gid, sid, client_msg_id)
+                        )
+                        if first is not None:
+                            return _to_wire(first), True
+                    raise StorageUnavailable(f"unexpected duplicate key: {exc}") from exc
+                self._remember_seq(gid, doc["seq"])
+                return _to_wire(doc), False
+        raise StorageUnavailable(f"no free seq after {MAX_INSERT_ATTEMPTS} attempts")
+
+    @_unavailable
+    async def get_messages(
+        self,
+        group_id: str,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> tuple[list[Message], bool]:
+        gid = _oid(group_id)
+        if after_seq is not None:
+            # One extra row says whether newer ones exist.
+            docs = await self.range_cursor(gid, after_seq, after_seq + limit + 1).to_list(None)
+            return [_to_wire(d) for d in docs[:limit]], len(docs) > limit
+        latest = await self._top_seq(gid)
+        end = latest if before_seq is None else min(before_seq - 1, latest)
+        start = max(0, end - limit)
+        if end <= start:
+            return [], False
+        docs = await self.range_cursor(gid, start, end).to_list(None)
+        return [_to_wire(d) for d in docs], start > 0
+
+    @_unavailable
+    async def latest_seq(self, group_id: str) -> int:
+        gid = _oid_or_none(group_id)
+        return 0 if gid is None else await self._top_seq(gid)
+
+    @_unavailable
+    async def get_message(self, group_id: str, message_id: str) -> Message | None:
+        gid, mid = _oid_or_none(group_id), _oid_or_none(message_id)
+        if gid is None or mid is None:
+            return None
+        doc = await self._messages.find_one({"_id": mid})
+        return None if doc is None or doc.get("group_id") != gid else _to_wire(doc)
+
+    @_unavailable
+    async def edit_message(
+        self, group_id: str, message_id: str, sender_id: str, content: str
+    ) -> Message | None:
+        return await self._update_live(
+            group_id, message_id, sender_id, {"content": content, "edited_at": now_ms()}
+        )
+
+    @_unavailable
+    async def delete_message(
+        self, group_id: str, message_id: str, sender_id: str
+    ) -> Message | None:
+        return await self._update_live(
+            group_id, message_id, sender_id, {"content": "", "deleted": True}
+        )
+
+    # -- read markers --
+
+    @_unavailable
+    async def read_state(self, group_id: str, user_id: str) -> ReadState:
+        gid, uid = _oid(group_id), _oid(user_id)
+        doc = await self._markers.find_one({"user_id": uid, "group_id": gid}, {"seq": 1})
+        last = 0 if doc is None else int(doc["seq"])
+        return ReadState(last, await self._unread(gid, uid, last))
+
+    @_unavailable
+    async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
+        gid, uid = _oid(group_id), _oid(user_id)
+        latest = await self._top_seq(gid)
+        target = max(0, min(seq, latest))
+        for attempt in range(3):
+            try:
+                # `$max` makes "never moves back" atomic, whoever else marks at once.
+                doc = await self._markers.find_one_and_update(
+                    {"user_id": uid, "group_id": gid},
+                    {"$max": {"seq": target}},
+                    projection={"seq": 1},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+                break
+            except DuplicateKeyError:
+                # Two first marks raced on the upsert; the loser updates the winner's.
+                if attempt == 2:
+                    raise StorageUnavailable("read marker upsert kept colliding") from None
+        last = int(doc["seq"])
+        unread = 0 if last >= latest else await self._unread(gid, uid, last)
+        return ReadState(last, unread)
+
+    # -- queries (public so tests can explain exactly what runs) --
+
+    def range_cursor(
+        self, gid: ObjectId, above: int, upto: int, *, newest_first: bool = False, limit: int = 0
+    ) -> AsyncCursor[dict[str, Any]]:
+        """Messages with ``above < seq <= upto``: one bounded walk of the seq index."""
+        cursor = self._messages.find({"group_id": gid, "seq": {"$gt": above, "$lte": upto}})
+        cursor = cursor.sort("seq", DESCENDING if newest_first else ASCENDING)
+        return cursor.limit(limit) if limit else cursor
+
+    def seq_probe_cursor(self, gid: ObjectId, seq: int) -> AsyncCursor[dict[str, Any]]:
+        """Whether ``seq`` is stored in the group: a point lookup in the seq index."""
+        return self._messages.find({"group_id": gid, "seq": seq}, {"seq": 1}).limit(1)
+
+    @staticmethod
+    def unread_filters(gid: ObjectId, uid: ObjectId, last: int) -> tuple[dict, dict]:
+        """Live messages above ``last``, and the reader's own among them."""
+        above = {"$gt": last}
+        return (
+            {"group_id": gid, "deleted": False, "seq": above},
+            {"group_id": gid, "sender_id": uid, "deleted": False, "seq": above},
+        )
+
+    # -- helpers --
+
+    @property
+    def _db(self) -> Any:
+        assert self._client is not None
+        return self._client[self._db_name]
+
+    @property
+    def _messages(self) -> Any:
+        return self._db.messages
+
+    @property
+    def _markers(self) -> Any:
+        return self._db.read_markers
+
+    @asynccontextmanager
+    async def _writer(self, key: str) -> AsyncIterator[None]:
+        """One writer per group in this process; the entry goes when nobody waits."""
+        lock, users = self._writers.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._writers[key]
+
+    def _remember_seq(self, gid: ObjectId, seq: int) -> None:
+        if seq <= 0:
+            return
+        self._seq_hints[gid] = max(seq, self._seq_hints.get(gid, 0))
+        self._seq_hints.move_to_end(gid)
+        while len(self._seq_hints) > SEQ_HINTS_KEPT:
+            self._seq_hints.popitem(last=False)
+
+    async def _top_seq(self, gid: ObjectId) -> int:
+        """The group's highest stored seq (0 when empty), walking O(PROBE + log n) keys.
+
+        Every answer is a seq seen stored (or 0), which is what makes
+        ``top + 1`` a safe number to try: it never leaves a hole.
+        """
+        start = low = self._seq_hints.get(gid, 0)
+        docs = await self.range_cursor(gid, low, low + PROBE, newest_first=True, limit=1).to_list(
+            None
+        )
+        if docs:
+            low = int(docs[0]["seq"])
+            if low == start + PROBE:
+                # Far behind (cold start, or other processes wrote a lot): gallop
+                # with point probes, bisect, then finish with one range probe.
+                step, high = PROBE, low + PROBE
+                while await self._seq_stored(gid, high):
+                    low, step = high, step * 2
+                    high = low + step
+                while high - low > PROBE:
+                    mid = (low + high) // 2
+                    if await self._seq_stored(gid, mid):
+                        low = mid
+                    else:
+                        high = mid
+                docs = await self.range_cursor(
+                    gid, low, high, newest_first=True, limit=1
+                ).to_list(None)
+                if docs:
+                    low = int(docs[0]["seq"])
+        self._remember_seq(gid, low)
+        return low
+
+    async def _seq_stored(self, gid: ObjectId, seq: int) -> bool:
+        return bool(await self.seq_probe_cursor(gid, seq).to_list(None))
+
+    async def _unread(self, gid: ObjectId, uid: ObjectId, last: int) -> int:
+        live, own = self.unread_filters(gid, uid, last)
+        counts = await asyncio.gather(
+            self._messages.count_documents(live),
+            self._messages.count_documents(own),
+            return_exceptions=True,
+        )
+        for count in counts:
+            if isinstance(count, BaseException):
+                raise count
+        # Two counts, not one snapshot: a message deleted in between must not go negative.
+        return max(0, int(counts[0]) - int(counts[1]))  # type: ignore[arg-type]
+
+    async def _update_live(
+        self, group_id: str, message_id: str, sender_id: str, changes: dict[str, Any]
+    ) -> Message | None:
+        gid, mid, sid = (_oid_or_none(x) for x in (group_id, message_id, sender_id))
+        if gid is None or mid is None or sid is None:
+            return None
+        doc = await self._messages.find_one_and_update(
+            _live_message_filter(mid, gid, sid),
+            {"$set": changes},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else _to_wire(doc)
+
+
+def _to_wire(doc: dict[str, Any]) -> Message:
+    """A stored message as the wire dict: hex ids, ISO times."""
+    sender_id = doc.get("sender_id")
+    sid = None if sender_id is None else str(sender_id).lower()
+    sender = doc.get("sender") or sid or ""
+    edited = doc.get("edited_at")
+    deleted = bool(doc.get("deleted", False))
+    return {
+        "type": "message",
+        "id": str(doc["_id"]),
+        "seq": int(doc["seq"]),
+        "group_id": str(doc["group_id"]),
+        "sender_id": sid,
+        "sender": sender,
+        "sender_name": sender,
+        "content": "" if deleted else doc.get("content", ""),
+        "timestamp": iso_timestamp(doc["timestamp"]),
+        "client_msg_id": doc.get("client_msg_id"),
+        "edited_at": None if edited is None else iso_timestamp(edited),
+        "deleted": deleted,
+    }
+
+
+def _client_msg_filter(gid: ObjectId, sid: ObjectId, client_msg_id: str) -> dict[str, Any]:
+    return {"group_id": gid, "sender_id": sid, "client_msg_id": client_msg_id}
+
+
+def _live_message_filter(mid: ObjectId, gid: ObjectId, sid: ObjectId) -> dict[str, Any]:
+    """The message, if it is in the group, the sender's and not deleted: a point lookup."""
+    return {"_id": mid, "group_id": gid, "sender_id": sid, "deleted": False}
+
+
+def _duplicate_index(exc: DuplicateKeyError) -> str | None:
+    """Which unique index refused the insert."""
+    details = exc.details or {}
+    pattern = details.get("keyPattern") or {}
+    if "client_msg_id" in pattern:
+        return CLIENT_MSG_INDEX
+    if "seq" in pattern:
+        return SEQ_INDEX
+    message = str(details.get("errmsg") or exc)
+    for name in (CLIENT_MSG_INDEX, SEQ_INDEX):
+        if f"index: {name} " in message:
+            return name
+    return None
+
+
+def _oid(value: str) -> ObjectId:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError) as exc:
+        raise ValueError(f"not an ObjectId: {value!r}") from exc
+
+
+def _oid_or_none(value: str) -> ObjectId | None:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        return None
+
+
+def _name(group: dict[str, Any]) -> str:
+    name = group.get("name")
+    return name if isinstance(name, str) else ""
+
+
+def _short(exc: BaseException) -> str:
+    """The driver's message without the topology dump it appends."""
+    text = str(exc).split(", Topology Description:")[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _redacted(uri: str) -> str:
+    """The URI without its password, fit for logs."""
+    return re.sub(r"(?<=://)([^:@/]*):[^@/]*@", r"\1:***@", uri)
