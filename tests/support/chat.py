@@ -27,6 +27,9 @@ PHYSICS = "65b0000000000000000000a2"  # Ana, Carol
 NOWHERE = "65b0000000000000000000ff"  # no such group
 
 NAMES = {ANA: "Ana García", BEN: "Ben Okafor", CAROL: "Carol", DAN: "Dan Wu"}
+# The wider application's users and study_groups, the same in every store.
+USERS = [(ANA, "  Ana ", "García "), (BEN, "Ben", "Okafor"), (CAROL, "Carol", ""), (DAN, "Dan", "Wu")]
+GROUPS = [(MATHS, "Maths", [ANA, BEN, CAROL]), (PHYSICS, "Physics", [ANA, CAROL])]
 
 
 def make_token(user_id: str, *, secret: str = SECRET, ttl: int = 3600, **claims: Any) -> str:
@@ -37,12 +40,10 @@ def make_token(user_id: str, *, secret: str = SECRET, ttl: int = 3600, **claims:
 
 def seeded_store() -> MemoryStore:
     store = MemoryStore()
-    store.add_user(ANA, "  Ana ", "García ")
-    store.add_user(BEN, "Ben", "Okafor")
-    store.add_user(CAROL, "Carol", "")
-    store.add_user(DAN, "Dan", "Wu")
-    store.add_group(MATHS, "Maths", [ANA, BEN, CAROL])
-    store.add_group(PHYSICS, "Physics", [ANA, CAROL])
+    for user_id, full_name, last_name in USERS:
+        store.add_user(user_id, full_name, last_name)
+    for group_id, name, members in GROUPS:
+        store.add_group(group_id, name, members)
     return store
 
 
@@ -98,8 +99,25 @@ class ChatClient:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return seeded_store()
+def backend() -> str:
+    """Which store the ``server`` fixture uses; modules override it to run on both."""
+    return "memory"
+
+
+@pytest.fixture
+async def store(backend, request):
+    """The seeded store for ``backend``: the same users and groups in each."""
+    if backend == "memory":
+        return seeded_store()
+    from storage.mongo import MongoStore
+    from tests.support.mongo import seed_mongo
+
+    uri, db_name = request.getfixturevalue("mongo_uri"), request.getfixturevalue("mongo_db_name")
+    await seed_mongo(uri, db_name, users=USERS, groups=GROUPS)
+    return MongoStore(uri, db_name)
+
+
+both_stores = pytest.fixture(params=["memory", "mongo"])(lambda request: request.param)
 
 
 @pytest.fixture

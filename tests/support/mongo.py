@@ -42,8 +42,9 @@ def secantus_uri(port: int, **options: object) -> str:
 class SecantusProcess:
     """A ``secantusd-py`` daemon that can be stopped and started again on its data."""
 
-    def __init__(self, storage_path: Path, port: int | None = None) -> None:
+    def __init__(self, storage_path: Path, port: int | None = None, *, test_commands: bool = False) -> None:
         self.storage_path = storage_path
+        self.test_commands = test_commands
         self.port = port or free_port()
         self.log_path = storage_path.with_suffix(".log")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -61,6 +62,7 @@ class SecantusProcess:
                     "--port", str(self.port),
                     "--storage-path", str(self.storage_path),
                     "--log-level", "WARNING",
+                    *(["--enable-test-commands"] if self.test_commands else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
