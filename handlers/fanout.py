@@ -1,4 +1,17 @@
-"""Cross-node fan-out on python-socketio's Redis manager, in ``seq`` order.
+"""Fan-out: handing one broadcast to every connection in a room, cheaply and in order.
+
+``FastManager`` replaces python-socketio's per-recipient path (a task per
+recipient, then ``asyncio.wait`` on all of them) with one pre-encoded
+Engine.IO packet put straight on each recipient's send queue. ``FastSocket``
+makes the per-connection writer wake up without ``asyncio.wait_for`` (which
+costs a task per wake-up on Python 3.11). python-socketio stays the library:
+rooms, the handshake, acks and the Redis queue are its own.
+
+A recipient whose queue already holds ``MAX_QUEUED`` packets cannot keep up;
+its transport is closed rather than buffering without bound. Standard
+clients reconnect by themselves and catch up with ``since_seq``.
+
+Cross-node fan-out on python-socketio's Redis manager, in ``seq`` order.
 
 ``AsyncRedisManager`` delivers an emit to this node's clients first and then
 publishes it for the other nodes. Two things are added here:
@@ -21,12 +34,90 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import engineio
 import socketio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 log = logging.getLogger(__name__)
 
 REORDER_WAIT_S = 0.25
 OUTBOX_LIMIT = 10_000
+MAX_QUEUED = 1_000  # packets waiting for one connection before it is dropped
+
+
+class FastSocket(engineio.async_socket.AsyncSocket):
+    """An Engine.IO socket whose writer waits on its queue with ``asyncio.timeout``."""
+
+    async def poll(self):
+        try:
+            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                packets = [await self.queue.get()]
+            self.queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise eio_exceptions.QueueEmpty() from None
+        if packets == [None]:
+            return []
+        queue = self.queue
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+
+class ChatServer(socketio.AsyncServer):
+    """``AsyncServer`` whose Engine.IO sockets are ``FastSocket``s."""
+
+    async def _handle_eio_connect(self, eio_sid, environ):
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and type(socket) is engineio.async_socket.AsyncSocket:
+            socket.__class__ = FastSocket
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+
+class FastManager(socketio.AsyncManager):
+    """Room emits without callbacks go straight onto each recipient's queue."""
+
+    async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        room = to or room
+        if callback is not None or isinstance(data, (tuple, bytes)) or sio_packet.Packet.data_is_binary(data):
+            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
+                                      callback=callback, **kwargs)
+        if namespace not in self.rooms:
+            return
+        encoded = self.server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[event] if data is None else [event, data]
+        ).encode()
+        pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        skip = skip_sid if isinstance(skip_sid, (list, set, tuple)) else (skip_sid,)
+        sockets = self.server.eio.sockets
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed or socket.closing:
+                continue
+            queue = socket.queue
+            if queue.qsize() >= MAX_QUEUED:
+                self._drop_slow(socket)
+                continue
+            queue.put_nowait(pkt)
+
+    def _drop_slow(self, socket) -> None:
+        log.warning("closing connection %s: %d packets waiting, it cannot keep up", socket.sid, MAX_QUEUED)
+        socket.closing = True  # queue nothing more for it
+        task = asyncio.ensure_future(socket.close(wait=False, abort=True, reason="slow client"))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()
 
 
 @dataclass
@@ -73,7 +164,7 @@ class SeqOrder:
             state.last = seq
 
 
-class ChatRedisManager(socketio.AsyncRedisManager):
+class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._outbox: asyncio.Queue | None = None

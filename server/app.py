@@ -13,6 +13,7 @@ from aiohttp import web
 from handlers.auth import TokenConfig, TokenVerifier
 from handlers.chat import ChatService
 from handlers.events import ChatEvents
+from handlers.fanout import ChatServer, FastManager
 from handlers.limits import LocalLimiter
 from handlers.live import LocalPresence
 from storage import Store, make_store
@@ -68,9 +69,9 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     cluster = None
     if settings.redis_url:
         cluster = Cluster(settings.redis_url, settings.rate_limits, settings.presence_ttl_s)
-    sio = socketio.AsyncServer(
+    sio = ChatServer(
         async_mode="aiohttp",
-        client_manager=cluster.manager if cluster else None,
+        client_manager=cluster.manager if cluster else FastManager(),
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_PACKET_BYTES,
         logger=library_logger("socketio.server"),
