@@ -23,6 +23,7 @@ from .auth import TokenVerifier, token_from_handshake
 from .chat import ChatService
 from .errors import ChatError, invalid
 from .live import LocalPresence, Presence, TypingThrottle
+from .wire import UNDECODABLE_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,12 @@ class ChatEvents:
 
     # -- connection lifecycle --
 
-    async def connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> Any:
-        if sid in self.connections:
+    async def connect(self, sid: str, *args: Any) -> Any:
+        """The handshake: python-socketio calls it with ``(sid, environ, auth)``."""
+        if sid in self.connections or not args or not isinstance(args[0], Mapping):
             # A client-sent event named "connect"; the real handshake is done.
             return invalid({"_event": ["Reserved event name."]}).envelope()
+        environ, auth = args[0], args[1] if len(args) > 1 else None
         try:
             user_id = self.verifier.verify(token_from_handshake(auth, environ))
         except ChatError as exc:
@@ -138,8 +141,15 @@ class ChatEvents:
         for group_id in list(conn.groups):
             await self._leave_room(conn, group_id)
 
-    async def unknown_event(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
-        log.warning("unknown event sid=%s event=%.64r", sid, event)
+    async def unknown_event(self, *args: Any) -> dict[str, Any]:
+        """The catch-all: ``(event, sid, *payload)``, or ``(sid, *payload)`` for an event named "*"."""
+        event = args[0] if args else None
+        if event == UNDECODABLE_EVENT:
+            log.warning("undecodable event sid=%s", args[1] if len(args) > 1 else None)
+            self.observer.event("undecodable", "invalid_payload", 0.0)
+            return invalid({"_payload": ["The payload could not be decoded (too deep, too large a number, "
+                                         "or attachments that do not match)."]}).envelope()
+        log.warning("unknown event event=%.64r", event)
         self.observer.event("unknown", "invalid_payload", 0.0)
         return invalid({"_event": [f"Unknown event {str(event)[:64]!r}."]}).envelope()
 

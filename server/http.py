@@ -32,7 +32,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/study-groups", list_groups)
-    app.router.add_get("/study-groups/{group_id}/messages", group_messages)
+    app.router.add_get("/study-groups/{group_id:[^/]+}/messages", group_messages)
     app.router.add_get("/demo/users", demo_users)
     app.router.add_post("/demo/token", demo_token)
     app.router.add_get("/", index)
