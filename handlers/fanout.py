@@ -1,15 +1,20 @@
 """Fan-out: handing one broadcast to every connection in a room, cheaply and in order.
 
 ``FastManager`` replaces python-socketio's per-recipient path (a task per
-recipient, then ``asyncio.wait`` on all of them) with one pre-encoded
-Engine.IO packet put straight on each recipient's send queue. ``FastSocket``
-makes the per-connection writer wake up without ``asyncio.wait_for`` (which
-costs a task per wake-up on Python 3.11). python-socketio stays the library:
-rooms, the handshake, acks and the Redis queue are its own.
+recipient, then ``asyncio.wait`` on all of them). A broadcast is encoded once;
+for a WebSocket connection whose send queue is empty, the same WebSocket frame
+bytes are written straight to its transport (frames are whole writes, so they
+never interleave with the ones Engine.IO's own writer sends; a frame sent
+uncompressed is valid even where permessage-deflate was negotiated). Any other
+connection (polling, mid-upgrade, or with packets still queued) gets the
+pre-built packet on its Engine.IO queue, which keeps order. ``FastSocket``
+makes the per-connection writer wake up without ``asyncio.wait_for`` (a task
+per wake-up on Python 3.11). python-socketio stays the library: rooms, the
+handshake, acks and the Redis queue are its own.
 
-A recipient whose queue already holds ``MAX_QUEUED`` packets cannot keep up;
-its transport is closed rather than buffering without bound. Standard
-clients reconnect by themselves and catch up with ``since_seq``.
+A connection that cannot keep up (``MAX_BUFFERED`` bytes unsent, or
+``MAX_QUEUED`` packets waiting) is closed rather than buffered without bound.
+Standard clients reconnect by themselves and catch up with ``since_seq``.
 
 Cross-node fan-out on python-socketio's Redis manager, in ``seq`` order.
 
@@ -45,10 +50,47 @@ log = logging.getLogger(__name__)
 REORDER_WAIT_S = 0.25
 OUTBOX_LIMIT = 10_000
 MAX_QUEUED = 1_000  # packets waiting for one connection before it is dropped
+MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
+
+
+def websocket_text_frame(text: str) -> bytes:
+    """One unmasked, final, uncompressed WebSocket text frame (server to client)."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
 
 
 class FastSocket(engineio.async_socket.AsyncSocket):
-    """An Engine.IO socket whose writer waits on its queue with ``asyncio.timeout``."""
+    """An Engine.IO socket whose writer waits on its queue with ``asyncio.timeout``
+    and that exposes its WebSocket transport once the upgrade is complete."""
+
+    websocket = None  # engineio's aiohttp WebSocket wrapper, once there is one
+
+    async def _websocket_handler(self, ws):
+        self.websocket = ws
+        try:
+            return await super()._websocket_handler(ws)
+        finally:
+            self.websocket = None
+
+    def direct_transport(self):
+        """The transport to write frames to directly, or ``None`` to use the queue."""
+        ws = self.websocket
+        if ws is None or not self.upgraded or self.upgrading or self.closing or not self.queue.empty():
+            return None
+        try:
+            transport = ws._sock._writer.transport
+        except AttributeError:
+            return None
+        if transport is None or transport.is_closing():
+            return None
+        return transport
 
     async def poll(self):
         try:
@@ -94,6 +136,7 @@ class FastManager(socketio.AsyncManager):
             sio_packet.EVENT, namespace=namespace, data=[event] if data is None else [event, data]
         ).encode()
         pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        frame = None
         skip = skip_sid if isinstance(skip_sid, (list, set, tuple)) else (skip_sid,)
         sockets = self.server.eio.sockets
         for sid, eio_sid in self.get_participants(namespace, room):
@@ -102,14 +145,23 @@ class FastManager(socketio.AsyncManager):
             socket = sockets.get(eio_sid)
             if socket is None or socket.closed or socket.closing:
                 continue
+            transport = socket.direct_transport() if type(socket) is FastSocket else None
+            if transport is not None:
+                if transport.get_write_buffer_size() > MAX_BUFFERED:
+                    self._drop_slow(socket, f"{MAX_BUFFERED} bytes unsent")
+                    continue
+                if frame is None:
+                    frame = websocket_text_frame("4" + encoded)
+                transport.write(frame)
+                continue
             queue = socket.queue
             if queue.qsize() >= MAX_QUEUED:
-                self._drop_slow(socket)
+                self._drop_slow(socket, f"{MAX_QUEUED} packets waiting")
                 continue
             queue.put_nowait(pkt)
 
-    def _drop_slow(self, socket) -> None:
-        log.warning("closing connection %s: %d packets waiting, it cannot keep up", socket.sid, MAX_QUEUED)
+    def _drop_slow(self, socket, why: str) -> None:
+        log.warning("closing connection %s: %s, it cannot keep up", socket.sid, why)
         socket.closing = True  # queue nothing more for it
         task = asyncio.ensure_future(socket.close(wait=False, abort=True, reason="slow client"))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)

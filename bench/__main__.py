@@ -1,0 +1,179 @@
+"""``python -m bench [--quick]``: run every scenario against every peer and write bench/results/.
+
+Normally started through ``bench/run``, which installs the Node and plot dependencies first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from typing import Any
+
+from . import report
+from .harness import BENCH, LOGS, PYTHON, ROOT, WORK, BenchError, Procs, free_port, wait_port
+from .peers import PEERS, write_spec, this_server_missing
+from .scenarios import Plan, run_peer, run_redis
+
+log = logging.getLogger("bench")
+RESULTS = BENCH / "results"
+
+
+def _meta() -> dict[str, Any]:
+    def cmd(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    versions = {"Python": platform.python_version(), "Node": cmd("node", "--version").lstrip("v")}
+    for dist in ("python-socketio", "python-engineio", "aiohttp", "pymongo", "secantusdb"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    for pkg in ("socket.io", "ws"):
+        try:
+            versions[f"{pkg} (npm)"] = json.loads((BENCH / "node_modules" / pkg / "package.json").read_text())["version"]
+        except OSError:
+            pass
+    versions["redis-server"] = cmd("redis-server", "--version").split(" v=")[-1].split()[0] if shutil.which("redis-server") else "absent"
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    dirty = " (+ uncommitted changes)" if cmd("git", "status", "--porcelain", "--untracked-files=no") else ""
+    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": cmd("git", "rev-parse", "--short", "HEAD") + dirty,
+            "cpu": cpu, "cores": os.cpu_count(), "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
+            "versions": versions}
+
+
+def run_storage(procs: Procs, quick: bool) -> dict[str, Any]:
+    if not shutil.which("secantusd-py", path=str(ROOT / ".venv" / "bin")):
+        return {"skipped": "secantusd-py is not installed in .venv"}
+    data = WORK / "secantus"
+    shutil.rmtree(data, ignore_errors=True)
+    port = free_port()
+    db = procs.start("secantusd", [str(ROOT / ".venv" / "bin" / "secantusd-py"), "--host", "127.0.0.1",
+                                   "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING"])
+    out_file = WORK / "storage.json"
+    out_file.unlink(missing_ok=True)
+    try:
+        wait_port(port, db, timeout_s=60)
+        histories = "1000,10000" if quick else "1000,50000"
+        argv = [PYTHON, "-m", "bench.storage", "--uri", f"mongodb://127.0.0.1:{port}/?retryWrites=false",
+                "--db-pid", str(db.pid), "--histories", histories, "--out", str(out_file)]
+        if quick:
+            argv.append("--quick")
+        else:
+            argv.append("--break-test")
+        client = procs.start("storage", argv, core="0")
+        try:
+            client.wait(timeout=300 if not quick else 120)
+        except subprocess.TimeoutExpired:
+            return {"error": "storage scenario did not finish in time"}
+        finally:
+            procs.stop(client)
+        if client.returncode != 0 or not out_file.exists():
+            return {"error": f"storage scenario failed (exit {client.returncode}); see {LOGS / 'storage.log'}"}
+        result = json.loads(out_file.read_text())
+        if quick:
+            result["note"] = "quick mode: 1k vs 10k history and no push-to-the-cap test"
+        return result
+    except BenchError as exc:
+        return {"error": str(exc)}
+    finally:
+        procs.stop(db, grace_s=10)
+
+
+def _lock():
+    """Hold bench/.work/lock for this run (``bench/run`` takes it itself and says so)."""
+    if os.environ.get("BENCH_LOCK_HELD"):
+        return True
+    WORK.mkdir(parents=True, exist_ok=True)
+    fh = open(WORK / "lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh  # kept open (and so locked) until the process exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run", description="Benchmark this server next to its peers.")
+    parser.add_argument("--quick", action="store_true", help="smoke check in ~2 minutes (writes results/quick.*)")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
+    parser.add_argument("--skip-storage", action="store_true")
+    parser.add_argument("--skip-redis", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    lock = _lock()
+    if lock is None:
+        print("bench: another benchmark run is in progress; try again when it ends", file=sys.stderr)
+        return 3
+    plan = Plan.make(args.quick)
+    procs = Procs()
+
+    def on_signal(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = time.monotonic()
+    results: dict[str, Any] = {"meta": _meta(), "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
+                               "peers": {}, "redis": {}}
+    try:
+        spec, secret = write_spec(plan.idle_conns)
+        wanted = [k.strip() for k in args.peers.split(",") if k.strip()]
+        for key in wanted:
+            peer = PEERS[key]
+            if key == "this" and (why := this_server_missing()):
+                log.warning("%s skipped: %s", peer.label, why)
+                results["peers"][key] = {"label": peer.label, "skipped": why}
+                continue
+            log.info("%s", peer.label)
+            results["peers"][key] = run_peer(procs, peer, plan, spec, secret)
+        if not args.skip_redis:
+            if not shutil.which("redis-server"):
+                log.warning("redis-server not found: Redis scenario skipped")
+            for key in wanted:
+                peer = PEERS[key]
+                if peer.redis and shutil.which("redis-server") and "skipped" not in results["peers"].get(key, {}):
+                    log.info("%s with REDIS_URL", peer.label)
+                    results["redis"][key] = run_redis(procs, peer, plan, spec, secret)
+        if args.skip_storage:
+            results["storage"] = {"skipped": "--skip-storage"}
+        else:
+            log.info("storage: per-send cost vs history")
+            results["storage"] = run_storage(procs, plan.quick)
+            if "error" in results["storage"] or "skipped" in results["storage"]:
+                log.warning("  storage: %s", results["storage"])
+    finally:
+        procs.stop_all()
+    results["meta"]["duration_s"] = time.monotonic() - started
+
+    RESULTS.mkdir(exist_ok=True)
+    stem = "quick" if plan.quick else "latest"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = report.markdown(results)
+    (RESULTS / f"{stem}.md").write_text(table)
+    problem = report.plot(results, RESULTS / f"{stem}.png")
+    if problem:
+        log.warning("%s", problem)
+    if not plan.quick and not args.skip_storage and set(wanted) == set(PEERS):
+        report.update_readme(BENCH / "README.md", table)
+    print(table)
+    log.info("wrote %s.{md,json,png} in %.0f s", RESULTS / stem, results["meta"]["duration_s"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Turn one run's results into the Markdown table, the plot, and the README's quoted table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+ORDER = ("this", "node", "psio", "raw")
+REFS = (("node", "Node"), ("psio", "py-sio"))
+
+
+def _f(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "–" if not a or not b else f"{a / b:.2f}×"
+
+
+def _check(res: dict[str, Any]) -> str:
+    v = res.get("verify")
+    if not v:
+        return "–"
+    bad = v["missing"] + v["dups"] + v["reorders"] + v["unexpected"] + v["ack_errors"]
+    text = f"{v['missing']}/{v['dups']}/{v['reorders']}"
+    return text + ("" if bad == 0 and res.get("drain_complete") else " **FAIL**")
+
+
+def _peers(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    peers = results["peers"]
+    return [(k, peers[k]) for k in ORDER if k in peers]
+
+
+def _other_load(res: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Share of the server's core and of the swarm's core used by other processes in the window."""
+    busy = res.get("core_busy") or {}
+    wall = res.get("window_s")
+    if not wall or "1" not in busy or "0" not in busy:
+        return None, None
+    extra = sum(x or 0 for x in res.get("extra_cpu_s") or []) / wall
+    return (max(0.0, busy["1"] - res["server_cpu_util"] - extra), max(0.0, busy["0"] - res["gen_cpu_util"]))
+
+
+def _noise(res: dict[str, Any]) -> str:
+    """Other load on the server core / swarm core (this machine is shared); ⚠ above 15 %."""
+    srv, cli = _other_load(res)
+    if srv is None:
+        return "–"
+    flag = " ⚠" if max(srv, cli) > 0.15 else ""
+    tries = f" (try {res['attempt']})" if res.get("attempt", 1) > 1 else ""
+    return f"{srv:.0%} / {cli:.0%}{flag}{tries}"
+
+
+def saturation_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| peer | room | deliveries/s (wall) | deliveries per server CPU-s | vs Node | vs py-sio "
+            "| server CPU | generator CPU | other load server / swarm core | latency p50 / p99 / max ms | missing/dup/reorder "
+            "| sign-in + join, server CPU ms per member |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    peers = results["peers"]
+    for room in results["plan"]["rooms"]:
+        for key, peer in _peers(results):
+            if "skipped" in peer:
+                continue
+            res = peer.get("saturation", {}).get(str(room), {})
+            if not res or res.get("error"):
+                rows.append(f"| {peer['label']} | {room} | error: {res.get('error', peer.get('error', 'not run'))} |||||||||||")
+                continue
+            mine = res["deliveries_per_cpu_s"]
+            refs = [peers.get(r, {}).get("saturation", {}).get(str(room), {}).get("deliveries_per_cpu_s") for r, _ in REFS]
+            lat = res["latency_ms"]
+            rows.append(
+                f"| {peer['label']} | {room} | {_f(res['deliveries_per_s'])} | **{_f(mine)}** | "
+                f"{_ratio(mine, refs[0])} | {_ratio(mine, refs[1])} | {res['server_cpu_util']:.0%} | "
+                f"{res['gen_cpu_util']:.0%} | {_noise(res)} | {_f(lat['p50'], 1)} / {_f(lat['p99'], 1)} / {_f(lat['max'], 1)} | {_check(res)} | "
+                f"{_f(res.get('setup_cpu_ms_per_conn'), 2)} |"
+            )
+    return rows
+
+
+def rate_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| peer | load | target deliveries/s | achieved | latency p50 / p99 / max ms "
+            "| server CPU | other load server / swarm core | deliveries per server CPU-s | missing/dup/reorder |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for key, peer in _peers(results):
+        for load in results["plan"]["loads"]:
+            res = peer.get("rates", {}).get(str(load))
+            if not res:
+                continue
+            if res.get("error"):
+                rows.append(f"| {peer['label']} | {load}% | error: {res['error']} |||||||")
+                continue
+            lat = res["latency_ms"]
+            rows.append(
+                f"| {peer['label']} | {load}% | {_f(res['target_deliveries_per_s'])} | {_f(res['deliveries_per_s'])} | "
+                f"{_f(lat['p50'], 1)} / {_f(lat['p99'], 1)} / {_f(lat['max'], 1)} | "
+                f"{res['server_cpu_util']:.0%} | {_noise(res)} | {_f(res['deliveries_per_cpu_s'])} | {_check(res)} |"
+            )
+    return rows
+
+
+def idle_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| peer | idle connections | server RSS before → after MB | KB per connection | vs Node | vs py-sio "
+            "| sign-in + join rate (conn/s) | server CPU ms per sign-in + join | server CPU-s to process all the disconnects |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    peers = results["peers"]
+    for key, peer in _peers(results):
+        res = peer.get("idle")
+        if not res:
+            continue
+        if res.get("error"):
+            rows.append(f"| {peer['label']} | error: {res['error']} ||||||||")
+            continue
+        mine = res["kb_per_conn"]
+        refs = [peers.get(r, {}).get("idle", {}).get("kb_per_conn") for r, _ in REFS]
+        rows.append(
+            f"| {peer['label']} | {res['conns']:,} | {res['rss_before_kb'] / 1024:.0f} → {res['rss_after_kb'] / 1024:.0f} | "
+            f"**{mine:.1f}** | {_ratio(mine, refs[0])} | {_ratio(mine, refs[1])} | {_f(res['conns_per_s'])} | "
+            f"{_f(res.get('setup_cpu_ms_per_conn'), 2)} | {_f(res.get('teardown_cpu_s'), 1)} |"
+        )
+    return rows
+
+
+def redis_table(results: dict[str, Any]) -> list[str]:
+    rows = ["| peer | without Redis: deliveries per server CPU-s | with `REDIS_URL` | with / without "
+            "| with, counting redis-server CPU too | latency p50 / p99 ms without → with | missing/dup/reorder |",
+            "|---|---:|---:|---:|---:|---:|---|"]
+    for key, red in results.get("redis", {}).items():
+        base, res = red.get("without_redis", {}), red.get("with_redis", {})
+        if red.get("error") or res.get("error") or base.get("error") or not res or not base:
+            rows.append(f"| {red['label']} | error: {red.get('error') or base.get('error') or res.get('error')} ||||||")
+            continue
+        redis_cpu = (res.get("extra_cpu_s") or [None])[0]
+        both = None if redis_cpu is None else res["deliveries"] / (res["server_cpu_s"] + redis_cpu)
+        lb, lr = base["latency_ms"], res["latency_ms"]
+        rows.append(
+            f"| {red['label']} | {_f(base['deliveries_per_cpu_s'])} | **{_f(res['deliveries_per_cpu_s'])}** | "
+            f"{_ratio(res['deliveries_per_cpu_s'], base['deliveries_per_cpu_s'])} | {_f(both)} | "
+            f"{_f(lb['p50'], 1)} / {_f(lb['p99'], 1)} → {_f(lr['p50'], 1)} / {_f(lr['p99'], 1)} | "
+            f"{_check(base)}, {_check(res)} |"
+        )
+    return rows
+
+
+def storage_table(results: dict[str, Any]) -> list[str]:
+    st = results.get("storage") or {}
+    if "results" not in st:
+        return [f"Not run: {st.get('skipped') or st.get('error') or 'not requested'}."]
+    hs = st["histories"]
+    names = {"direct": "direct driver calls (floor)", "this": "this server's store (MongoStore)",
+             "legacy": "legacy embedded array"}
+    rows = ["| design | history | µs per send: mean / p50 / p99 | × direct (p50 wall) | CPU µs per send (DB + client) "
+            f"| × direct (CPU) | growth {hs[-1] // 1000}k / {hs[0] // 1000}k (p50 wall, CPU) |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for design in ("direct", "this", "legacy"):
+        per = st["results"].get(design, {})
+        for h in hs:
+            res = per.get(str(h), {})
+            if "skipped" in res:
+                rows.append(f"| {names[design]} | {h:,} | skipped: {res['skipped']} |||||")
+                continue
+            if not res:
+                continue
+            direct = st["results"]["direct"].get(str(h), {})
+            first = per.get(str(hs[0]), {})
+            growth = "" if h == hs[0] else (f"{_ratio(res['wall_us_p50'], first.get('wall_us_p50'))}, "
+                                             f"{_ratio(res.get('cpu_us_per_send'), first.get('cpu_us_per_send'))}")
+            rows.append(
+                f"| {names[design]} | {h:,} | {_f(res['wall_us_mean'])} / **{_f(res['wall_us_p50'])}** / "
+                f"{_f(res['wall_us_p99'])} | {_ratio(res['wall_us_p50'], direct.get('wall_us_p50'))} | "
+                f"{_f(res.get('cpu_us_per_send'))} | {_ratio(res.get('cpu_us_per_send'), direct.get('cpu_us_per_send'))} | "
+                f"{growth} |"
+            )
+    cap = st.get("legacy_capacity", {})
+    brk = st.get("legacy_break")
+    if cap:
+        line = (f"\nLegacy cap: one embedded message of this size is {cap['entry_bytes']} bytes of BSON, so the group "
+                f"document reaches MongoDB's 16 MiB limit at **{cap['max_messages']:,} messages**")
+        if brk and brk.get("refused_at"):
+            line += (f"; pushing onto a group seeded with {brk['start']:,} was accepted up to {brk['accepted_up_to']:,} "
+                     f"and refused at message {brk['refused_at']:,} (`{brk['error'][:90]}`), each push near the cap "
+                     f"taking {_f(brk.get('push_s_near_cap'), 1)} s")
+        elif brk:
+            line += f"; the push test did not see a refusal ({brk})"
+        rows.append(line + ". Every later send to that group fails.")
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["meta"]
+    out = [
+        f"# Benchmark results ({'quick' if results['plan']['quick'] else 'full'} run)",
+        "",
+        f"{m['date']} · commit `{m['commit']}` · {m['cpu']} · {m['cores']} cores (server on core 1, swarm on core 0) · "
+        f"load average at start {m['loadavg']} · {m['duration_s']:.0f} s",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
+        "",
+    ]
+    for key, peer in results["peers"].items():
+        if "skipped" in peer:
+            out.append(f"**{peer['label']} not measured:** {peer['skipped']}")
+            out.append("")
+    out += ["## Broadcast throughput at saturation", "",
+            "Deliveries = `message` events received by room members (one send to a room of 100 = 100). "
+            "The headline is deliveries per CPU-second of the server process; \"vs\" columns divide it by the "
+            "same figure for Node Socket.IO v4 and for python-socketio with defaults.", ""]
+    out += saturation_table(results)
+    out += ["", f"## Latency at fixed rates (room of 100; load = share of that peer's own saturation rate)", ""]
+    out += rate_table(results)
+    out += ["", "## Idle connections (signed in and joined, from the server's RSS)", ""]
+    out += idle_table(results)
+    out += ["", "## One node with and without `REDIS_URL` (python-socketio's Redis manager)", ""]
+    out += redis_table(results)
+    out += ["", "## Per-send storage cost vs history (SecantusDB, MongoDB wire protocol)", ""]
+    out += storage_table(results)
+    out += ["", "Other load: share of the server's core (1) and of the swarm's core (0) that other processes "
+            "used during the window (from /proc/stat; this machine is shared). ⚠ marks more than 15 %: wall-clock "
+            "rates and latencies of that row are suspect, per-CPU-second figures less so. A window with more than "
+            "25 % on the server core is measured again (up to 3 tries while the run is within its time budget) and "
+            "the least disturbed try is kept; \"(try N)\" says which. "
+            "`–`: not measured or no reference.", ""]
+    return "\n".join(out)
+
+
+def update_readme(readme: Path, table_md: str) -> None:
+    """Replace the text between the results markers in bench/README.md."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start not in text or end not in text:
+        return
+    body = table_md.split("\n", 1)[1].strip()  # without the H1
+    body = re.sub(r"^## ", "#### ", body, flags=re.M)
+    new = text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
+    readme.write_text(new, encoding="utf-8")
+
+
+def plot(results: dict[str, Any], path: Path) -> str | None:
+    """Three panels: throughput per CPU-s by room, latency vs load, storage cost vs history."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        return f"matplotlib missing ({exc}); no plot"
+    peers = [(k, p) for k, p in _peers(results) if "skipped" not in p]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    ax = axes[0]
+    rooms = results["plan"]["rooms"]
+    width = 0.8 / max(1, len(peers))
+    for i, (key, peer) in enumerate(peers):
+        vals = [(peer.get("saturation", {}).get(str(r), {}).get("deliveries_per_cpu_s") or 0) / 1000 for r in rooms]
+        bars = ax.bar([x + i * width for x in range(len(rooms))], vals, width, label=peer["label"])
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(rooms))], [f"room {r}" for r in rooms])
+    ax.set_ylabel("thousand deliveries per server CPU-second")
+    ax.set_title("Broadcast throughput at saturation")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+    ax.legend(fontsize=8, loc="upper center", ncols=2)
+    ax = axes[1]
+    for key, peer in peers:
+        pts = [(int(l), r["latency_ms"]["p99"]) for l, r in peer.get("rates", {}).items() if not r.get("error")]
+        if pts:
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=peer["label"])
+    ax.set_xlabel("load, % of the peer's own saturation (room 100)")
+    ax.set_ylabel("p99 latency, ms (log)")
+    ax.set_yscale("log")
+    ax.set_title("Latency at fixed rates")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    st = results.get("storage") or {}
+    if "results" in st:
+        hs = st["histories"]
+        for design, label in (("direct", "direct driver"), ("this", "this server's store"), ("legacy", "legacy embedded")):
+            vals = [st["results"].get(design, {}).get(str(h), {}).get("wall_us_p50") for h in hs]
+            if all(v is not None for v in vals):
+                ax.plot(hs, [v / 1000 for v in vals], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("messages already in the group")
+        ax.set_ylabel("ms per send, median (log)")
+        ax.legend(fontsize=8)
+    ax.set_title("Per-send storage cost vs history")
+    fig.suptitle(f"bench ({'quick' if results['plan']['quick'] else 'full'}) {results['meta']['date']}  commit {results['meta']['commit']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None

@@ -1,0 +1,210 @@
+"""The Socket.IO scenarios: saturation per room size, fixed rates, idle connections, Redis."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .harness import BenchError, Procs, free_port, proc_cpu_s, proc_rss_kb, run_swarm, wait_port, wait_quiet
+from .peers import IDLE_GROUP_BASE, IDLE_GROUP_SIZE, RATE_GROUP, REDIS_GROUP, SAT_GROUP, Peer
+
+log = logging.getLogger("bench")
+
+# Closed-loop shape per room size: (senders, sends in flight per sender). Enough in flight to keep
+# the server busy, few enough that its queues (and so latency) stay bounded.
+SATURATION_SHAPE = {10: (10, 10), 100: (20, 4), 1000: (10, 2)}
+RATE_ROOM = 100
+RATE_SENDERS = 20
+# A window in which other processes took more than this share of the server's core is measured
+# again (at most MAX_RETRIES times, and only while the run is within its time budget); the least
+# disturbed attempt is kept. This machine is shared.
+NOISE_LIMIT = 0.25
+MAX_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    rooms: tuple[int, ...] = (10, 100, 1000)
+    loads: tuple[int, ...] = (20, 50, 80)
+    idle_conns: int = 10_000
+    warmup_s: float = 1.5
+    measure_s: float = 4.0
+    budget_s: float = 420.0  # retries of noisy windows stop once the run is this old
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def make(cls, quick: bool) -> "Plan":
+        if quick:
+            return cls(quick=True, rooms=(10, 100), loads=(20, 80), idle_conns=2_000, warmup_s=0.5,
+                       measure_s=2.0, budget_s=90.0)
+        return cls(quick=False)
+
+    def has_time(self) -> bool:
+        return time.monotonic() - self.started < self.budget_s
+
+
+def _swarm(procs: Procs, plan: Plan, url: str, secret: str, pid: int, **cfg: Any) -> dict[str, Any]:
+    base = {
+        "url": url, "secret": secret, "serverPid": pid,
+        "warmupS": plan.warmup_s, "measureS": plan.measure_s,
+        "drainS": 15, "setupTimeoutS": 120, "settleMaxS": 60,
+    }
+    base.update(cfg)
+    limit = base["setupTimeoutS"] + base["settleMaxS"] + base["warmupS"] + base["measureS"] + base["drainS"] + 60
+    return run_swarm(procs, base, timeout_s=limit)
+
+
+def server_core_other_load(res: dict[str, Any]) -> float | None:
+    busy = (res.get("core_busy") or {}).get("1")
+    if busy is None or not res.get("window_s"):
+        return None
+    extra = sum(x or 0 for x in res.get("extra_cpu_s") or []) / res["window_s"]
+    return max(0.0, busy - res["server_cpu_util"] - extra)
+
+
+def _measured(procs: Procs, plan: Plan, url: str, secret: str, pid: int, **cfg: Any) -> dict[str, Any]:
+    """A throughput/latency window, measured again when other load disturbed it (bounded)."""
+    best, best_noise = None, None
+    for attempt in range(1, MAX_RETRIES + 2):
+        res = _swarm(procs, plan, url, secret, pid, **cfg)
+        res["attempt"] = attempt
+        noise = server_core_other_load(res)
+        if res.get("error") or noise is None:
+            return res if best is None else best
+        if best is None or noise < best_noise:
+            best, best_noise = res, noise
+        if noise <= NOISE_LIMIT or attempt > MAX_RETRIES or not plan.has_time():
+            break
+        log.info("  (other processes took %.0f%% of the server core: measuring again)", noise * 100)
+        wait_quiet(pid, max_s=60)
+    return best
+
+
+def _start(procs: Procs, peer: Peer, spec, redis_url: str | None = None):
+    port = free_port()
+    proc = procs.start(peer.key, peer.command(port, spec, redis_url))
+    wait_port(port, proc)
+    wait_quiet(proc.pid)
+    return proc, f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+
+
+def _note(name: str, res: dict[str, Any]) -> None:
+    if res.get("error"):
+        log.warning("  %-14s ERROR %s %s", name, res["error"], res.get("errors", [])[:2])
+    elif res.get("mode") == "idle":
+        log.info("  %-14s %6d conns  %.2f KB/conn  (%.1fs to connect)", name, res["conns"],
+                 res["kb_per_conn"], res["setup_s"])
+    else:
+        v, lat = res["verify"], res["latency_ms"]
+        log.info("  %-14s %8.0f deliv/s %8.0f deliv/CPU-s  cpu %.2f gen %.2f  p50 %.1f p99 %.1f ms"
+                 "  missing/dups/reorders %d/%d/%d", name, res["deliveries_per_s"],
+                 res["deliveries_per_cpu_s"] or 0, res["server_cpu_util"], res["gen_cpu_util"],
+                 lat["p50"] or 0, lat["p99"] or 0, v["missing"], v["dups"], v["reorders"])
+
+
+def run_peer(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[str, Any]:
+    """All single-node scenarios against one peer: idle on one fresh process, the rest on another.
+
+    Ten thousand connections leave a Python process with a much bigger heap (and its collector
+    with more to walk), which would tax every later figure, so throughput gets its own process.
+    """
+    out: dict[str, Any] = {"label": peer.label, "saturation": {}, "rates": {}}
+    try:
+        proc, url = _start(procs, peer, spec)
+        try:
+            out["rss_start_kb"] = proc_rss_kb(proc.pid)
+            res = _swarm(procs, plan, url, secret, proc.pid, mode="idle", conns=plan.idle_conns,
+                         groupBase=IDLE_GROUP_BASE, groupSize=IDLE_GROUP_SIZE, concurrency=200, holdS=2)
+            out["idle"] = res
+            _note("idle", res)
+            _alive(proc)
+            # The swarm's exit closed every connection: how long (and how much CPU) the server
+            # takes to process that many disconnects.
+            cpu0 = proc_cpu_s(proc.pid)
+            res["teardown_s"] = wait_quiet(proc.pid, max_s=90)
+            res["teardown_cpu_s"] = (proc_cpu_s(proc.pid) or 0) - (cpu0 or 0)
+            log.info("  %-14s %.1f s, %.2f CPU-s to process the disconnects", "teardown",
+                     res["teardown_s"], res["teardown_cpu_s"])
+        finally:
+            procs.stop(proc)
+
+        proc, url = _start(procs, peer, spec)
+        try:
+            # The largest room goes last: filling and emptying it can keep a server busy long
+            # after (this server's presence events grow with the square of the room).
+            small = [r for r in plan.rooms if r <= RATE_ROOM]
+            large = [r for r in plan.rooms if r > RATE_ROOM]
+            for room in small:
+                _saturate(procs, plan, url, secret, proc, room, out)
+            sat = out["saturation"].get(str(RATE_ROOM), {})
+            if sat.get("deliveries_per_s"):
+                for load in plan.loads:
+                    target = sat["deliveries_per_s"] * load / 100
+                    res = _measured(procs, plan, url, secret, proc.pid, mode="rate", conns=RATE_ROOM,
+                                    groupBase=RATE_GROUP[load], groupSize=RATE_ROOM,
+                                    senders=RATE_SENDERS, rate=target)
+                    res["load_pct"] = load
+                    out["rates"][str(load)] = res
+                    _note(f"{load}% load", res)
+                    _alive(proc)
+                    wait_quiet(proc.pid)
+            for room in large:
+                _saturate(procs, plan, url, secret, proc, room, out, quiet_after=False)
+        finally:
+            procs.stop(proc)
+    except BenchError as exc:
+        out["error"] = str(exc)
+        log.warning("  %s: %s", peer.label, exc)
+    return out
+
+
+def _saturate(procs: Procs, plan: Plan, url: str, secret: str, proc, room: int, out: dict[str, Any],
+              quiet_after: bool = True) -> None:
+    senders, window = SATURATION_SHAPE[room]
+    res = _measured(procs, plan, url, secret, proc.pid, mode="saturate", conns=room,
+                    groupBase=SAT_GROUP[room], groupSize=room, senders=senders, window=window)
+    out["saturation"][str(room)] = res
+    _note(f"room {room}", res)
+    _alive(proc)
+    if quiet_after:
+        wait_quiet(proc.pid)
+
+
+def run_redis(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[str, Any]:
+    """Room-100 saturation on one node without, then with ``REDIS_URL`` (back to back, fresh processes).
+
+    The harness's own redis-server runs on the server core, so it does not disturb the swarm;
+    its CPU is reported separately (``extra_cpu_s``).
+    """
+    port = free_port()
+    redis = procs.start(f"redis-{peer.key}", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                              "--save", "", "--appendonly", "no"])
+    out: dict[str, Any] = {"label": peer.label}
+    senders, window = SATURATION_SHAPE[RATE_ROOM]
+    try:
+        wait_port(port, redis)
+        for name, url_arg in (("without_redis", None), ("with_redis", f"redis://127.0.0.1:{port}/0")):
+            proc, url = _start(procs, peer, spec, url_arg)
+            try:
+                res = _measured(procs, plan, url, secret, proc.pid, mode="saturate", conns=RATE_ROOM,
+                                groupBase=REDIS_GROUP, groupSize=RATE_ROOM, senders=senders, window=window,
+                                extraPids=[redis.pid] if url_arg else [])
+                out[name] = res
+                _note(name.replace("_", " "), res)
+                _alive(proc)
+            finally:
+                procs.stop(proc)
+    except BenchError as exc:
+        out["error"] = str(exc)
+        log.warning("  %s with redis: %s", peer.label, exc)
+    finally:
+        procs.stop(redis)
+    return out
+
+
+def _alive(proc) -> None:
+    if proc.poll() is not None:
+        raise BenchError(f"{proc.bench_name} died (exit {proc.returncode}); see bench/.work/logs/{proc.bench_name}.log")

@@ -1,0 +1,1 @@
+"""The servers the harness starts: this server's launcher and its peers."""
