@@ -85,7 +85,6 @@ class ChatEvents:
         self.typing = TypingThrottle()
         self.connections: dict[str, Connection] = {}
         self._group_locks: dict[str, list] = {}
-        self._in_flight: set[asyncio.Task] = set()
         self._handling = 0  # events being handled now
         self._idle = asyncio.Event()
         self._idle.set()
@@ -271,7 +270,7 @@ class ChatEvents:
             stored = time.perf_counter()
             self.observer.send_stored(stored - received)
             if not duplicate:
-                self._broadcast("message", message, group_id, received=received)
+                await self._broadcast("message", message, group_id, received=received)
         return {"ok": True, "message": message, "duplicate": duplicate}
 
     async def get_history(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +304,7 @@ class ChatEvents:
         updated = await self.store.edit_message(group_id, message_id, conn.user_id, data["content"])
         if updated is None:  # deleted meanwhile
             raise ChatError("message_not_found", "This message was deleted.")
-        self._broadcast("message_updated", updated, group_id)
+        await self._broadcast("message_updated", updated, group_id)
         return {"ok": True, "message": updated}
 
     async def delete_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -318,7 +317,7 @@ class ChatEvents:
         if deleted is None:  # deleted meanwhile by another connection
             current = await self.store.get_message(group_id, message_id)
             return {"ok": True, "message": current}
-        self._broadcast("message_deleted", deleted, group_id)
+        await self._broadcast("message_deleted", deleted, group_id)
         return {"ok": True, "message": deleted}
 
     # -- helpers --
@@ -326,29 +325,21 @@ class ChatEvents:
     def _group_lock(self, group_id: str) -> "_GroupLock":
         return _GroupLock(self._group_locks, group_id)
 
-    def _broadcast(self, event: str, message: Message, group_id: str, received: float | None = None) -> None:
-        """Schedule the room emit now; tasks start in creation order, so seq order holds."""
-
-        async def emit() -> None:
-            await self.sio.emit(event, message, room=group_id)
-            if received is not None:
-                self.observer.send_broadcast(time.perf_counter() - received)
-
-        task = asyncio.ensure_future(emit())
-        # Keep a reference until done: the loop holds only weak ones (asyncio docs).
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+    async def _broadcast(self, event: str, message: Message, group_id: str, received: float | None = None) -> None:
+        """Emit to the room. The fan-out hands the frame to every local connection
+        before it returns, so emits made in seq order are delivered in seq order."""
+        await self.sio.emit(event, message, room=group_id)
+        if received is not None:
+            self.observer.send_broadcast(time.perf_counter() - received)
 
     async def quiesce(self, timeout: float) -> bool:
-        """Refuse new events, then wait up to ``timeout`` for the ones in flight
-        and their broadcasts; ``True`` when everything finished."""
+        """Refuse new events, then wait up to ``timeout`` for the ones in flight;
+        ``True`` when everything finished."""
         self.closing = True
 
         async def settle() -> None:
-            while self._handling or self._in_flight:
+            while self._handling:
                 await self._idle.wait()
-                if self._in_flight:
-                    await asyncio.gather(*list(self._in_flight), return_exceptions=True)
 
         try:
             await asyncio.wait_for(settle(), timeout)

@@ -123,7 +123,12 @@ class ChatServer(socketio.AsyncServer):
 
 
 class FastManager(socketio.AsyncManager):
-    """Room emits without callbacks go straight onto each recipient's queue."""
+    """Room emits without callbacks: one encoding, then a frame on each transport or queue."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[Any, list[bytes]] = {}
+        self._flush_scheduled = False
 
     async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs):
         room = to or room
@@ -152,13 +157,35 @@ class FastManager(socketio.AsyncManager):
                     continue
                 if frame is None:
                     frame = websocket_text_frame("4" + encoded)
-                transport.write(frame)
+                self._write_soon(transport, frame)
                 continue
             queue = socket.queue
             if queue.qsize() >= MAX_QUEUED:
                 self._drop_slow(socket, f"{MAX_QUEUED} packets waiting")
                 continue
             queue.put_nowait(pkt)
+
+    def _write_soon(self, transport, frame: bytes) -> None:
+        """Coalesce the frames a transport gets in one loop iteration into one write.
+
+        The flush is scheduled when the first frame is buffered, so it runs before
+        any Engine.IO writer woken later: order on each connection is kept.
+        """
+        pending = self._pending.get(transport)
+        if pending is not None:
+            pending.append(frame)
+            return
+        self._pending[transport] = [frame]
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        for transport, frames in pending.items():
+            if not transport.is_closing():
+                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _drop_slow(self, socket, why: str) -> None:
         log.warning("closing connection %s: %s, it cannot keep up", socket.sid, why)

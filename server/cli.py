@@ -88,7 +88,17 @@ def _token(settings: Settings, user_id: str, ttl: int) -> int:
     return 0
 
 
+def use_fast_event_loop() -> None:
+    """uvloop when it is installed (it is a dependency): the same code, a faster loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def serve(settings: Settings) -> int:
+    use_fast_event_loop()
     app = create_app(settings)
     where = "embedded in-memory store" if settings.mongodb_uri.startswith("memory://") else "MongoDB"
     if settings.demo:

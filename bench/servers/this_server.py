@@ -1,7 +1,7 @@
 """This server, as ``python -m server`` serves it, seeded with the bench's users and groups.
 
 ``create_app(settings, storage=MemoryStore())`` with the users and groups of the harness's spec,
-served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (default asyncio loop). Logging
+served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (uvloop when installed). Logging
 at WARNING: the peers log nothing per message either. ``--redis-url`` sets ``REDIS_URL``.
 
 The per-user rate limits are raised out of reach (not turned off, so the limiter's check still runs
@@ -49,6 +49,9 @@ def build(spec: dict, port: int, redis_url: str | None) -> web.Application:
 def main() -> None:
     args = arg_parser(__doc__.splitlines()[0]).parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from server.cli import use_fast_event_loop
+
+    use_fast_event_loop()  # as `python -m server` does
     app = build(load_spec(args.spec), args.port, args.redis_url)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, shutdown_timeout=2)
 
