@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.chat", "tests.support.mongo", "tests.support.redis"]
+pytest_plugins = ["tests.support.chat", "tests.support.mongo", "tests.support.redis", "tests.support.nodes"]

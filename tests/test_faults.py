@@ -14,17 +14,8 @@ from tests.test_mongo_server import database, env  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
-def start(env, tmp_path):  # noqa: F811
-    started: list[Node] = []
-
-    def _start(name: str, **extra: str) -> Node:
-        node = Node({**env, **extra}, tmp_path, name)
-        started.append(node.start())
-        return node
-
-    yield _start
-    for node in started:
-        node.stop()
+def start(env, node_factory):  # noqa: F811
+    return lambda name, **extra: node_factory({**env, **extra}, name)
 
 
 @pytest.fixture

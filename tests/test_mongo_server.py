@@ -10,7 +10,7 @@ import pytest
 import socketio
 from pymongo import MongoClient
 
-from tests.support.chat import ANA, BEN, CAROL, GROUPS, MATHS, SECRET, USERS, ChatClient, make_token
+from tests.support.chat import ANA, BEN, CAROL, GROUPS, MATHS, SECRET, USERS, ChatClient
 from tests.support.mongo import SecantusProcess, seed_mongo
 from tests.support.nodes import ROOT, Node
 
@@ -31,34 +31,11 @@ async def env(database):
 
 
 @pytest.fixture
-def nodes(env, tmp_path):
-    started: list[Node] = []
-
+def nodes(env, node_factory):
     def _start(name: str, port: int | None = None, **extra: str) -> Node:
-        node = Node({**env, **extra}, tmp_path, name, port=port)
-        started.append(node.start())
-        return node
+        return node_factory({**env, **extra}, name, port=port)
 
-    yield _start
-    for node in started:
-        node.stop()
-
-
-@pytest.fixture
-async def clients():
-    made: list[socketio.AsyncClient] = []
-
-    async def _connect(node: Node, user_id: str) -> ChatClient:
-        sio = socketio.AsyncClient(reconnection=False)
-        made.append(sio)
-        client = ChatClient(sio, user_id)
-        await sio.connect(node.url, auth={"token": make_token(user_id)}, transports=["websocket"], wait_timeout=10)
-        return client
-
-    yield _connect
-    for sio in made:
-        if sio.connected:
-            await sio.disconnect()
+    return _start
 
 
 async def history(client: ChatClient) -> list[dict]:

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-import socketio
 
-from tests.support.chat import ANA, BEN, CAROL, MATHS, NAMES, SECRET, ChatClient, make_token
+from tests.support.chat import ANA, BEN, CAROL, MATHS, NAMES, SECRET, ChatClient
 from tests.support.mongo import seed_mongo
 from tests.support.nodes import ROOT, Node
 from tests.support.redis import RedisProcess
@@ -25,41 +24,17 @@ async def seeded_db(mongo_uri, mongo_db_name):
 
 
 @pytest.fixture
-def start_nodes(seeded_db, redis_server, tmp_path):
-    nodes: list[Node] = []
+def start_nodes(seeded_db, redis_server, node_factory):
+    count_so_far = 0
 
     def _start(count: int, **env: str) -> list[Node]:
-        started = [
-            Node({**seeded_db, "REDIS_URL": redis_server.url, "PRESENCE_TTL_S": "3", **env},
-                 tmp_path, f"node{len(nodes) + i}")
-            for i in range(count)
-        ]
-        for node in started:
-            node.start()
-        nodes.extend(started)
-        return started
+        nonlocal count_so_far
+        base = {**seeded_db, "REDIS_URL": redis_server.url, "PRESENCE_TTL_S": "3", **env}
+        nodes = [node_factory(base, f"node{count_so_far + i}") for i in range(count)]
+        count_so_far += count
+        return nodes
 
-    yield _start
-    for node in nodes:
-        node.stop()
-
-
-@pytest.fixture
-async def clients():
-    made: list[socketio.AsyncClient] = []
-
-    async def _connect(node: Node, user_id: str, transports=("websocket",)) -> ChatClient:
-        sio = socketio.AsyncClient(reconnection=False)
-        made.append(sio)
-        client = ChatClient(sio, user_id)
-        await sio.connect(node.url, auth={"token": make_token(user_id)}, transports=list(transports),
-                          wait_timeout=10)
-        return client
-
-    yield _connect
-    for sio in made:
-        if sio.connected:
-            await sio.disconnect()
+    return _start
 
 
 def seqs(client: ChatClient) -> list[int]:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.chat import ANA, BEN, MATHS
 from tests.support.redis import free_port
-from tests.test_multinode import clients, seeded_db, start_nodes  # noqa: F401  (fixtures)
+from tests.test_multinode import seeded_db, start_nodes  # noqa: F401  (fixtures)
 
 CONF = Path(__file__).resolve().parents[1] / "docs" / "nginx.conf"
 

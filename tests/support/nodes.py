@@ -10,7 +10,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+import socketio
+
 from server.config import SETTINGS
+
+from .chat import ChatClient, make_token
 
 from .redis import free_port
 
@@ -75,3 +80,37 @@ class Node:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    """``node_factory(env, name, port=None)`` → a started ``Node``; all are stopped at teardown."""
+    started: list[Node] = []
+
+    def _start(env: dict[str, str], name: str, port: int | None = None) -> Node:
+        node = Node(env, tmp_path, name, port=port)
+        started.append(node)
+        return node.start()
+
+    yield _start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+async def clients():
+    """``await clients(node, user_id, transports=...)`` → a connected ``ChatClient`` on any URL holder."""
+    made: list[socketio.AsyncClient] = []
+
+    async def _connect(node, user_id: str, transports=("websocket",)) -> ChatClient:
+        sio = socketio.AsyncClient(reconnection=False)
+        made.append(sio)
+        client = ChatClient(sio, user_id)
+        await sio.connect(node.url, auth={"token": make_token(user_id)}, transports=list(transports),
+                          wait_timeout=10)
+        return client
+
+    yield _connect
+    for sio in made:
+        if sio.connected:
+            await sio.disconnect()
