@@ -12,6 +12,7 @@ from aiohttp import web
 from handlers.events import ChatEvents
 from handlers.fanout import ChatRedisManager
 from handlers.limits import LocalLimiter, RateLimits
+from handlers.wire import SafeJSON
 from storage.shared_state import RedisConnection, RedisLimiter, RedisPresence
 
 from .logs import library_logger
@@ -25,6 +26,7 @@ class Cluster:
         self.manager = ChatRedisManager(
             redis_url,
             logger=library_logger("socketio.redis"),
+            json=SafeJSON,  # the same JSON module as the server's packets
             redis_options={"socket_connect_timeout": 2},
         )
         self.presence = RedisPresence(self.connection, self.manager.host_id, presence_ttl_s)

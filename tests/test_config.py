@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,3 +88,14 @@ def test_token_command_includes_issuer_and_audience():
     env = {"JWT_SECRET": SECRET, "JWT_ISSUER": "learnify", "JWT_AUDIENCE": "chat"}
     token = run_cli("token", ANA, env=env).stdout.strip()
     assert TokenVerifier(TokenConfig(SECRET, issuer="learnify", audience="chat")).verify(token) == ANA
+
+
+def test_json_log_format_writes_one_object_per_line():
+    script = (
+        "import logging; from server import logs; logs.configure('INFO', 'json'); "
+        "logging.getLogger('handlers.events').warning('refused %s code=%s', 'send_message', 'not_member')"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    entry = json.loads(result.stderr.strip())
+    assert entry["level"] == "WARNING" and entry["logger"] == "handlers.events"
+    assert entry["message"] == "refused send_message code=not_member" and entry["time"].endswith("+00:00")
