@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping
 
-import socketio
 from aiohttp import web
 
 from handlers.auth import TokenConfig, TokenVerifier

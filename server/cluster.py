@@ -7,7 +7,6 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
-from aiohttp import web
 
 from handlers.events import ChatEvents
 from handlers.fanout import ChatRedisManager

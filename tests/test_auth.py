@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.chat import refused
 from tests.support.chat import ANA, BEN, EVE, MATHS, SECRET, make_settings, make_token
 
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256"
@@ -42,26 +42,6 @@ def hs256_by_hand(claims: dict[str, Any], key: bytes) -> str:
     signing_input = f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{_b64(json.dumps(claims).encode())}"
     signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(signature)}"
-
-
-async def refused(server_url: str, *, auth: Any = None, headers: dict[str, str] | None = None,
-                  url: str | None = None) -> Any:
-    """Try a handshake that must fail; return what ``connect_error`` received."""
-    sio = socketio.AsyncClient(reconnection=False)
-    errors: list[Any] = []
-
-    @sio.event
-    async def connect_error(data):
-        errors.append(data)
-
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await sio.connect(url or server_url, auth=auth, headers=headers or {},
-                          transports=["websocket"], wait_timeout=10)
-    assert not sio.connected
-    if sio.eio.state == "connected":
-        await sio.disconnect()
-    assert len(errors) == 1, errors
-    return errors[0]
 
 
 def assert_unauthorized(error: Any) -> None:

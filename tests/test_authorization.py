@@ -36,8 +36,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import socketio
 
+from tests.support.chat import refused
 from tests.support.chat import (
     ANA, BEN, CAROL, DAN, EVE, MATHS, PHYSICS, ChatClient, make_token, seeded_store,
 )
@@ -190,20 +190,8 @@ def _check_ack(identity: str, event: str, ack: Any) -> None:
 # -- tokens that never get a connection --
 
 async def _refused_handshake(server_url: str, token: str) -> Any:
-    sio = socketio.AsyncClient(reconnection=False)
-    errors: list[Any] = []
-
-    @sio.event
-    async def connect_error(data):
-        errors.append(data)
-
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await sio.connect(server_url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
-    assert not sio.connected
-    if sio.eio.state == "connected":
-        await sio.disconnect()
-    assert len(errors) == 1, errors
-    return errors[0]["data"] if isinstance(errors[0], dict) else errors[0]
+    error = await refused(server_url, auth={"token": token})
+    return error["data"] if isinstance(error, dict) else error
 
 
 async def _event_on_a_refused_connection(server_url: str, token: str, event: str, data: Any) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
 
 from tests.support.chat import ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, make_token
 

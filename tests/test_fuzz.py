@@ -55,6 +55,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 
 from handlers.limits import Bucket, RateLimits
+from tests.support.raw import RawSocket
 from tests.support.chat import (
     ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, ChatClient, make_settings, make_token,
 )
@@ -946,48 +947,6 @@ async def test_binary_attachments_anywhere(rig):
 
 
 # -- raw Socket.IO frames --
-
-class RawSocket:
-    """A Socket.IO client written by hand over one websocket, to send exact packet text."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.replies: list[str] = []
-
-    @classmethod
-    async def open(cls, session: aiohttp.ClientSession, server_url: str, token: str) -> "RawSocket":
-        ws = await session.ws_connect(f"{server_url}/socket.io/?EIO=4&transport=websocket")
-        raw = cls(ws)
-        assert (await raw.receive()).startswith("0{")  # Engine.IO open
-        await ws.send_str("40" + json.dumps({"token": token}))
-        assert (await raw.receive()).startswith("40{")  # Socket.IO connect accepted
-        return raw
-
-    async def receive(self, timeout: float = LATE) -> str:
-        while True:
-            text = await self.ws.receive_str(timeout=timeout)
-            if text == "2":  # Engine.IO ping
-                await self.ws.send_str("3")
-                continue
-            return text
-
-    async def ack(self, ack_id: int, timeout: float = LATE) -> Any:
-        """Wait for the ack with this id (keeping other frames); its argument, or ``None``."""
-        prefix = f"43{ack_id}["
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for reply in self.replies:
-                if reply.startswith(prefix):
-                    return json.loads(reply[len(prefix) - 1:])[0]
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            try:
-                self.replies.append(await self.receive(remaining))
-            except asyncio.TimeoutError:
-                return None
-
 
 MALFORMED = [
     "", "[]", "{}", "[5]", "[{}]", "[null]", "[[]]", '["list_groups"', "[", "1", "1[]", "12", "/", "/x,1[]",

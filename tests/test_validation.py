@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.raw import RawSocket
 from tests.support.chat import (
     ANA, BEN, CAROL, DAN, MATHS, NOWHERE, PHYSICS, ChatClient, make_token,
 )
@@ -305,39 +306,6 @@ async def test_lone_surrogate_from_the_python_client_arrives_and_is_refused(scen
     assert_invalid(ack, "content")
     assert await scene.state() == before
     await scene.assert_still_works_and_nothing_was_broadcast(seen)
-
-
-class RawSocket:
-    """A Socket.IO client written by hand over one websocket, to send exact packet text."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-
-    @classmethod
-    async def open(cls, session: aiohttp.ClientSession, server_url: str, token: str) -> "RawSocket":
-        ws = await session.ws_connect(f"{server_url}/socket.io/?EIO=4&transport=websocket")
-        raw = cls(ws)
-        assert (await raw.receive()).startswith("0{")  # Engine.IO open
-        await ws.send_str("40" + json.dumps({"token": token}))
-        assert (await raw.receive()).startswith("40{")  # Socket.IO connect accepted
-        return raw
-
-    async def receive(self) -> str:
-        while True:
-            text = await self.ws.receive_str(timeout=10)
-            if text == "2":  # Engine.IO ping
-                await self.ws.send_str("3")
-                continue
-            return text
-
-    async def call(self, ack_id: int, packet_text: str) -> Any:
-        """Send ``42<ack_id><packet_text>`` and return the ack's argument."""
-        await self.ws.send_str(f"42{ack_id}{packet_text}")
-        reply = await self.receive()
-        prefix = f"43{ack_id}"
-        assert reply.startswith(prefix), reply
-        (answer,) = json.loads(reply[len(prefix):])
-        return answer
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,26 @@ def make_settings(**overrides: Any) -> Settings:
     return dataclasses.replace(base, **overrides)
 
 
+async def refused(server_url: str, *, auth: Any = None, headers: dict[str, str] | None = None,
+                  url: str | None = None) -> Any:
+    """Try a handshake that must fail; return what ``connect_error`` received."""
+    sio = socketio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+
+    @sio.event
+    async def connect_error(data):
+        errors.append(data)
+
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await sio.connect(url or server_url, auth=auth, headers=headers or {},
+                          transports=["websocket"], wait_timeout=10)
+    assert not sio.connected
+    if sio.eio.state == "connected":
+        await sio.disconnect()
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
 class ChatClient:
     """A python-socketio ``AsyncClient`` that records every server event it receives."""
 
