@@ -272,6 +272,16 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
             self._outbox.put_nowait(message)
         await self._handle_emit(message)
 
+    async def _listen(self):
+        """Skip this node's own publishes before decoding them (python-socketio
+        decodes every message, then drops its own by ``host_id``). ``host_id`` is
+        the last key of every message this node publishes, so the JSON ends with it."""
+        own = f'"host_id": "{self.host_id}"}}'.encode()
+        async for message in super()._listen():
+            if isinstance(message, bytes) and message.endswith(own):
+                continue
+            yield message
+
     async def _publish_in_order(self) -> None:
         assert self._outbox is not None
         while True:

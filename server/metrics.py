@@ -14,6 +14,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Metrics(Observer):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, str], tuple] = {}
         r = self.registry
         self.connected = Gauge("chat_connected_clients", "Authenticated Socket.IO connections on this node.", registry=r)
         self.joined = Gauge("chat_joined_rooms", "Group rooms joined by connections on this node.", registry=r)
@@ -31,8 +32,12 @@ class Metrics(Observer):
         self.rate_limited = Counter("chat_rate_limited", "Requests refused as rate_limited.", registry=r)
 
     def event(self, event: str, outcome: str, seconds: float) -> None:
-        self.events.labels(event, outcome).inc()
-        self.event_seconds.labels(event).observe(seconds)
+        children = self._children.get((event, outcome))
+        if children is None:  # labels() is a lookup with locking: do it once per pair
+            children = self._children[(event, outcome)] = (
+                self.events.labels(event, outcome), self.event_seconds.labels(event))
+        children[0].inc()
+        children[1].observe(seconds)
         if outcome == "storage_unavailable":
             self.storage_errors.inc()
         elif outcome == "rate_limited":

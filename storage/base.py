@@ -160,8 +160,8 @@ def iso_timestamp(moment: datetime) -> str:
     """UTC, millisecond precision, ``Z`` suffix."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    moment = moment.astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    text = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    return text[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def now_ms() -> datetime:
