@@ -68,7 +68,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 from storage.base import ID_RE, StorageUnavailable, now_ms
-from storage.mongo import LegacyGroup, LegacyMessage, MongoStore
+from storage.mongo_legacy import LegacyGroup, LegacyMessage, LegacyMongoStore
 
 from .config import Settings
 
@@ -117,7 +117,7 @@ async def run_migration(
     if group is not None and not ID_RE.fullmatch(group):
         print(f"error: --group must be a 24-hex group id, not {group!r}", file=err)
         return 2
-    store = MongoStore(settings.mongodb_uri, settings.mongodb_db)
+    store = LegacyMongoStore(settings.mongodb_uri, settings.mongodb_db)
     try:
         await store.open(create_indexes=not dry_run)
     except StorageUnavailable as exc:
@@ -148,7 +148,7 @@ async def run_migration(
 class Migration:
     """One run over some groups, printing as it goes."""
 
-    def __init__(self, store: MongoStore, *, dry_run: bool, append: bool, out: TextIO,
+    def __init__(self, store: LegacyMongoStore, *, dry_run: bool, append: bool, out: TextIO,
                  progress: "Progress") -> None:
         self.store = store
         self.dry_run = dry_run
