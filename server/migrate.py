@@ -32,7 +32,7 @@ Rules, and why (``docs/migration.md`` says the same for operators):
   interrupted run and simply continues. The check is made once per group, at
   its start.
 - Numbering and resuming. Messages are written in the order above through
-  ``MongoStore.add_migrated_messages``, the server's own numbering (next seq
+  ``LegacyMongoStore.add_migrated_messages``, the server's own numbering (next seq
   above the stored top, unique index, retry), so live sends from running
   servers interleave with contiguous seqs. Writing in order means an
   interrupted run has stored a prefix of that order (a killed run's last
