@@ -183,6 +183,8 @@ class ChatEvents:
                 except ValidationError as exc:
                     raise invalid(exc.normalized_messages()) from None
                 group_id = data.get("group_id")
+                if data.get("sender_id", conn.user_id) != conn.user_id:
+                    raise ChatError("forbidden", "sender_id must be your own user id.")
                 result = await handler(conn, data)
                 outcome = "ok"
             except ChatError as exc:
@@ -252,8 +254,6 @@ class ChatEvents:
         return {"ok": True}
 
     async def send_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-        if "sender_id" in data and data["sender_id"] != conn.user_id:
-            raise ChatError("forbidden", "sender_id must be your own user id.")
         group_id = data["group_id"]
         await self.chat.group_for(conn.user_id, group_id)
         name = await self._resolve_name(conn)

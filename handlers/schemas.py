@@ -93,10 +93,16 @@ class ClientMsgId(fields.Field):
 
 
 class EventSchema(Schema):
-    """Base: unknown fields are refused; ``null`` for an optional field means absent."""
+    """Base: unknown fields are refused; ``null`` for an optional field means absent.
+
+    Every event may carry the ``sender_id`` older clients sent; the error
+    boundary refuses it (``forbidden``) unless it is the caller's own id.
+    """
 
     class Meta:
         unknown = RAISE
+
+    sender_id = ObjectIdString()
 
     @pre_load
     def _drop_nulls(self, data, **kwargs):
@@ -129,7 +135,6 @@ class LeaveGroup(GroupRef):
 class SendMessage(GroupRef):
     content = Content(required=True)
     client_msg_id = ClientMsgId()
-    sender_id = ObjectIdString()
 
 
 class GetHistory(GroupRef):

@@ -191,3 +191,18 @@ async def test_concurrent_deletes_broadcast_once(connect):
     await ben.wait_event("message_deleted")
     await ben.settle()
     assert len(ben.events("message_deleted")) == 1
+
+
+async def test_older_clients_sender_id_is_accepted_on_every_event_when_it_is_the_caller(connect):
+    ana = await connect(ANA)
+    message = await send(ana, "typo")
+    ack = await ana.call("edit_message", {"group_id": MATHS, "message_id": message["id"], "content": "fixed",
+                                          "sender_id": ANA})
+    assert ack["ok"] and ack["message"]["content"] == "fixed"
+    assert (await ana.call("mark_read", {"group_id": MATHS, "seq": 1, "sender_id": ANA.upper()}))["ok"]
+    spoof = await ana.call("delete_message", {"group_id": MATHS, "message_id": message["id"], "sender_id": BEN})
+    assert spoof["error"]["code"] == "forbidden"
+    spoof = await ana.call("typing", {"group_id": "65b0000000000000000000ff", "is_typing": True, "sender_id": BEN})
+    assert spoof["error"]["code"] == "forbidden"  # before group_not_found
+    history = await ana.call("get_history", {"group_id": MATHS})
+    assert [m["content"] for m in history["messages"]] == ["fixed"]
