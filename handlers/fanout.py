@@ -113,7 +113,24 @@ class FastSocket(engineio.async_socket.AsyncSocket):
 
 
 class ChatServer(socketio.AsyncServer):
-    """``AsyncServer`` whose Engine.IO sockets are ``FastSocket``s."""
+    """``AsyncServer`` whose Engine.IO sockets are ``FastSocket``s, and whose
+    single-connection packets (acks, connect answers) take the same direct path
+    as broadcasts when the connection's queue is empty."""
+
+    async def _send_packet(self, eio_sid, pkt):
+        encoded = pkt.encode()
+        socket = self.eio.sockets.get(eio_sid)
+        write_soon = getattr(self.manager, "_write_soon", None)
+        if isinstance(encoded, str) and type(socket) is FastSocket and write_soon is not None:
+            transport = socket.direct_transport()
+            if transport is not None and transport.get_write_buffer_size() <= MAX_BUFFERED:
+                write_soon(transport, websocket_text_frame("4" + encoded))
+                return
+        if isinstance(encoded, list):
+            for part in encoded:
+                await self.eio.send(eio_sid, part)
+        else:
+            await self.eio.send(eio_sid, encoded)
 
     async def _handle_eio_connect(self, eio_sid, environ):
         socket = self.eio.sockets.get(eio_sid)
