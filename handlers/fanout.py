@@ -149,11 +149,17 @@ class FastManager(socketio.AsyncManager):
 
     async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs):
         room = to or room
-        if callback is not None or isinstance(data, (tuple, bytes)) or sio_packet.Packet.data_is_binary(data):
+        if callback is not None or not self.emit_now(event, data, namespace, room, skip_sid):
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
                                       callback=callback, **kwargs)
+
+    def emit_now(self, event, data, namespace, room, skip_sid) -> bool:
+        """Hand the emit to every recipient before returning; ``False`` when it
+        is not a plain (non-binary, single-argument) emit this path handles."""
+        if isinstance(data, (tuple, bytes)) or sio_packet.Packet.data_is_binary(data):
+            return False
         if namespace not in self.rooms:
-            return
+            return True
         encoded = self.server.packet_class(
             sio_packet.EVENT, namespace=namespace, data=[event] if data is None else [event, data]
         ).encode()
@@ -181,6 +187,7 @@ class FastManager(socketio.AsyncManager):
                 self._drop_slow(socket, f"{MAX_QUEUED} packets waiting")
                 continue
             queue.put_nowait(pkt)
+        return True
 
     def _write_soon(self, transport, frame: bytes) -> None:
         """Coalesce the frames a transport gets in one loop iteration into one write.
@@ -322,8 +329,13 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
         await super()._handle_emit(message)
 
     def _deliver_now(self, message: dict[str, Any]) -> None:
-        # Tasks start in creation order and each queues its packets at its
-        # first step, so calling order is delivery order.
+        """Deliver in calling order: in place for plain emits, else through a
+        task (tasks start in creation order and queue their packets at once)."""
+        data = message["data"]
+        if not message.get("binary") and isinstance(data, list) and len(data) == 1 and \
+                self.emit_now(message["event"], data[0], message.get("namespace") or "/",
+                              message.get("room"), message.get("skip_sid")):
+            return
         task = asyncio.ensure_future(super()._handle_emit(message))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
