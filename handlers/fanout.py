@@ -171,12 +171,12 @@ class FastManager(socketio.AsyncManager):
             if sid in skip:
                 continue
             socket = sockets.get(eio_sid)
-            if socket is None or socket.closed or socket.closing:
+            if socket is None or socket.closed or socket.closing or getattr(socket, "dropping", False):
                 continue
             transport = socket.direct_transport() if type(socket) is FastSocket else None
             if transport is not None:
                 if transport.get_write_buffer_size() > MAX_BUFFERED:
-                    self._drop_slow(socket, f"{MAX_BUFFERED} bytes unsent")
+                    self._drop_slow(socket, f"{MAX_BUFFERED} bytes unsent", transport)
                     continue
                 if frame is None:
                     frame = websocket_text_frame("4" + encoded)
@@ -211,9 +211,13 @@ class FastManager(socketio.AsyncManager):
             if not transport.is_closing():
                 transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
-    def _drop_slow(self, socket, why: str) -> None:
+    def _drop_slow(self, socket, why: str, transport=None) -> None:
+        """Disconnect a connection that cannot keep up; its client reconnects and catches up."""
+        socket.dropping = True  # queue and write nothing more for it
         log.warning("closing connection %s: %s, it cannot keep up", socket.sid, why)
-        socket.closing = True  # queue nothing more for it
+        if transport is not None:
+            transport.abort()  # drop what is buffered; the handler then closes the session
+            return
         task = asyncio.ensure_future(socket.close(wait=False, abort=True, reason="slow client"))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
         _background.add(task)

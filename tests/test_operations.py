@@ -126,3 +126,4 @@ async def test_refusals_are_logged_with_context_but_never_content_or_tokens(conn
     everything = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert "secret" not in everything
     assert token not in everything
+
