@@ -120,12 +120,9 @@ class ChatServer(socketio.AsyncServer):
     async def _send_packet(self, eio_sid, pkt):
         encoded = pkt.encode()
         socket = self.eio.sockets.get(eio_sid)
-        write_soon = getattr(self.manager, "_write_soon", None)
-        if isinstance(encoded, str) and type(socket) is FastSocket and write_soon is not None:
-            transport = socket.direct_transport()
-            if transport is not None and transport.get_write_buffer_size() <= MAX_BUFFERED:
-                write_soon(transport, websocket_text_frame("4" + encoded))
-                return
+        if (isinstance(encoded, str) and socket is not None and isinstance(self.manager, FastManager)
+                and self.manager.send_now(socket, encoded)):
+            return
         if isinstance(encoded, list):
             for part in encoded:
                 await self.eio.send(eio_sid, part)
@@ -187,6 +184,14 @@ class FastManager(socketio.AsyncManager):
                 self._drop_slow(socket, f"{MAX_QUEUED} packets waiting")
                 continue
             queue.put_nowait(pkt)
+        return True
+
+    def send_now(self, socket, encoded: str) -> bool:
+        """Write one packet to one connection on the direct path; ``False``: use its queue."""
+        transport = socket.direct_transport() if type(socket) is FastSocket else None
+        if transport is None or transport.get_write_buffer_size() > MAX_BUFFERED:
+            return False
+        self._write_soon(transport, websocket_text_frame("4" + encoded))
         return True
 
     def _write_soon(self, transport, frame: bytes) -> None:

@@ -99,20 +99,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
 
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(request.app[STORE].ping(), READY_TIMEOUT_S)
-        checks["storage"] = "ok"
-    except (StorageUnavailable, asyncio.TimeoutError, OSError) as exc:
-        checks["storage"] = f"unavailable: {exc or type(exc).__name__}"
+    checks = {"storage": await _probe(request.app[STORE].ping())}
     if CLUSTER in request.app:
-        try:
-            await asyncio.wait_for(request.app[CLUSTER].ping(), READY_TIMEOUT_S)
-            checks["redis"] = "ok"
-        except (StorageUnavailable, asyncio.TimeoutError, OSError) as exc:
-            checks["redis"] = f"unavailable: {exc or type(exc).__name__}"
+        checks["redis"] = await _probe(request.app[CLUSTER].ping())
     ready = all(v == "ok" for v in checks.values())
     return web.json_response({"ok": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def _probe(ping) -> str:
+    """``ok``, or why the dependency did not answer within ``READY_TIMEOUT_S``."""
+    try:
+        await asyncio.wait_for(ping, READY_TIMEOUT_S)
+        return "ok"
+    except (StorageUnavailable, asyncio.TimeoutError, OSError) as exc:
+        return f"unavailable: {exc or type(exc).__name__}"
 
 
 def _require_demo(request: web.Request) -> None:
