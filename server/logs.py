@@ -41,7 +41,8 @@ class LibraryLogger(logging.LoggerAdapter):
     INFO; demote that to DEBUG so nothing a user wrote reaches INFO logs."""
 
     def info(self, msg, *args, **kwargs):
-        self.debug(msg, *args, **kwargs)
+        if self.logger.isEnabledFor(logging.DEBUG):  # once per packet: the cheap test first
+            self.logger.debug(msg, *args, **kwargs)
 
 
 def library_logger(name: str) -> LibraryLogger:

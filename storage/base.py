@@ -158,10 +158,9 @@ def display_name(doc: dict[str, Any] | None, user_id: str) -> str:
 
 def iso_timestamp(moment: datetime) -> str:
     """UTC, millisecond precision, ``Z`` suffix."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    text = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-    return text[:-6] + "Z"  # "+00:00" -> "Z"
+    if moment.tzinfo is not None and moment.utcoffset():
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(timespec="milliseconds")[:23] + "Z"  # drops any "+00:00"
 
 
 def now_ms() -> datetime:
