@@ -35,6 +35,7 @@ publishes it for the other nodes. Two things are added here:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,11 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from .wire import encode_plain
+
 log = logging.getLogger(__name__)
+
+NAMESPACE = "/"
 
 REORDER_WAIT_S = 0.25
 OUTBOX_LIMIT = 10_000
@@ -53,9 +58,9 @@ MAX_QUEUED = 1_000  # packets waiting for one connection before it is dropped
 MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
 
 
-def websocket_text_frame(text: str) -> bytes:
-    """One unmasked, final, uncompressed WebSocket text frame (server to client)."""
-    payload = text.encode("utf-8")
+def websocket_text_frame(payload: bytes) -> bytes:
+    """One unmasked, final, uncompressed WebSocket text frame (server to client)
+    carrying ``payload`` (UTF-8 text)."""
     size = len(payload)
     if size < 126:
         header = bytes((0x81, size))
@@ -67,17 +72,105 @@ def websocket_text_frame(text: str) -> bytes:
 
 
 class FastSocket(engineio.async_socket.AsyncSocket):
-    """An Engine.IO socket whose writer waits on its queue with ``asyncio.timeout``
-    and that exposes its WebSocket transport once the upgrade is complete."""
+    """An Engine.IO socket that waits without a task per wake-up, and that
+    exposes its WebSocket transport once the upgrade is complete.
 
-    websocket = None  # engineio's aiohttp WebSocket wrapper, once there is one
+    ``_websocket_handler`` is Engine.IO's own (upgrade probe, writer task,
+    reader loop), except that the reader waits for each frame under
+    ``asyncio.timeout`` where Engine.IO starts a task and ``asyncio.wait_for``
+    per frame (the writer's ``poll`` likewise), and that it hands plain client
+    events straight to ``ChatServer.start_plain_event``."""
+
+    websocket = None  # engineio's aiohttp WebSocket wrapper, once upgraded
 
     async def _websocket_handler(self, ws):
+        limit = self.server.max_http_buffer_size
+
+        async def next_frame():
+            data = await ws.wait()
+            if data and len(data) > limit:
+                raise ValueError("packet is too large")
+            return data
+
+        if self.connected:
+            if not await self._upgrade_from_polling(ws, next_frame):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        writer_task = asyncio.ensure_future(self._write_queued(ws))
+        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+        idle_limit = self.server.ping_interval + self.server.ping_timeout
+        plain = getattr(self.server, "start_plain_event", None)
         self.websocket = ws
         try:
-            return await super()._websocket_handler(ws)
+            while True:
+                try:
+                    async with asyncio.timeout(idle_limit):
+                        frame = await next_frame()
+                except BaseException:  # closed, too large, silent too long, or cancelled
+                    break
+                if frame is None:  # closed by the client
+                    break
+                if frame[:2] == "42" and type(frame) is str and plain is not None and plain(self.sid, frame):
+                    continue
+                try:
+                    await self.receive(eio_packet.Packet(encoded_packet=frame))
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    self.server.logger.info("Receive error -- socket is closed")
+                    break
+                except Exception:
+                    self.server.logger.exception("Unknown receive error")
         finally:
             self.websocket = None
+        await self.queue.put(None)  # lets the writer end
+        await writer_task
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def _upgrade_from_polling(self, ws, next_frame) -> bool:
+        """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``)."""
+        self.upgrading = True  # hold packet sends during the upgrade
+        try:
+            pkt = eio_packet.Packet(encoded_packet=await next_frame())
+        except OSError:
+            return False
+        if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+            self.upgrading = False
+            return False
+        await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+        await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
+        try:
+            pkt = eio_packet.Packet(encoded_packet=await next_frame())
+        except OSError:
+            self.upgrading = False
+            return False
+        if pkt.packet_type != eio_packet.UPGRADE:
+            self.upgraded = False
+            self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
+            self.upgrading = False
+            return False
+        self.upgraded = True
+        self.upgrading = False
+        return True
+
+    async def _write_queued(self, ws) -> None:
+        """Engine.IO's writer: sends what was queued until the queue says stop."""
+        while True:
+            try:
+                packets = await self.poll()
+            except eio_exceptions.QueueEmpty:
+                break
+            if not packets:
+                break
+            try:
+                for pkt in packets:
+                    await ws.send(pkt.encode())
+            except Exception:
+                break
+        await ws.close()
 
     def direct_transport(self):
         """The transport to write frames to directly, or ``None`` to use the queue."""
@@ -113,15 +206,27 @@ class FastSocket(engineio.async_socket.AsyncSocket):
 
 
 class ChatServer(socketio.AsyncServer):
-    """``AsyncServer`` whose Engine.IO sockets are ``FastSocket``s, and whose
-    single-connection packets (acks, connect answers) take the same direct path
-    as broadcasts when the connection's queue is empty."""
+    """``AsyncServer`` with Engine.IO sockets that are ``FastSocket``s, and two
+    shortcuts that leave everything else to python-socketio:
+
+    - single-connection packets (acks, connect answers) take the same direct
+      path as broadcasts when the connection's queue is empty;
+    - the commonest packet, a text event on the default namespace for a handler
+      registered by its name, is decoded and started without python-socketio's
+      general packet machinery, and its ack is encoded once, straight to a frame
+      (``start_plain_event``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eio.start_plain_event = self.start_plain_event  # what FastSocket's reader calls
+        self._coroutine_handlers: dict[Any, bool] = {}
 
     async def _send_packet(self, eio_sid, pkt):
         encoded = pkt.encode()
         socket = self.eio.sockets.get(eio_sid)
         if (isinstance(encoded, str) and socket is not None and isinstance(self.manager, FastManager)
-                and self.manager.send_now(socket, encoded)):
+                and self.manager.send_now(socket, encoded.encode())):
             return
         if isinstance(encoded, list):
             for part in encoded:
@@ -134,6 +239,66 @@ class ChatServer(socketio.AsyncServer):
         if socket is not None and type(socket) is engineio.async_socket.AsyncSocket:
             socket.__class__ = FastSocket
         return await super()._handle_eio_connect(eio_sid, environ)
+
+    def start_plain_event(self, eio_sid: str, frame: str) -> bool:
+        """Start the handler of a ``42[<ack id>]["event", ...]`` frame, the way
+        python-socketio would (a task per event, the ack sent when it returns).
+
+        ``False`` for anything this does not cover, which then takes
+        python-socketio's path: other namespaces, binary attachments, reserved
+        and unregistered event names (the catch-all), connections not (yet)
+        connected to the namespace, and payloads that are not a JSON array
+        starting with a string."""
+        if eio_sid in self._binary_packet:
+            return False
+        end, i = len(frame), 2
+        while i < end and "0" <= frame[i] <= "9":
+            i += 1
+        if i == end or frame[i] != "[" or i - 2 >= 100:
+            return False
+        data = self.packet_class.json.loads(frame[i:])
+        if type(data) is not list or not data or type(data[0]) is not str:
+            return False
+        event = data[0]
+        if event in self.reserved_events:
+            return False
+        handler = self.handlers.get(NAMESPACE, {}).get(event)
+        if handler is None or not self._is_coroutine(handler):
+            return False
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is None or not self.manager.is_connected(sid, NAMESPACE):
+            return False
+        ack_id = int(frame[2:i]) if i > 2 else None
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug('received event "%s" from %s [/]', event, sid)
+        task = asyncio.get_running_loop().create_task(self._run_plain(handler, sid, eio_sid, ack_id, data[1:]))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        return True
+
+    def _is_coroutine(self, handler) -> bool:
+        known = self._coroutine_handlers.get(handler)
+        if known is None:
+            known = self._coroutine_handlers[handler] = inspect.iscoroutinefunction(handler)
+        return known
+
+    async def _run_plain(self, handler, sid: str, eio_sid: str, ack_id: int | None, args: list[Any]) -> None:
+        try:
+            result = await handler(sid, *args)
+        except asyncio.CancelledError:  # as python-socketio: no answer
+            result = None
+        if ack_id is None:
+            return
+        data = [] if result is None else list(result) if isinstance(result, tuple) else [result]
+        encoded = encode_plain(sio_packet.ACK, NAMESPACE, ack_id, data)
+        if encoded is None:  # not plain JSON: python-socketio's packet (binary attachments)
+            await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=NAMESPACE,
+                                                               id=ack_id, data=data))
+            return
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and isinstance(self.manager, FastManager) and self.manager.send_now(socket, encoded):
+            return
+        await self.eio.send(eio_sid, encoded.decode())
 
 
 class FastManager(socketio.AsyncManager):
@@ -152,16 +317,15 @@ class FastManager(socketio.AsyncManager):
 
     def emit_now(self, event, data, namespace, room, skip_sid) -> bool:
         """Hand the emit to every recipient before returning; ``False`` when it
-        is not a plain (non-binary, single-argument) emit this path handles."""
-        if isinstance(data, (tuple, bytes)) or sio_packet.Packet.data_is_binary(data):
+        is not a plain (single-argument, plain JSON) emit this path handles."""
+        if isinstance(data, tuple):
+            return False
+        encoded = encode_plain(sio_packet.EVENT, namespace, None, [event] if data is None else [event, data])
+        if encoded is None:
             return False
         if namespace not in self.rooms:
             return True
-        encoded = self.server.packet_class(
-            sio_packet.EVENT, namespace=namespace, data=[event] if data is None else [event, data]
-        ).encode()
-        pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        frame = None
+        frame = pkt = None
         skip = skip_sid if isinstance(skip_sid, (list, set, tuple)) else (skip_sid,)
         sockets = self.server.eio.sockets
         for sid, eio_sid in self.get_participants(namespace, room):
@@ -176,22 +340,25 @@ class FastManager(socketio.AsyncManager):
                     self._drop_slow(socket, f"{MAX_BUFFERED} bytes unsent", transport)
                     continue
                 if frame is None:
-                    frame = websocket_text_frame("4" + encoded)
+                    frame = websocket_text_frame(b"4" + encoded)
                 self._write_soon(transport, frame)
                 continue
             queue = socket.queue
             if queue.qsize() >= MAX_QUEUED:
                 self._drop_slow(socket, f"{MAX_QUEUED} packets waiting")
                 continue
+            if pkt is None:
+                pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded.decode())
             queue.put_nowait(pkt)
         return True
 
-    def send_now(self, socket, encoded: str) -> bool:
-        """Write one packet to one connection on the direct path; ``False``: use its queue."""
+    def send_now(self, socket, encoded: bytes) -> bool:
+        """Write one Socket.IO packet (UTF-8) to one connection on the direct
+        path; ``False``: use its queue."""
         transport = socket.direct_transport() if type(socket) is FastSocket else None
         if transport is None or transport.get_write_buffer_size() > MAX_BUFFERED:
             return False
-        self._write_soon(transport, websocket_text_frame("4" + encoded))
+        self._write_soon(transport, websocket_text_frame(b"4" + encoded))
         return True
 
     def _write_soon(self, transport, frame: bytes) -> None:
@@ -308,8 +475,9 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
     async def _listen(self):
         """Skip this node's own publishes before decoding them (python-socketio
         decodes every message, then drops its own by ``host_id``). ``host_id`` is
-        the last key of every message this node publishes, so the JSON ends with it."""
-        own = f'"host_id": "{self.host_id}"}}'.encode()
+        the last key of every message this node publishes, so the JSON (compact, see
+        ``SafeJSON``) ends with it."""
+        own = f'"host_id":"{self.host_id}"}}'.encode()
         async for message in super()._listen():
             if isinstance(message, bytes) and message.endswith(own):
                 continue
