@@ -1248,3 +1248,39 @@ async def test_history_route_with_braces_in_the_id_answers_the_400_envelope(serv
     assert (resp.status, resp.content_type) == (400, "application/json"), (str(url), resp.status, text)
     body = json.loads(text)
     assert body["ok"] is False and body["error"]["code"] == "invalid_payload", body
+
+
+def _near(kind: str) -> st.SearchStrategy[Any]:
+    """Values of a field's kind, mostly valid, with the odd one of any JSON type."""
+    close = {
+        "id": ids(), "content": st.one_of(EDGE_CONTENT, texts(8)), "client_msg_id": texts(10),
+        "bool": st.booleans(),
+    }.get(kind, st.integers(-2, 120))
+    return st.one_of(close, close, close, close, LEAVES)
+
+
+@st.composite
+def payloads(draw: Callable[..., Any], event: str) -> dict[str, Any]:
+    payload = {name: draw(_near(kind)) for name, (kind, required) in FIELDS[event].items()
+               if required or draw(st.booleans())}
+    if draw(st.integers(0, 9)) == 0:
+        payload[draw(KEYS)] = draw(LEAVES)
+    return payload
+
+
+@hypothesis.settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(sorted(FIELDS)).flatmap(lambda event: st.tuples(st.just(event), payloads(event))))
+def test_the_plain_loader_answers_as_marshmallow_does(case):
+    """Valid payloads of every event skip marshmallow's general machinery
+    (``schemas._PLAIN``); whatever the payload, the answer is marshmallow's."""
+    from marshmallow import ValidationError
+
+    from handlers import schemas
+
+    event, payload = case
+    try:
+        expected = schemas.SCHEMAS[event].load(payload)
+    except ValidationError:
+        expected = None
+    got = schemas._plain_load(event, payload)
+    assert got == expected
