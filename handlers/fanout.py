@@ -54,6 +54,7 @@ NAMESPACE = "/"
 
 REORDER_WAIT_S = 0.25
 OUTBOX_LIMIT = 10_000
+PUBLISH_BATCH = 500  # publishes per Redis pipeline
 MAX_QUEUED = 1_000  # packets waiting for one connection before it is dropped
 MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
 
@@ -484,13 +485,36 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
             yield message
 
     async def _publish_in_order(self) -> None:
-        assert self._outbox is not None
+        """Publish what is queued, in order: everything queued meanwhile goes
+        out together as one pipeline (one write, one round trip)."""
+        outbox = self._outbox
+        assert outbox is not None
         while True:
-            message = await self._outbox.get()
+            batch = [await outbox.get()]
+            while not outbox.empty() and len(batch) < PUBLISH_BATCH:
+                batch.append(outbox.get_nowait())
             try:
-                await self._publish(message)
+                if len(batch) == 1:
+                    await self._publish(batch[0])
+                else:
+                    await self._publish_batch(batch)
             except Exception:  # _publish logs and gives up by itself; never stop the loop
                 log.exception("publishing to Redis failed")
+
+    async def _publish_batch(self, batch: list[dict[str, Any]]) -> None:
+        encoded = [self.json.dumps(message) for message in batch]
+        try:
+            if not self.connected:
+                self._redis_connect()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for data in encoded:
+                    pipe.publish(self.channel, data)
+                await pipe.execute()
+        except Exception as exc:  # one more try, message by message, as python-socketio's _publish does
+            log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
+            self.connected = False
+            for message in batch:
+                await self._publish(message)
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         data = message.get("data")

@@ -9,11 +9,12 @@ back to this node's own view, and ``heartbeat`` writes it back on recovery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .base import StorageUnavailable
 
@@ -211,27 +212,76 @@ class RedisPresence:
 
 
 class RedisLimiter:
-    """Token buckets shared by all nodes; falls back to ``fallback`` without Redis."""
+    """Token buckets shared by all nodes; falls back to ``fallback`` without Redis.
+
+    The checks made in one event-loop iteration go to Redis together, as one
+    pipeline of bucket scripts (one round trip and one write however many
+    events arrived at once); each still takes its own token, in order."""
 
     def __init__(self, connection: RedisConnection, limits, fallback) -> None:
         self._redis = connection
         self._limits = limits
         self._fallback = fallback
-        self._script = None
+        self._sha: str | None = None
+        self._batch: list[tuple[str, list, asyncio.Future]] = []
 
     async def check(self, user_id: str, event: str) -> int | None:
         kind, bucket = self._limits.bucket_for(event)
         if not bucket.enabled:
             return None
         client = self._redis.client
+        if client is None:
+            return await self._fallback.check(user_id, event)
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._send_batch, client)
+        self._batch.append((f"{PREFIX}rate:{kind}:{user_id}", [_now_ms(), bucket.rate, bucket.burst], answer))
         try:
-            if client is None:
-                raise StorageUnavailable("Redis is not connected")
-            if self._script is None:
-                self._script = client.register_script(_BUCKET)
-            wait = await self._script(
-                keys=[f"{PREFIX}rate:{kind}:{user_id}"], args=[_now_ms(), bucket.rate, bucket.burst]
-            )
-        except (RedisError, OSError, StorageUnavailable):
+            wait = await answer
+        except (RedisError, OSError):
             return await self._fallback.check(user_id, event)
         return int(wait) or None
+
+    def _send_batch(self, client) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._run_batch(client, batch))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _run_batch(self, client, batch: list[tuple[str, list, asyncio.Future]]) -> None:
+        try:
+            results = await self._evaluate(client, batch)
+        except Exception as exc:  # every check of the batch falls back
+            results = [exc] * len(batch)
+        finally:
+            if not all(answer.done() for *_, answer in batch) and "results" not in locals():
+                for *_, answer in batch:  # cancelled: the checks fall back
+                    if not answer.done():
+                        answer.set_exception(RedisError("rate-limit batch cancelled"))
+        for (*_, answer), result in zip(batch, results):
+            if answer.done():
+                continue
+            if isinstance(result, BaseException):
+                answer.set_exception(result if isinstance(result, (RedisError, OSError)) else RedisError(str(result)))
+            else:
+                answer.set_result(result)
+
+    async def _evaluate(self, client, batch) -> list:
+        """The bucket script for each check, in one pipeline; loads the script
+        (again, after a Redis restart) when Redis does not know it."""
+        for attempt in (1, 2):
+            if self._sha is None:
+                self._sha = await client.script_load(_BUCKET)
+            async with client.pipeline(transaction=False) as pipe:
+                for key, args, _ in batch:
+                    pipe.evalsha(self._sha, 1, key, *args)
+                results = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
+                self._sha = None
+                continue
+            return results
+        return results
+
+
+_background: set[asyncio.Task] = set()

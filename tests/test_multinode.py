@@ -168,3 +168,39 @@ async def test_redis_outage_keeps_local_clients_served_and_recovers(start_nodes,
     assert during["message"]["seq"] not in got  # missed live: a gap Ben can see
     fill = await ben.call("get_history", {"group_id": MATHS, "after_seq": got[0]})
     assert during["message"] in fill["messages"]
+
+
+async def test_a_users_send_limit_is_shared_by_every_node(start_nodes, clients):
+    """One bucket per user across nodes: a burst of 6 allows 6 sends in all,
+    however they are spread over connections on two nodes and sent at once."""
+    n1, n2 = start_nodes(2, RATE_LIMIT_SEND_PER_S="0.05", RATE_LIMIT_SEND_BURST="6")
+    on_1, on_2 = await clients(n1, ANA), await clients(n2, ANA)
+    for c in (on_1, on_2):
+        await c.call("join_group", {"group_id": MATHS})
+
+    acks = await asyncio.gather(*[
+        c.call("send_message", {"group_id": MATHS, "content": f"try {i}"})
+        for i in range(10) for c in (on_1, on_2)
+    ])
+    stored = [a for a in acks if a["ok"]]
+    refused = [a for a in acks if not a["ok"]]
+    assert len(stored) == 6
+    assert {a["error"]["code"] for a in refused} == {"rate_limited"}
+    assert all(a["error"]["retry_after_ms"] > 0 for a in refused)
+    history = await on_2.call("get_history", {"group_id": MATHS})
+    assert sorted(m["seq"] for m in history["messages"]) == list(range(1, 7))
+
+
+async def test_a_fast_burst_on_one_node_reaches_the_other_node_whole(start_nodes, clients):
+    """Publishes queued while earlier ones travel leave together, in order:
+    a watcher on the other node sees every seq once, in order."""
+    n1, n2 = start_nodes(2, RATE_LIMIT_SEND_PER_S="0")
+    sender, watcher = await clients(n1, ANA), await clients(n2, BEN)
+    for c in (sender, watcher):
+        await c.call("join_group", {"group_id": MATHS})
+    acks = await asyncio.gather(*[
+        sender.call("send_message", {"group_id": MATHS, "content": f"burst {i}"}) for i in range(300)
+    ])
+    assert all(a["ok"] for a in acks)
+    await watcher.wait_for(lambda: len(watcher.events("message")) >= 300, timeout=20)
+    assert seqs(watcher) == list(range(1, 301))
