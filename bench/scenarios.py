@@ -17,6 +17,9 @@ log = logging.getLogger("bench")
 SATURATION_SHAPE = {10: (10, 10), 100: (20, 4), 1000: (10, 2)}
 RATE_ROOM = 100
 RATE_SENDERS = 20
+# Fixed absolute rates, the same for every peer: (room, deliveries per second, senders).
+# 5,000 deliveries/s in a room of 100 is 50 sends/s; in a room of 1,000, 5 sends/s.
+FIXED_RATES = ((100, 5_000, 10), (1000, 5_000, 5))
 # A window in which other processes took more than this share of the server's core is measured
 # again (at most MAX_RETRIES times, and only while the run is within its time budget); the least
 # disturbed attempt is kept. This machine is shared.
@@ -151,8 +154,20 @@ def run_peer(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[st
                     _note(f"{load}% load", res)
                     _alive(proc)
                     wait_quiet(proc.pid)
+            for room, rate, senders in FIXED_RATES:
+                if room not in plan.rooms:
+                    continue
+                if room > RATE_ROOM:
+                    _saturate(procs, plan, url, secret, proc, room, out)
+                res = _measured(procs, plan, url, secret, proc.pid, mode="rate", conns=room,
+                                groupBase=SAT_GROUP[room], groupSize=room, senders=senders, rate=rate)
+                out.setdefault("fixed", {})[f"{room}@{rate}"] = res
+                _note(f"room {room} at {rate}/s", res)
+                _alive(proc)
+                wait_quiet(proc.pid)
             for room in large:
-                _saturate(procs, plan, url, secret, proc, room, out, quiet_after=False)
+                if str(room) not in out["saturation"]:
+                    _saturate(procs, plan, url, secret, proc, room, out, quiet_after=False)
         finally:
             procs.stop(proc)
     except BenchError as exc:
