@@ -113,7 +113,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):
                     break
                 if frame is None:  # closed by the client
                     break
-                if frame[:2] == "42" and type(frame) is str and plain is not None and plain(self.sid, frame):
+                if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
                     continue
                 try:
                     await self.receive(eio_packet.Packet(encoded_packet=frame))
