@@ -83,7 +83,15 @@ def encode_plain(packet_type: int, namespace: str | None, ack_id: int | None, ar
 
 
 class StrictPacket(packet.Packet):
-    """A packet whose binary attachments that do not fit become ``Undecodable``."""
+    """A Socket.IO packet decoded with ``SafeJSON``, whose binary attachments
+    that do not fit become ``Undecodable``.
+
+    Only Socket.IO's packets: passing ``json=`` to python-socketio would give
+    Engine.IO's packets the same parser, and Engine.IO tells its ``2probe``
+    upgrade probe from JSON by the parser raising, which SafeJSON never does
+    (clients would then never leave long-polling)."""
+
+    json = SafeJSON
 
     @classmethod
     def data_is_binary(cls, data: Any) -> bool:

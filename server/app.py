@@ -13,7 +13,7 @@ from handlers.auth import TokenConfig, TokenVerifier
 from handlers.chat import ChatService
 from handlers.events import ChatEvents
 from handlers.fanout import ChatServer, FastManager
-from handlers.wire import SafeJSON, StrictPacket
+from handlers.wire import StrictPacket
 from handlers.limits import LocalLimiter
 from handlers.live import LocalPresence
 from storage import Store, make_store
@@ -71,8 +71,9 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         cluster = Cluster(settings.redis_url, settings.rate_limits, settings.presence_ttl_s)
     sio = ChatServer(
         async_mode="aiohttp",
+        # Socket.IO packets decode with SafeJSON (StrictPacket.json); Engine.IO's
+        # own packets keep Engine.IO's parser, whose errors its upgrade probe needs.
         serializer=StrictPacket,
-        json=SafeJSON,
         client_manager=cluster.manager if cluster else FastManager(),
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_PACKET_BYTES,

@@ -296,6 +296,16 @@ def test_auth_token_connects_and_lists_groups(node, demo_server, tokens, transpo
     assert seen["list_groups_with_empty_object"] == {"ok": True, "groups": ANA_GROUPS}
 
 
+def test_a_default_client_upgrades_from_polling_to_websocket(node, demo_server, tokens):
+    """What browsers do: connect over polling, probe, then move to websocket."""
+    seen = run_scenario(node, demo_server, "upgrade", transport="default", tokens=tokens)
+    assert seen["upgraded"] is True  # often done before the Socket.IO connect is answered
+    assert seen["transport_after"] == "websocket"
+    assert seen["join"]["ok"] is True
+    assert seen["sent"]["ok"] is True
+    assert seen["echo"] == seen["sent"]["message"]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_bearer_header_connects(node, demo_server, tokens, transport):
     """Non-browser clients may send ``Authorization: Bearer`` instead of ``auth``."""

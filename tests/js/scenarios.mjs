@@ -33,6 +33,7 @@ const clients = [];
 function transportOptions(transport) {
   if (transport === "websocket") return { transports: ["websocket"] };
   if (transport === "polling") return { transports: ["polling"], upgrade: false };
+  if (transport === "default") return {}; // what a browser app gets: polling first, then the upgrade
   throw new Error(`unknown transport ${transport}`);
 }
 
@@ -144,6 +145,20 @@ const isMessageId = (id) => (m) => m && m.id === id;
 // ---------------------------------------------------------------- scenarios
 
 const scenarios = {
+  /** socket.io-client's default options: it connects over polling, then upgrades to websocket. */
+  async upgrade(ctx) {
+    const ana = await signIn(ctx, "ana", "default");
+    const engine = ana.socket.io.engine;
+    const upgraded = engine.transport.name === "websocket" || await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), WAIT_TIMEOUT_MS);
+      engine.once("upgrade", () => { clearTimeout(timer); resolve(true); });
+    });
+    const join = await ana.call("join_group", { group_id: CALCULUS });
+    const sent = await ana.call("send_message", { group_id: CALCULUS, content: "after the upgrade" });
+    const echo = await ana.waitFor("message", isMessageId(sent?.message?.id), "own message");
+    return { first_transport: ana.transport, upgraded, transport_after: engine.transport.name, join, sent, echo };
+  },
+
   /** Connect with arbitrary options (auth, extraHeaders, query); list groups when connected. */
   async connect(ctx) {
     const client = new Client("client", ctx.url, { ...(ctx.options ?? {}), ...transportOptions(ctx.transport) });
