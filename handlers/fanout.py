@@ -7,10 +7,10 @@ bytes are written straight to its transport (frames are whole writes, so they
 never interleave with the ones Engine.IO's own writer sends; a frame sent
 uncompressed is valid even where permessage-deflate was negotiated). Any other
 connection (polling, mid-upgrade, or with packets still queued) gets the
-pre-built packet on its Engine.IO queue, which keeps order. ``FastSocket``
-makes the per-connection writer wake up without ``asyncio.wait_for`` (a task
-per wake-up on Python 3.11). python-socketio stays the library: rooms, the
-handshake, acks and the Redis queue are its own.
+pre-built packet on its Engine.IO queue, which keeps order. ``ChatServer``
+runs on ``engine.ChatEngine`` and its ``FastSocket``s, and starts plain client
+events without python-socketio's general packet machinery. python-socketio
+stays the library: rooms, the handshake, acks and the Redis queue are its own.
 
 A connection that cannot keep up (``MAX_BUFFERED`` bytes unsent, or
 ``MAX_QUEUED`` packets waiting) is closed rather than buffered without bound.
@@ -42,10 +42,10 @@ from typing import Any
 
 import engineio
 import socketio
-from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from .engine import ChatEngine, FastSocket, websocket_text_frame
 from .wire import encode_plain
 
 log = logging.getLogger(__name__)
@@ -57,153 +57,6 @@ OUTBOX_LIMIT = 10_000
 PUBLISH_BATCH = 500  # publishes per Redis pipeline
 MAX_QUEUED = 1_000  # packets waiting for one connection before it is dropped
 MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
-
-
-def websocket_text_frame(payload: bytes) -> bytes:
-    """One unmasked, final, uncompressed WebSocket text frame (server to client)
-    carrying ``payload`` (UTF-8 text)."""
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return header + payload
-
-
-class FastSocket(engineio.async_socket.AsyncSocket):
-    """An Engine.IO socket that waits without a task per wake-up, and that
-    exposes its WebSocket transport once the upgrade is complete.
-
-    ``_websocket_handler`` is Engine.IO's own (upgrade probe, writer task,
-    reader loop), except that the reader waits for each frame under
-    ``asyncio.timeout`` where Engine.IO starts a task and ``asyncio.wait_for``
-    per frame (the writer's ``poll`` likewise), and that it hands plain client
-    events straight to ``ChatServer.start_plain_event``."""
-
-    websocket = None  # engineio's aiohttp WebSocket wrapper, once upgraded
-
-    async def _websocket_handler(self, ws):
-        limit = self.server.max_http_buffer_size
-
-        async def next_frame():
-            data = await ws.wait()
-            if data and len(data) > limit:
-                raise ValueError("packet is too large")
-            return data
-
-        if self.connected:
-            if not await self._upgrade_from_polling(ws, next_frame):
-                return
-        else:
-            self.connected = True
-            self.upgraded = True
-        writer_task = asyncio.ensure_future(self._write_queued(ws))
-        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
-        idle_limit = self.server.ping_interval + self.server.ping_timeout
-        plain = getattr(self.server, "start_plain_event", None)
-        self.websocket = ws
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(idle_limit):
-                        frame = await next_frame()
-                except BaseException:  # closed, too large, silent too long, or cancelled
-                    break
-                if frame is None:  # closed by the client
-                    break
-                if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
-                    continue
-                try:
-                    await self.receive(eio_packet.Packet(encoded_packet=frame))
-                except eio_exceptions.UnknownPacketError:
-                    pass
-                except eio_exceptions.SocketIsClosedError:
-                    self.server.logger.info("Receive error -- socket is closed")
-                    break
-                except Exception:
-                    self.server.logger.exception("Unknown receive error")
-        finally:
-            self.websocket = None
-        await self.queue.put(None)  # lets the writer end
-        await writer_task
-        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-
-    async def _upgrade_from_polling(self, ws, next_frame) -> bool:
-        """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``)."""
-        self.upgrading = True  # hold packet sends during the upgrade
-        try:
-            pkt = eio_packet.Packet(encoded_packet=await next_frame())
-        except OSError:
-            return False
-        if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
-            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
-            self.upgrading = False
-            return False
-        await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-        await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
-        try:
-            pkt = eio_packet.Packet(encoded_packet=await next_frame())
-        except OSError:
-            self.upgrading = False
-            return False
-        if pkt.packet_type != eio_packet.UPGRADE:
-            self.upgraded = False
-            self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
-            self.upgrading = False
-            return False
-        self.upgraded = True
-        self.upgrading = False
-        return True
-
-    async def _write_queued(self, ws) -> None:
-        """Engine.IO's writer: sends what was queued until the queue says stop."""
-        while True:
-            try:
-                packets = await self.poll()
-            except eio_exceptions.QueueEmpty:
-                break
-            if not packets:
-                break
-            try:
-                for pkt in packets:
-                    await ws.send(pkt.encode())
-            except Exception:
-                break
-        await ws.close()
-
-    def direct_transport(self):
-        """The transport to write frames to directly, or ``None`` to use the queue."""
-        ws = self.websocket
-        if ws is None or not self.upgraded or self.upgrading or self.closing or not self.queue.empty():
-            return None
-        try:
-            transport = ws._sock._writer.transport
-        except AttributeError:
-            return None
-        if transport is None or transport.is_closing():
-            return None
-        return transport
-
-    async def poll(self):
-        try:
-            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
-                packets = [await self.queue.get()]
-            self.queue.task_done()
-        except (TimeoutError, asyncio.CancelledError):
-            raise eio_exceptions.QueueEmpty() from None
-        if packets == [None]:
-            return []
-        queue = self.queue
-        while not queue.empty():
-            pkt = queue.get_nowait()
-            queue.task_done()
-            if pkt is None:
-                queue.put_nowait(None)
-                break
-            packets.append(pkt)
-        return packets
 
 
 class ChatServer(socketio.AsyncServer):
@@ -222,6 +75,9 @@ class ChatServer(socketio.AsyncServer):
         super().__init__(*args, **kwargs)
         self.eio.start_plain_event = self.start_plain_event  # what FastSocket's reader calls
         self._coroutine_handlers: dict[Any, bool] = {}
+
+    def _engineio_server_class(self):
+        return ChatEngine
 
     async def _send_packet(self, eio_sid, pkt):
         encoded = pkt.encode()

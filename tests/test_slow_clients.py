@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -35,3 +37,39 @@ async def test_a_client_that_stops_reading_is_disconnected_and_others_get_everyt
         received = await ben.wait_event("message", sent, timeout=60)
         assert [m["seq"] for m in received] == list(range(1, sent + 1))
         await stalled.ws.close()
+
+
+async def test_a_client_that_stops_answering_pings_is_disconnected_and_a_live_one_stays(connect, server_url, server):
+    """Engine.IO's heartbeat: the server pings every ``ping_interval``; a client
+    that does not answer within ``ping_timeout`` is gone (its presence with it),
+    while one that answers stays connected through many pings."""
+    from server.keys import SIO
+
+    eio = server.app[SIO].eio
+    eio.ping_interval, eio.ping_timeout = 0.5, 1.0  # told to clients in the Engine.IO handshake
+    events = server.app[EVENTS]
+    ben = await connect(BEN)
+    await ben.call("join_group", {"group_id": MATHS})
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{server_url}/socket.io/?EIO=4&transport=websocket")
+        assert (await ws.receive_str()).startswith("0{")
+        await ws.send_str("40" + '{"token": "%s"}' % make_token(ANA))
+        assert (await ws.receive_str()).startswith("40{")
+        await ws.send_str(f'421["join_group",{{"group_id":"{MATHS}"}}]')
+        pings = 0
+        closed = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while loop.time() < deadline:
+            msg = await ws.receive(timeout=deadline - loop.time())
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                closed = True
+                break
+            pings += msg.data == "2"  # never answered
+        assert closed, "the silent client was never disconnected"
+        assert pings >= 1
+    offline = await ben.wait_for(lambda: [p for p in ben.events("presence") if p["user_id"] == ANA and not p["online"]])
+    assert offline
+    assert ANA not in {c.user_id for c in events.connections.values()}
+    # Ben answered every ping meanwhile (python-socketio's client does) and is still served.
+    assert (await ben.call("send_message", {"group_id": MATHS, "content": "still here"}))["ok"]

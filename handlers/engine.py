@@ -1,0 +1,346 @@
+"""Engine.IO, made lighter per connection and per frame.
+
+``ChatEngine`` is python-engineio's ``AsyncServer`` with three changes that
+leave the protocol as it is:
+
+- each connection's outgoing queue is a ``LightQueue`` (an idle
+  ``asyncio.Queue`` holds four 64-slot deque blocks, about 2.5 KB);
+- one ``PingWheel`` task pings every connection, instead of a sleeping task,
+  timer and future per connection;
+- WebSockets are accepted without permessage-deflate: browsers offer it, and
+  a negotiated connection that has sent anything holds a zlib compressor of
+  about 100 KB for its whole life, and pays CPU for every frame.
+
+``FastSocket`` is the per-connection socket (see its docstring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+import engineio
+from aiohttp import web
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as eio_aiohttp
+
+log = logging.getLogger(__name__)
+
+
+class LightQueue:
+    """The part of ``asyncio.Queue`` Engine.IO uses (unbounded), for one
+    connection's outgoing packets: items and waiting getters live in deques
+    created on first use and dropped when empty, so an idle connection holds
+    none."""
+
+    __slots__ = ("_items", "_getters", "_unfinished", "_finished")
+
+    def __init__(self) -> None:
+        self._items: collections.deque | None = None
+        self._getters: collections.deque | None = None
+        self._unfinished = 0
+        self._finished: asyncio.Event | None = None
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item) -> None:
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(item)
+        self._unfinished += 1
+        if self._finished is not None:
+            self._finished.clear()
+        self._wake_one()
+
+    async def put(self, item) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self):
+        items = self._items
+        if not items:
+            raise asyncio.QueueEmpty
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    async def get(self):
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = collections.deque()
+            self._getters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                waiter.cancel()
+                if self._getters is not None:
+                    try:
+                        self._getters.remove(waiter)
+                    except ValueError:
+                        pass
+                if self._items and not waiter.cancelled():
+                    self._wake_one()  # pass the item on to the next getter
+                raise
+        return self.get_nowait()
+
+    def _wake_one(self) -> None:
+        getters = self._getters
+        while getters:
+            waiter = getters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if not getters:
+            self._getters = None
+
+    def task_done(self) -> None:
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._finished is not None:
+            self._finished.set()
+
+    async def join(self) -> None:
+        if self._unfinished > 0:
+            if self._finished is None:
+                self._finished = asyncio.Event()
+            await self._finished.wait()
+
+
+class PingWheel:
+    """Sends Engine.IO's pings for every connection from one task.
+
+    Every connection waits the same ``ping_interval`` after its previous pong,
+    so a FIFO of ``(due, socket)`` is already sorted by due time."""
+
+    def __init__(self, server: "ChatEngine") -> None:
+        self._server = server
+        self._due: collections.deque = collections.deque()
+        self._task: asyncio.Task | None = None
+
+    def add(self, socket) -> None:
+        self._due.append((time.monotonic() + self._server.ping_interval, socket))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        due = self._due
+        while due:
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                socket = due.popleft()[1]
+                if socket.closing or socket.closed:
+                    continue
+                socket.last_ping = time.time()
+                try:
+                    await socket.send(eio_packet.Packet(eio_packet.PING))
+                except Exception:  # a socket closing meanwhile; the others go on
+                    log.debug("ping to %s failed", socket.sid, exc_info=True)
+            if due:
+                await asyncio.sleep(max(0.0, due[0][0] - time.monotonic()))
+
+    async def close(self) -> None:
+        self._due.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class PlainWebSocket(eio_aiohttp.WebSocket):
+    """engineio's aiohttp WebSocket, accepted without permessage-deflate."""
+
+    async def __call__(self, environ):
+        request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+
+class ChatEngine(engineio.AsyncServer):
+    start_plain_event = None  # set by ChatServer: what FastSocket's reader hands plain events to
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._async = {**self._async, "websocket": PlainWebSocket}
+        self.ping_wheel = PingWheel(self)
+
+    def create_queue(self, *args, **kwargs):
+        return LightQueue()
+
+    async def shutdown(self):
+        await self.ping_wheel.close()
+        await super().shutdown()
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """One unmasked, final, uncompressed WebSocket text frame (server to client)
+    carrying ``payload`` (UTF-8 text)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+class FastSocket(engineio.async_socket.AsyncSocket):
+    """An Engine.IO socket that waits without a task per wake-up, and that
+    exposes its WebSocket transport once the upgrade is complete.
+
+    ``_websocket_handler`` is Engine.IO's own (upgrade probe, writer task,
+    reader loop) with three differences: the reader waits for each frame
+    without the task and ``asyncio.wait_for`` Engine.IO adds per frame (the
+    writer's ``poll`` uses ``asyncio.timeout``), a client that stopped answering pings has its
+    transport aborted by ``check_ping_timeout`` instead (Engine.IO's service
+    task calls it for every connection), and plain client events go straight to
+    ``ChatServer.start_plain_event``. Pings come from the engine's
+    ``PingWheel`` rather than a sleeping task per connection."""
+
+    websocket = None  # engineio's aiohttp WebSocket wrapper, once upgraded
+
+    async def _websocket_handler(self, ws):
+        limit = self.server.max_http_buffer_size
+
+        async def next_frame():
+            data = await ws.wait()
+            if data and len(data) > limit:
+                raise ValueError("packet is too large")
+            return data
+
+        if self.connected:
+            if not await self._upgrade_from_polling(ws, next_frame):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        writer_task = asyncio.ensure_future(self._write_queued(ws))
+        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+        plain = getattr(self.server, "start_plain_event", None)
+        self.websocket = ws
+        try:
+            while True:
+                try:
+                    frame = await next_frame()
+                except BaseException:  # closed, too large, aborted as silent, or cancelled
+                    break
+                if frame is None:  # closed by the client
+                    break
+                if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
+                    continue
+                try:
+                    await self.receive(eio_packet.Packet(encoded_packet=frame))
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    self.server.logger.info("Receive error -- socket is closed")
+                    break
+                except Exception:
+                    self.server.logger.exception("Unknown receive error")
+        finally:
+            self.websocket = None
+        await self.queue.put(None)  # lets the writer end
+        await writer_task
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def _upgrade_from_polling(self, ws, next_frame) -> bool:
+        """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``)."""
+        self.upgrading = True  # hold packet sends during the upgrade
+        try:
+            pkt = eio_packet.Packet(encoded_packet=await next_frame())
+        except OSError:
+            return False
+        if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+            self.upgrading = False
+            return False
+        await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+        await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
+        try:
+            pkt = eio_packet.Packet(encoded_packet=await next_frame())
+        except OSError:
+            self.upgrading = False
+            return False
+        if pkt.packet_type != eio_packet.UPGRADE:
+            self.upgraded = False
+            self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
+            self.upgrading = False
+            return False
+        self.upgraded = True
+        self.upgrading = False
+        return True
+
+    async def _write_queued(self, ws) -> None:
+        """Engine.IO's writer: sends what was queued until the queue says stop."""
+        while True:
+            try:
+                packets = await self.poll()
+            except eio_exceptions.QueueEmpty:
+                break
+            if not packets:
+                break
+            try:
+                for pkt in packets:
+                    await ws.send(pkt.encode())
+            except Exception:
+                break
+        await ws.close()
+
+    def direct_transport(self):
+        """The transport to write frames to directly, or ``None`` to use the queue."""
+        ws = self.websocket
+        if ws is None or not self.upgraded or self.upgrading or self.closing or not self.queue.empty():
+            return None
+        try:
+            transport = ws._sock._writer.transport
+        except AttributeError:
+            return None
+        if transport is None or transport.is_closing():
+            return None
+        return transport
+
+    async def poll(self):
+        """Engine.IO's ``poll``, waiting under ``asyncio.timeout`` instead of a
+        task and ``asyncio.wait_for``."""
+        queue = self.queue
+        try:
+            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                packets = [await queue.get()]
+        except (TimeoutError, asyncio.CancelledError):
+            raise eio_exceptions.QueueEmpty() from None
+        queue.task_done()
+        if packets == [None]:
+            return []
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+    def schedule_ping(self):
+        if self.last_ping:  # the previous ping was answered (or this is the first)
+            self.last_ping = None
+            self.server.ping_wheel.add(self)
+
+    async def check_ping_timeout(self):
+        alive = await super().check_ping_timeout()
+        if not alive and self.websocket is not None:
+            try:
+                self.websocket._sock._writer.transport.abort()  # ends the reader
+            except AttributeError:
+                pass
+        return alive
