@@ -200,13 +200,17 @@ class FastSocket(engineio.async_socket.AsyncSocket):
     exposes its WebSocket transport once the upgrade is complete.
 
     ``_websocket_handler`` is Engine.IO's own (upgrade probe, writer task,
-    reader loop) with three differences: the reader waits for each frame
-    without the task and ``asyncio.wait_for`` Engine.IO adds per frame (the
-    writer's ``poll`` uses ``asyncio.timeout``), a client that stopped answering pings has its
-    transport aborted by ``check_ping_timeout`` instead (Engine.IO's service
-    task calls it for every connection), and plain client events go straight to
-    ``ChatServer.start_plain_event``. Pings come from the engine's
-    ``PingWheel`` rather than a sleeping task per connection."""
+    reader loop), except that:
+
+    - the reader waits for each frame without the task and ``asyncio.wait_for``
+      Engine.IO adds per frame, and with no timeout: a client that stopped
+      answering pings has its transport aborted by ``check_ping_timeout``
+      (Engine.IO's service task calls it for every connection);
+    - plain client events go straight to ``ChatServer.start_plain_event``;
+    - the writer's ``poll`` waits under ``asyncio.timeout``, and pings come
+      from the engine's ``PingWheel`` rather than a sleeping task per
+      connection.
+    """
 
     websocket = None  # engineio's aiohttp WebSocket wrapper, once upgraded
 

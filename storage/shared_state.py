@@ -252,36 +252,40 @@ class RedisLimiter:
     async def _run_batch(self, client, batch: list[tuple[str, list, asyncio.Future]]) -> None:
         try:
             results = await self._evaluate(client, batch)
-        except Exception as exc:  # every check of the batch falls back
-            results = [exc] * len(batch)
-        finally:
-            if not all(answer.done() for *_, answer in batch) and "results" not in locals():
-                for *_, answer in batch:  # cancelled: the checks fall back
-                    if not answer.done():
-                        answer.set_exception(RedisError("rate-limit batch cancelled"))
-        for (*_, answer), result in zip(batch, results):
-            if answer.done():
-                continue
-            if isinstance(result, BaseException):
-                answer.set_exception(result if isinstance(result, (RedisError, OSError)) else RedisError(str(result)))
-            else:
-                answer.set_result(result)
+        except BaseException as exc:  # every check of the batch falls back to this node's buckets
+            _answer(batch, [exc] * len(batch))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        _answer(batch, results)
 
     async def _evaluate(self, client, batch) -> list:
         """The bucket script for each check, in one pipeline; loads the script
-        (again, after a Redis restart) when Redis does not know it."""
-        for attempt in (1, 2):
-            if self._sha is None:
-                self._sha = await client.script_load(_BUCKET)
-            async with client.pipeline(transaction=False) as pipe:
-                for key, args, _ in batch:
-                    pipe.evalsha(self._sha, 1, key, *args)
-                results = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-                self._sha = None
-                continue
-            return results
+        first, and again when Redis lost it (a restart)."""
+        if self._sha is None:
+            self._sha = await client.script_load(_BUCKET)
+        results = await self._pipeline(client, batch)
+        if any(isinstance(r, NoScriptError) for r in results):
+            self._sha = await client.script_load(_BUCKET)
+            results = await self._pipeline(client, batch)
         return results
+
+    async def _pipeline(self, client, batch) -> list:
+        async with client.pipeline(transaction=False) as pipe:
+            for key, args, _ in batch:
+                pipe.evalsha(self._sha, 1, key, *args)
+            return await pipe.execute(raise_on_error=False)
+
+
+def _answer(batch: list[tuple[str, list, asyncio.Future]], results: list) -> None:
+    """Each check's answer: the script's result, or an error that makes it fall back."""
+    for (*_, answer), result in zip(batch, results):
+        if answer.done():
+            continue
+        if isinstance(result, BaseException):
+            answer.set_exception(result if isinstance(result, (RedisError, OSError)) else RedisError(repr(result)))
+        else:
+            answer.set_result(result)
 
 
 _background: set[asyncio.Task] = set()
