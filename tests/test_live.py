@@ -206,3 +206,23 @@ async def test_older_clients_sender_id_is_accepted_on_every_event_when_it_is_the
     assert spoof["error"]["code"] == "forbidden"  # before group_not_found
     history = await ana.call("get_history", {"group_id": MATHS})
     assert [m["content"] for m in history["messages"]] == ["fixed"]
+
+
+async def test_disconnected_clients_leave_no_trace_in_the_room_tables(connect, server):
+    """What a connection joined is forgotten when it goes: its own room, the
+    group's room and the index of its rooms (mass disconnects use it)."""
+    from server.keys import SIO
+
+    manager = server.app[SIO].manager
+    ana, ben = await connect(ANA), await connect(BEN)
+    await join(ana)
+    await join(ben)
+    ben_sid = ben.sio.get_sid()
+    assert sorted(manager.get_rooms(ben_sid, "/"), key=str) == sorted([ben_sid, MATHS])
+    await ben.sio.disconnect()
+    await ana.wait_event("presence", 2)  # Ben online, then offline
+    rooms = manager.rooms["/"]
+    assert all(ben_sid not in members for members in rooms.values())
+    assert ben_sid not in rooms
+    assert manager.get_rooms(ben_sid, "/") == []
+    assert [sid for sid, _ in manager.get_participants("/", MATHS)] == [ana.sio.get_sid()]
