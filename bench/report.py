@@ -22,6 +22,17 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "–" if not a or not b else f"{a / b:.2f}×"
 
 
+def _latency(lat: dict[str, Any], bold_p99: bool = False) -> str:
+    p99 = _f(lat["p99"], 1)
+    return f"{_f(lat['p50'], 1)} / {f'**{p99}**' if bold_p99 else p99} / {_f(lat['max'], 1)}"
+
+
+def _error_row(header: str, cells: list[str], error: Any) -> str:
+    """A row naming the error after its first ``cells``, padded to the header's column count."""
+    columns = header.count("|") - 1
+    return "| " + " | ".join([*cells, f"error: {error}"]) + " |" + "|" * (columns - len(cells) - 1)
+
+
 def _check(res: dict[str, Any]) -> str:
     v = res.get("verify")
     if not v:
@@ -68,7 +79,7 @@ def saturation_table(results: dict[str, Any]) -> list[str]:
                 continue
             res = peer.get("saturation", {}).get(str(room), {})
             if not res or res.get("error"):
-                rows.append(f"| {peer['label']} | {room} | error: {res.get('error', peer.get('error', 'not run'))} |||||||||||")
+                rows.append(_error_row(rows[0], [peer["label"], str(room)], res.get("error", peer.get("error", "not run"))))
                 continue
             mine = res["deliveries_per_cpu_s"]
             refs = [peers.get(r, {}).get("saturation", {}).get(str(room), {}).get("deliveries_per_cpu_s") for r, _ in REFS]
@@ -76,7 +87,7 @@ def saturation_table(results: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| {peer['label']} | {room} | {_f(res['deliveries_per_s'])} | **{_f(mine)}** | "
                 f"{_ratio(mine, refs[0])} | {_ratio(mine, refs[1])} | {res['server_cpu_util']:.0%} | "
-                f"{res['gen_cpu_util']:.0%} | {_noise(res)} | {_f(lat['p50'], 1)} / {_f(lat['p99'], 1)} / {_f(lat['max'], 1)} | {_check(res)} | "
+                f"{res['gen_cpu_util']:.0%} | {_noise(res)} | {_latency(lat)} | {_check(res)} | "
                 f"{_f(res.get('setup_cpu_ms_per_conn'), 2)} |"
             )
     return rows
@@ -92,12 +103,12 @@ def rate_table(results: dict[str, Any]) -> list[str]:
             if not res:
                 continue
             if res.get("error"):
-                rows.append(f"| {peer['label']} | {load}% | error: {res['error']} |||||||")
+                rows.append(_error_row(rows[0], [peer["label"], f"{load}%"], res["error"]))
                 continue
             lat = res["latency_ms"]
             rows.append(
                 f"| {peer['label']} | {load}% | {_f(res['target_deliveries_per_s'])} | {_f(res['deliveries_per_s'])} | "
-                f"{_f(lat['p50'], 1)} / {_f(lat['p99'], 1)} / {_f(lat['max'], 1)} | "
+                f"{_latency(lat)} | "
                 f"{res['server_cpu_util']:.0%} | {_noise(res)} | {_f(res['deliveries_per_cpu_s'])} | {_check(res)} |"
             )
     return rows
@@ -112,14 +123,14 @@ def fixed_table(results: dict[str, Any]) -> list[str]:
         for name, res in (peer.get("fixed") or {}).items():
             room, rate = (int(x) for x in name.split("@"))
             if res.get("error"):
-                rows.append(f"| {peer['label']} | {room} | error: {res['error']} |||||||")
+                rows.append(_error_row(rows[0], [peer["label"], str(room)], res["error"]))
                 continue
             lat = res["latency_ms"]
             goal = targets.get(room)
             mark = "" if goal is None or lat["p99"] is None else (" ✓" if lat["p99"] <= goal else " ✗")
             rows.append(
                 f"| {peer['label']} | {room:,} | {_f(rate / room)} | {_f(rate)} / {_f(res['deliveries_per_s'])} | "
-                f"{_f(lat['p50'], 1)} / **{_f(lat['p99'], 1)}** / {_f(lat['max'], 1)} | "
+                f"{_latency(lat, bold_p99=True)} | "
                 f"{'–' if goal is None else f'≤ {goal:.0f} ms{mark}'} | {res['server_cpu_util']:.0%} | {_noise(res)} | {_check(res)} |"
             )
     return rows
@@ -157,7 +168,7 @@ def idle_table(results: dict[str, Any]) -> list[str]:
         if not res:
             continue
         if res.get("error"):
-            rows.append(f"| {peer['label']} | error: {res['error']} ||||||||")
+            rows.append(_error_row(rows[0], [peer["label"]], res["error"]))
             continue
         mine = res["kb_per_conn"]
         refs = [peers.get(r, {}).get("idle", {}).get("kb_per_conn") for r, _ in REFS]
@@ -176,7 +187,7 @@ def redis_table(results: dict[str, Any]) -> list[str]:
     for key, red in results.get("redis", {}).items():
         base, res = red.get("without_redis", {}), red.get("with_redis", {})
         if red.get("error") or res.get("error") or base.get("error") or not res or not base:
-            rows.append(f"| {red['label']} | error: {red.get('error') or base.get('error') or res.get('error')} ||||||")
+            rows.append(_error_row(rows[0], [red["label"]], red.get("error") or base.get("error") or res.get("error")))
             continue
         redis_cpu = (res.get("extra_cpu_s") or [None])[0]
         both = None if redis_cpu is None else res["deliveries"] / (res["server_cpu_s"] + redis_cpu)
