@@ -81,15 +81,19 @@ class ChatServer(socketio.AsyncServer):
 
     async def _send_packet(self, eio_sid, pkt):
         encoded = pkt.encode()
-        socket = self.eio.sockets.get(eio_sid)
-        if (isinstance(encoded, str) and socket is not None and isinstance(self.manager, FastManager)
-                and self.manager.send_now(socket, encoded.encode())):
-            return
-        if isinstance(encoded, list):
+        if isinstance(encoded, list):  # binary attachments: Engine.IO's queue
             for part in encoded:
                 await self.eio.send(eio_sid, part)
         else:
-            await self.eio.send(eio_sid, encoded)
+            await self._send_text(eio_sid, encoded.encode())
+
+    async def _send_text(self, eio_sid: str, encoded: bytes) -> None:
+        """One text Socket.IO packet (UTF-8) to one connection: straight to its
+        transport when its queue is empty, else through Engine.IO's queue."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and isinstance(self.manager, FastManager) and self.manager.send_now(socket, encoded):
+            return
+        await self.eio.send(eio_sid, encoded.decode())
 
     async def _handle_eio_connect(self, eio_sid, environ):
         socket = self.eio.sockets.get(eio_sid)
@@ -152,10 +156,7 @@ class ChatServer(socketio.AsyncServer):
             await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=NAMESPACE,
                                                                id=ack_id, data=data))
             return
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is not None and isinstance(self.manager, FastManager) and self.manager.send_now(socket, encoded):
-            return
-        await self.eio.send(eio_sid, encoded.decode())
+        await self._send_text(eio_sid, encoded)
 
 
 class FastManager(socketio.AsyncManager):
