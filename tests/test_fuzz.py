@@ -174,7 +174,7 @@ def predict(event: str, args: tuple[Any, ...], rig: "Rig") -> Expect:
     unsure = False
     for key, value in payload.items():
         if key not in spec:
-            bad.add(key)
+            bad.add(json.loads(json.dumps(key)))  # as the server reads it: JSON joins an escaped surrogate pair
         elif value is None:
             if spec[key][1]:
                 bad.add(key)
