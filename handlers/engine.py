@@ -1,6 +1,6 @@
 """Engine.IO, made lighter per connection and per frame.
 
-``ChatEngine`` is python-engineio's ``AsyncServer`` with three changes that
+``ChatEngine`` is python-engineio's ``AsyncServer`` with four changes that
 leave the protocol as it is:
 
 - each connection's outgoing queue is a ``LightQueue`` (an idle
@@ -9,7 +9,13 @@ leave the protocol as it is:
   timer and future per connection;
 - WebSockets are accepted without permessage-deflate: browsers offer it, and
   a negotiated connection that has sent anything holds a zlib compressor of
-  about 100 KB for its whole life, and pays CPU for every frame.
+  about 100 KB for its whole life, and pays CPU for every frame;
+- frames for WebSocket connections are written to their transports directly,
+  and the frames one transport gets in one loop iteration leave as one write
+  (``write_soon``): no writer task and queue per connection.
+
+A connection that cannot keep up (``MAX_BUFFERED`` bytes unsent) is closed
+rather than buffered without bound; standard clients reconnect by themselves.
 
 ``FastSocket`` is the per-connection socket (see its docstring).
 """
@@ -20,6 +26,7 @@ import asyncio
 import collections
 import logging
 import time
+from typing import Any
 
 import engineio
 from aiohttp import web
@@ -28,6 +35,8 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
 log = logging.getLogger(__name__)
+
+MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
 
 
 class LightQueue:
@@ -173,6 +182,37 @@ class ChatEngine(engineio.AsyncServer):
         super().__init__(*args, **kwargs)
         self._async = {**self._async, "websocket": PlainWebSocket}
         self.ping_wheel = PingWheel(self)
+        self._pending: dict[Any, list[bytes]] = {}
+        self._flush_scheduled = False
+
+    def write_soon(self, transport, frame: bytes) -> None:
+        """Write ``frame`` to ``transport`` at the end of this loop iteration,
+        together with the other frames it gets meanwhile (one write).
+
+        Every frame to a WebSocket connection goes through here, so frames keep
+        the order in which they were handed over.
+        """
+        pending = self._pending.get(transport)
+        if pending is not None:
+            pending.append(frame)
+            return
+        self._pending[transport] = [frame]
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def flush(self, transport) -> None:
+        """Write what waits for ``transport`` now (before its closing frame)."""
+        frames = self._pending.pop(transport, None)
+        if frames and not transport.is_closing():
+            transport.write(b"".join(frames))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        for transport, frames in pending.items():
+            if not transport.is_closing():
+                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def create_queue(self, *args, **kwargs):
         return LightQueue()
@@ -182,37 +222,44 @@ class ChatEngine(engineio.AsyncServer):
         await super().shutdown()
 
 
-def websocket_text_frame(payload: bytes) -> bytes:
-    """One unmasked, final, uncompressed WebSocket text frame (server to client)
-    carrying ``payload`` (UTF-8 text)."""
+TEXT, BINARY = 0x81, 0x82  # first header byte: final frame, opcode
+
+
+def websocket_frame(payload: bytes, first: int = TEXT) -> bytes:
+    """One unmasked, final, uncompressed WebSocket frame (server to client):
+    text (``payload`` is UTF-8) unless ``first`` is ``BINARY``."""
     size = len(payload)
     if size < 126:
-        header = bytes((0x81, size))
+        header = bytes((first, size))
     elif size < 1 << 16:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+        header = bytes((first, 126)) + size.to_bytes(2, "big")
     else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+        header = bytes((first, 127)) + size.to_bytes(8, "big")
     return header + payload
 
 
 class FastSocket(engineio.async_socket.AsyncSocket):
-    """An Engine.IO socket that waits without a task per wake-up, and that
-    exposes its WebSocket transport once the upgrade is complete.
+    """An Engine.IO socket that, once on WebSocket, writes its packets straight
+    to the transport, and that waits without a task per wake-up.
 
-    ``_websocket_handler`` is Engine.IO's own (upgrade probe, writer task,
-    reader loop), except that:
+    ``_websocket_handler`` is Engine.IO's own (upgrade probe, then a reader
+    loop), except that:
 
+    - there is no writer task: once the WebSocket is up, what was queued
+      meanwhile is written, and from then on ``send`` writes each packet
+      through ``ChatEngine.write_soon``; the queue serves long-polling only;
     - the reader waits for each frame without the task and ``asyncio.wait_for``
       Engine.IO adds per frame, and with no timeout: a client that stopped
       answering pings has its transport aborted by ``check_ping_timeout``
       (Engine.IO's service task calls it for every connection);
     - plain client events go straight to ``ChatServer.start_plain_event``;
-    - the writer's ``poll`` waits under ``asyncio.timeout``, and pings come
-      from the engine's ``PingWheel`` rather than a sleeping task per
-      connection.
+    - pings come from the engine's ``PingWheel`` rather than a sleeping task
+      per connection, and polling's ``poll`` waits under ``asyncio.timeout``.
     """
 
-    websocket = None  # engineio's aiohttp WebSocket wrapper, once upgraded
+    websocket = None  # engineio's aiohttp WebSocket wrapper, while frames go straight to it
+    transport = None  # and its asyncio transport
+    dropping = False  # closed for not keeping up: nothing more is written to it
 
     async def _websocket_handler(self, ws):
         limit = self.server.max_http_buffer_size
@@ -229,10 +276,10 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         else:
             self.connected = True
             self.upgraded = True
-        writer_task = asyncio.ensure_future(self._write_queued(ws))
+        transport = ws._sock._writer.transport
+        self._go_direct(ws, transport)
         self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
         plain = getattr(self.server, "start_plain_event", None)
-        self.websocket = ws
         try:
             while True:
                 try:
@@ -253,10 +300,72 @@ class FastSocket(engineio.async_socket.AsyncSocket):
                 except Exception:
                     self.server.logger.exception("Unknown receive error")
         finally:
-            self.websocket = None
-        await self.queue.put(None)  # lets the writer end
-        await writer_task
-        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            self.websocket = self.transport = None
+            try:
+                self.server.flush(transport)  # what was sent leaves before the closing frame
+                await ws.close()
+            finally:
+                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    def _go_direct(self, ws, transport) -> None:
+        """Write what was queued during the upgrade, then send straight to
+        ``transport`` from now on (no await in between: order is kept)."""
+        queue = self.queue
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is not None:
+                self._write(transport, pkt)
+        self.websocket, self.transport = ws, transport
+
+    async def send(self, pkt):
+        transport = self.transport
+        if transport is None:  # long-polling, or mid-upgrade: the queue
+            return await super().send(pkt)
+        if await self.check_ping_timeout():
+            self._write(transport, pkt)
+
+    async def close(self, wait=True, abort=False, reason=None):
+        """Engine.IO's; on WebSocket, a CLOSE packet sent to the client is followed
+        by the WebSocket's own closing handshake, as Engine.IO servers do."""
+        ws, closing = self.websocket, self.closing
+        await super().close(wait=wait, abort=abort, reason=reason)
+        if ws is not None and not abort and not closing and self.websocket is ws:
+            self.server.flush(self.transport)
+            in_background(ws.close())
+
+    def _write(self, transport, pkt) -> None:
+        encoded = pkt.encode()
+        if type(encoded) is str:
+            self.write_frame(transport, websocket_frame(encoded.encode()))
+        else:
+            self.write_frame(transport, websocket_frame(encoded, BINARY))
+
+    def write_frame(self, transport, frame: bytes) -> None:
+        """Hand one frame to ``transport``, or drop a connection that cannot keep up."""
+        if self.dropping or transport.is_closing():
+            return  # the client is gone; the reader ends the session
+        if transport.get_write_buffer_size() > MAX_BUFFERED:
+            self.drop(f"{MAX_BUFFERED} bytes unsent")
+            return
+        self.server.write_soon(transport, frame)
+
+    def drop(self, why: str) -> None:
+        """Disconnect a connection that cannot keep up; its client reconnects and catches up."""
+        self.dropping = True  # write and queue nothing more for it
+        log.warning("closing connection %s: %s, it cannot keep up", self.sid, why)
+        transport = self.transport
+        if transport is not None:
+            transport.abort()  # drop what is buffered; the reader then closes the session
+            return
+        in_background(self.close(wait=False, abort=True, reason="slow client"))
+
+    def direct_transport(self):
+        """The transport to write frames to directly, or ``None`` to use the queue."""
+        transport = self.transport
+        if transport is None or self.closing or self.dropping or transport.is_closing():
+            return None
+        return transport
 
     async def _upgrade_from_polling(self, ws, next_frame) -> bool:
         """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``)."""
@@ -285,38 +394,9 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         self.upgrading = False
         return True
 
-    async def _write_queued(self, ws) -> None:
-        """Engine.IO's writer: sends what was queued until the queue says stop."""
-        while True:
-            try:
-                packets = await self.poll()
-            except eio_exceptions.QueueEmpty:
-                break
-            if not packets:
-                break
-            try:
-                for pkt in packets:
-                    await ws.send(pkt.encode())
-            except Exception:
-                break
-        await ws.close()
-
-    def direct_transport(self):
-        """The transport to write frames to directly, or ``None`` to use the queue."""
-        ws = self.websocket
-        if ws is None or not self.upgraded or self.upgrading or self.closing or not self.queue.empty():
-            return None
-        try:
-            transport = ws._sock._writer.transport
-        except AttributeError:
-            return None
-        if transport is None or transport.is_closing():
-            return None
-        return transport
-
     async def poll(self):
-        """Engine.IO's ``poll``, waiting under ``asyncio.timeout`` instead of a
-        task and ``asyncio.wait_for``."""
+        """Engine.IO's ``poll`` (long-polling), waiting under ``asyncio.timeout``
+        instead of a task and ``asyncio.wait_for``."""
         queue = self.queue
         try:
             async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
@@ -342,9 +422,24 @@ class FastSocket(engineio.async_socket.AsyncSocket):
 
     async def check_ping_timeout(self):
         alive = await super().check_ping_timeout()
-        if not alive and self.websocket is not None:
-            try:
-                self.websocket._sock._writer.transport.abort()  # ends the reader
-            except AttributeError:
-                pass
+        if not alive and self.transport is not None:
+            self.transport.abort()  # ends the reader
         return alive
+
+
+_background: set[asyncio.Task] = set()
+
+
+def in_background(coro) -> asyncio.Task:
+    """Run ``coro`` as a task that stays referenced until it ends; an error it
+    ends with is logged."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_forget)
+    return task
+
+
+def _forget(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())

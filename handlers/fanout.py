@@ -2,17 +2,15 @@
 
 ``FastManager`` replaces python-socketio's per-recipient path (a task per
 recipient, then ``asyncio.wait`` on all of them). A broadcast is encoded once;
-for a WebSocket connection whose send queue is empty, the same WebSocket frame
-bytes are written straight to its transport (frames are whole writes, so they
-never interleave with the ones Engine.IO's own writer sends; a frame sent
-uncompressed is valid even where permessage-deflate was negotiated). Any other
-connection (polling, mid-upgrade, or with packets still queued) gets the
-pre-built packet on its Engine.IO queue, which keeps order. ``ChatServer``
+for a WebSocket connection, the same WebSocket frame bytes are handed to its
+transport through ``ChatEngine.write_soon``, the path every frame to that
+connection takes, which keeps order. Any other connection (polling, or
+mid-upgrade) gets the pre-built packet on its Engine.IO queue. ``ChatServer``
 runs on ``engine.ChatEngine`` and its ``FastSocket``s, and starts plain client
 events without python-socketio's general packet machinery. python-socketio
 stays the library: rooms, the handshake, acks and the Redis queue are its own.
 
-A connection that cannot keep up (``MAX_BUFFERED`` bytes unsent, or
+A connection that cannot keep up (``engine.MAX_BUFFERED`` bytes unsent, or
 ``MAX_QUEUED`` packets waiting) is closed rather than buffered without bound.
 Standard clients reconnect by themselves and catch up with ``since_seq``.
 
@@ -45,7 +43,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from .engine import ChatEngine, FastSocket, websocket_text_frame
+from .engine import ChatEngine, FastSocket, in_background, websocket_frame
 from .wire import encode_plain
 
 log = logging.getLogger(__name__)
@@ -55,8 +53,7 @@ NAMESPACE = "/"
 REORDER_WAIT_S = 0.25
 OUTBOX_LIMIT = 10_000
 PUBLISH_BATCH = 500  # publishes per Redis pipeline
-MAX_QUEUED = 1_000  # packets waiting for one connection before it is dropped
-MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
+MAX_QUEUED = 1_000  # packets waiting for one (long-polling) connection before it is dropped
 
 
 class ChatServer(socketio.AsyncServer):
@@ -132,9 +129,7 @@ class ChatServer(socketio.AsyncServer):
         ack_id = int(frame[2:i]) if i > 2 else None
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug('received event "%s" from %s [/]', event, sid)
-        task = asyncio.get_running_loop().create_task(self._run_plain(handler, sid, eio_sid, ack_id, data[1:]))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        in_background(self._run_plain(handler, sid, eio_sid, ack_id, data[1:]))
         return True
 
     def _is_coroutine(self, handler) -> bool:
@@ -164,8 +159,6 @@ class FastManager(socketio.AsyncManager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pending: dict[Any, list[bytes]] = {}
-        self._flush_scheduled = False
         # (namespace, sid) -> the rooms it is in. python-socketio finds a
         # disconnecting client's rooms by scanning every room of the namespace
         # (each connection has one of its own): O(n) per disconnect, O(n²)
@@ -226,16 +219,14 @@ class FastManager(socketio.AsyncManager):
                 continue
             transport = socket.direct_transport() if type(socket) is FastSocket else None
             if transport is not None:
-                if transport.get_write_buffer_size() > MAX_BUFFERED:
-                    self._drop_slow(socket, f"{MAX_BUFFERED} bytes unsent", transport)
-                    continue
                 if frame is None:
-                    frame = websocket_text_frame(b"4" + encoded)
-                self._write_soon(transport, frame)
+                    frame = websocket_frame(b"4" + encoded)
+                socket.write_frame(transport, frame)
                 continue
             queue = socket.queue
             if queue.qsize() >= MAX_QUEUED:
-                self._drop_slow(socket, f"{MAX_QUEUED} packets waiting")
+                if type(socket) is FastSocket:
+                    socket.drop(f"{MAX_QUEUED} packets waiting")
                 continue
             if pkt is None:
                 pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded.decode())
@@ -246,47 +237,10 @@ class FastManager(socketio.AsyncManager):
         """Write one Socket.IO packet (UTF-8) to one connection on the direct
         path; ``False``: use its queue."""
         transport = socket.direct_transport() if type(socket) is FastSocket else None
-        if transport is None or transport.get_write_buffer_size() > MAX_BUFFERED:
+        if transport is None:
             return False
-        self._write_soon(transport, websocket_text_frame(b"4" + encoded))
+        socket.write_frame(transport, websocket_frame(b"4" + encoded))
         return True
-
-    def _write_soon(self, transport, frame: bytes) -> None:
-        """Coalesce the frames a transport gets in one loop iteration into one write.
-
-        The flush is scheduled when the first frame is buffered, so it runs before
-        any Engine.IO writer woken later: order on each connection is kept.
-        """
-        pending = self._pending.get(transport)
-        if pending is not None:
-            pending.append(frame)
-            return
-        self._pending[transport] = [frame]
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        pending, self._pending = self._pending, {}
-        for transport, frames in pending.items():
-            if not transport.is_closing():
-                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-
-    def _drop_slow(self, socket, why: str, transport=None) -> None:
-        """Disconnect a connection that cannot keep up; its client reconnects and catches up."""
-        socket.dropping = True  # queue and write nothing more for it
-        log.warning("closing connection %s: %s, it cannot keep up", socket.sid, why)
-        if transport is not None:
-            transport.abort()  # drop what is buffered; the handler then closes the session
-            return
-        task = asyncio.ensure_future(socket.close(wait=False, abort=True, reason="slow client"))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task] = set()
 
 
 @dataclass
