@@ -36,8 +36,11 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_get("/demo/users", demo_users)
     app.router.add_post("/demo/token", demo_token)
     app.router.add_get("/", index)
+    for resource in list(app.router.resources()):
+        if not resource.canonical.startswith("/socket.io"):
+            resource.add_route("OPTIONS", preflight)
     app.router.add_static("/static/", static_dir, show_index=False)
-    app.middlewares.append(cors_middleware)
+    app.on_response_prepare.append(cors_headers)
 
 
 def error_response(exc: ChatError) -> web.Response:
@@ -148,22 +151,31 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(request.app[STATIC_DIR] / "index.html")
 
 
-@web.middleware
-async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """CORS for the HTTP routes: the configured origins (the page's own needs none)."""
+# CORS for the HTTP routes: the configured origins (the page's own needs none);
+# Engine.IO answers CORS for /socket.io/ itself. Headers are added as each
+# response is prepared rather than by a middleware, whose frame every WebSocket
+# connection would hold for its whole life.
 
-    if request.path.startswith("/socket.io"):
-        return await handler(request)  # Engine.IO answers CORS itself
+
+def _allowed_origin(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
-    allowed = origin is not None and origin in request.app[SETTINGS].cors_origins
-    if request.method == "OPTIONS" and allowed:
-        response: web.StreamResponse = web.Response(status=204)
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-        response.headers["Access-Control-Max-Age"] = "600"
-    else:
-        response = await handler(request)
-    if allowed:
+    return origin if origin is not None and origin in request.app[SETTINGS].cors_origins else None
+
+
+async def preflight(request: web.Request) -> web.Response:
+    if _allowed_origin(request) is None:
+        raise web.HTTPMethodNotAllowed("OPTIONS", ["GET", "HEAD", "POST"])
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": "600",
+    })
+
+
+async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/socket.io"):
+        return
+    origin = _allowed_origin(request)
+    if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
-    return response
