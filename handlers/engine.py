@@ -1,8 +1,11 @@
 """Engine.IO, made lighter per connection and per frame.
 
-``ChatEngine`` is python-engineio's ``AsyncServer`` with four changes that
+``ChatEngine`` is python-engineio's ``AsyncServer`` with five changes that
 leave the protocol as it is:
 
+- a new WebSocket connection is set up by one coroutine (``handle_request``)
+  rather than Engine.IO's chain of five, each of which would stay suspended
+  for the connection's whole life;
 - each connection's outgoing queue is a ``LightQueue`` (an idle
   ``asyncio.Queue`` holds four 64-slot deque blocks, about 2.5 KB);
 - one ``PingWheel`` task pings every connection, instead of a sleeping task,
@@ -167,12 +170,14 @@ class PlainWebSocket(eio_aiohttp.WebSocket):
     """engineio's aiohttp WebSocket, accepted without permessage-deflate."""
 
     async def __call__(self, environ):
-        request = environ["aiohttp.request"]
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
-        await self._sock.prepare(request)
-        self.environ = environ
+        await self.accept(environ)
         await self.handler(self)
         return self._sock
+
+    async def accept(self, environ) -> None:
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(environ["aiohttp.request"])
+        self.environ = environ
 
 
 class ChatEngine(engineio.AsyncServer):
@@ -216,6 +221,51 @@ class ChatEngine(engineio.AsyncServer):
 
     def create_queue(self, *args, **kwargs):
         return LightQueue()
+
+    async def handle_request(self, request):
+        """Engine.IO's entry point. A new WebSocket connection (``GET
+        ?EIO=4&transport=websocket`` with no ``sid``, the commonest request) is
+        handled here in one frame: the chain of calls Engine.IO makes for it
+        would each stay suspended, holding memory, for the connection's whole
+        life. Every other request, and any such request Engine.IO would refuse
+        (a bad origin, say), goes to Engine.IO's ``handle_request``."""
+        query = request.query
+        if (request.method != "GET" or "sid" in query or "j" in query
+                or query.get("transport") != "websocket" or query.get("EIO") != "4"
+                or "websocket" not in self.transports
+                or request.headers.get("Upgrade", "").lower() != "websocket"):
+            return await super().handle_request(request)
+        environ = self._async["translate_request"](request)
+        origin = environ.get("HTTP_ORIGIN")
+        if origin and self.cors_allowed_origins != []:
+            allowed = self._cors_allowed_origins(environ)
+            if allowed is not None and origin not in allowed:
+                return await super().handle_request(request)  # Engine.IO's refusal
+        # Engine.IO's _handle_connect, for the websocket transport.
+        if self.start_service_task:
+            self.start_service_task = False
+            self.service_task_handle = self.start_background_task(self._service_task)
+        sid = self.generate_id()
+        socket = self.sockets[sid] = FastSocket(self, sid)
+        await socket.send(eio_packet.Packet(eio_packet.OPEN, {
+            "sid": sid,
+            "upgrades": [],
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        }))
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            del self.sockets[sid]
+            self.logger.warning("Application rejected connection")
+            return await self._make_response(self._unauthorized(accepted or None), environ)
+        socket.schedule_ping()
+        ws = PlainWebSocket(socket._websocket_handler, self)
+        await ws.accept(environ)
+        await socket._websocket_handler(ws)
+        if socket.closed and sid in self.sockets:
+            del self.sockets[sid]
+        return ws._sock
 
     async def shutdown(self):
         await self.ping_wheel.close()
@@ -262,16 +312,8 @@ class FastSocket(engineio.async_socket.AsyncSocket):
     dropping = False  # closed for not keeping up: nothing more is written to it
 
     async def _websocket_handler(self, ws):
-        limit = self.server.max_http_buffer_size
-
-        async def next_frame():
-            data = await ws.wait()
-            if data and len(data) > limit:
-                raise ValueError("packet is too large")
-            return data
-
         if self.connected:
-            if not await self._upgrade_from_polling(ws, next_frame):
+            if not await self._upgrade_from_polling(ws):
                 return
         else:
             self.connected = True
@@ -280,14 +322,16 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         self._go_direct(ws, transport)
         self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
         plain = getattr(self.server, "start_plain_event", None)
+        limit = self.server.max_http_buffer_size
+        receive = ws._sock.receive  # awaited directly: each layer in between would be held for the connection's life
         try:
             while True:
                 try:
-                    frame = await next_frame()
-                except BaseException:  # closed, too large, aborted as silent, or cancelled
+                    frame = (await receive()).data
+                except BaseException:  # aborted as silent, or cancelled
                     break
-                if frame is None:  # closed by the client
-                    break
+                if (type(frame) is not str and type(frame) is not bytes) or len(frame) > limit:
+                    break  # closed by the client, a transport error, or too large
                 if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
                     continue
                 try:
@@ -367,8 +411,16 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             return None
         return transport
 
-    async def _upgrade_from_polling(self, ws, next_frame) -> bool:
+    async def _upgrade_from_polling(self, ws) -> bool:
         """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``)."""
+        limit = self.server.max_http_buffer_size
+
+        async def next_frame():
+            data = await ws.wait()
+            if data and len(data) > limit:
+                raise ValueError("packet is too large")
+            return data
+
         self.upgrading = True  # hold packet sends during the upgrade
         try:
             pkt = eio_packet.Packet(encoded_packet=await next_frame())
