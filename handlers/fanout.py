@@ -43,8 +43,10 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from storage.shared_state import PUBLISH_ALL, RedisConnection
+
 from .engine import ChatEngine, FastSocket, in_background, websocket_frame
-from .wire import encode_plain
+from .wire import SafeJSON, encode_plain
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +296,9 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
         self._publisher: asyncio.Task | None = None
         self._deliveries: set[asyncio.Task] = set()
         self._order = SeqOrder(self._deliver_now)
+        # The application's Redis connection (set by the cluster): publishes
+        # share its pipelines with the other script calls of the same moment.
+        self.scripts: RedisConnection | None = None
 
     def initialize(self) -> None:
         super().initialize()
@@ -329,7 +334,7 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
 
     async def _publish_in_order(self) -> None:
         """Publish what is queued, in order: everything queued meanwhile goes
-        out together as one pipeline (one write, one round trip)."""
+        out together, one batch at a time."""
         outbox = self._outbox
         assert outbox is not None
         while True:
@@ -337,22 +342,19 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
             while not outbox.empty() and len(batch) < PUBLISH_BATCH:
                 batch.append(outbox.get_nowait())
             try:
-                if len(batch) == 1:
-                    await self._publish(batch[0])
-                else:
-                    await self._publish_batch(batch)
+                await self._publish_batch(batch)
             except Exception:  # _publish logs and gives up by itself; never stop the loop
                 log.exception("publishing to Redis failed")
 
     async def _publish_batch(self, batch: list[dict[str, Any]]) -> None:
-        encoded = [self.json.dumps(message) for message in batch]
+        """One script call publishes the whole batch, in order (subscribers get
+        the messages one by one, as from ``PUBLISH``)."""
+        encoded = [SafeJSON.dumpb(message) for message in batch]
         try:
-            if not self.connected:
-                self._redis_connect()
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for data in encoded:
-                    pipe.publish(self.channel, data)
-                await pipe.execute()
+            if self.scripts is None:
+                raise RuntimeError("no Redis connection for scripts")
+            sizes = ",".join([str(len(data)) for data in encoded])
+            await self.scripts.call(PUBLISH_ALL, [], [self.channel, b"".join(encoded), sizes])
         except Exception as exc:  # one more try, message by message, as python-socketio's _publish does
             log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
             self.connected = False

@@ -52,6 +52,14 @@ class SafeJSON:
         return json.dumps(obj, **kwargs)
 
     @staticmethod
+    def dumpb(obj: Any) -> bytes:
+        """``dumps``, as UTF-8 bytes."""
+        try:
+            return orjson.dumps(obj, option=_ORJSON_LIKE_STDLIB)
+        except TypeError:  # orjson.JSONEncodeError
+            return json.dumps(obj, separators=(",", ":")).encode()
+
+    @staticmethod
     def loads(text: str | bytes, **kwargs: Any) -> Any:
         if not kwargs:
             try:

@@ -28,6 +28,7 @@ class Cluster:
             json=SafeJSON,  # the same JSON module as the server's packets
             redis_options={"socket_connect_timeout": 2},
         )
+        self.manager.scripts = self.connection
         self.presence = RedisPresence(self.connection, self.manager.host_id, presence_ttl_s)
         self.limiter = RedisLimiter(self.connection, limits, LocalLimiter(limits))
         self.interval_s = presence_ttl_s / 3

@@ -10,6 +10,7 @@ back to this node's own view, and ``heartbeat`` writes it back on recovery.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 
@@ -49,24 +50,56 @@ redis.call('ZADD', KEYS[2], left[2], ARGV[3])
 return 0
 """
 
-# Token bucket. KEYS: bucket key. ARGV: now ms, rate per s, burst.
-# Returns 0 when a token was taken, else the milliseconds until one is there.
-_BUCKET = """
-local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 't', 'at')
-local tokens, at = tonumber(state[1]), tonumber(state[2])
-if tokens == nil then tokens, at = burst, now end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-local wait = 0
-if tokens < 1 then
-  wait = math.ceil((1 - tokens) * 1000 / rate)
-else
-  tokens = tokens - 1
+# Token buckets, one check per key, in order. KEYS: bucket keys. ARGV: now ms,
+# then rate per s and burst for each key. Returns, per key, 0 when a token was
+# taken, else the milliseconds until one is there.
+_BUCKETS = """
+local now = tonumber(ARGV[1])
+local waits = {}
+for i, key in ipairs(KEYS) do
+  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', key, 't', 'at')
+  local tokens, at = tonumber(state[1]), tonumber(state[2])
+  if tokens == nil then tokens, at = burst, now end
+  tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+  local wait = 0
+  if tokens < 1 then
+    wait = math.ceil((1 - tokens) * 1000 / rate)
+  else
+    tokens = tokens - 1
+  end
+  redis.call('HSET', key, 't', tokens, 'at', now)
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+  waits[i] = wait
 end
-redis.call('HSET', KEYS[1], 't', tokens, 'at', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
+return waits
 """
+
+# ARGV: channel, the messages end to end, their lengths in bytes ("12,40,7").
+# Publishes each, in order (one argument however many, so the client packs
+# three strings per batch); returns their number.
+_PUBLISH_ALL = """
+local blob, at, n = ARGV[2], 1, 0
+for size in string.gmatch(ARGV[3], '%d+') do
+  size = tonumber(size)
+  redis.call('PUBLISH', ARGV[1], string.sub(blob, at, at + size - 1))
+  at, n = at + size, n + 1
+end
+return n
+"""
+
+SCRIPT_BATCH = 500  # checks folded into one script call
+
+
+class Script:
+    """A Lua script, called by its SHA1 (Redis loads it again when it lost it)."""
+
+    def __init__(self, lua: str) -> None:
+        self.lua = lua
+        self.sha = hashlib.sha1(lua.encode()).hexdigest()
+
+
+BUCKETS, PUBLISH_ALL = Script(_BUCKETS), Script(_PUBLISH_ALL)
 
 
 def _now_ms() -> int:
@@ -79,6 +112,45 @@ class RedisConnection:
     def __init__(self, url: str) -> None:
         self.url = url
         self.client: aioredis.Redis | None = None
+        self._calls: list[tuple[Script, list, list, asyncio.Future]] = []
+
+    def call(self, script: Script, keys: list, args: list) -> asyncio.Future:
+        """Call ``script``; the future gets its result, or a ``RedisError`` or
+        ``OSError``. Calls made in one loop iteration, by any caller, leave
+        together as one pipeline (one write, one round trip), in order."""
+        client = self.client
+        if client is None:
+            raise StorageUnavailable("Redis is not connected")
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        if not self._calls:
+            loop.call_soon(self._send, client)
+        self._calls.append((script, keys, args, answer))
+        return answer
+
+    def _send(self, client) -> None:
+        calls, self._calls = self._calls, []
+        task = asyncio.ensure_future(self._run(client, calls))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _run(self, client, calls: list[tuple[Script, list, list, asyncio.Future]]) -> None:
+        try:
+            results = await _pipeline(client, calls)
+            lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if lost:  # Redis restarted: load the scripts, call those again
+                for script in {calls[i][0] for i in lost}:
+                    await client.script_load(script.lua)
+                for i, result in zip(lost, await _pipeline(client, [calls[i] for i in lost])):
+                    results[i] = result
+        except BaseException as exc:
+            for *_, answer in calls:
+                _settle(answer, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, answer), result in zip(calls, results):
+            _settle(answer, result)
 
     async def open(self) -> None:
         self.client = aioredis.Redis.from_url(
@@ -215,77 +287,72 @@ class RedisLimiter:
     """Token buckets shared by all nodes; falls back to ``fallback`` without Redis.
 
     The checks made in one event-loop iteration go to Redis together, as one
-    pipeline of bucket scripts (one round trip and one write however many
-    events arrived at once); each still takes its own token, in order."""
+    call of the bucket script (up to ``SCRIPT_BATCH`` checks per call); each
+    still takes its own token, in order."""
 
     def __init__(self, connection: RedisConnection, limits, fallback) -> None:
         self._redis = connection
         self._limits = limits
         self._fallback = fallback
-        self._sha: str | None = None
-        self._batch: list[tuple[str, list, asyncio.Future]] = []
+        self._batch: list[tuple[str, float, float, asyncio.Future]] = []
 
     async def check(self, user_id: str, event: str) -> int | None:
         kind, bucket = self._limits.bucket_for(event)
         if not bucket.enabled:
             return None
-        client = self._redis.client
-        if client is None:
+        if self._redis.client is None:
             return await self._fallback.check(user_id, event)
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         if not self._batch:
-            loop.call_soon(self._send_batch, client)
-        self._batch.append((f"{PREFIX}rate:{kind}:{user_id}", [_now_ms(), bucket.rate, bucket.burst], answer))
+            loop.call_soon(self._send_batch)
+        self._batch.append((f"{PREFIX}rate:{kind}:{user_id}", bucket.rate, bucket.burst, answer))
         try:
             wait = await answer
-        except (RedisError, OSError):
+        except (RedisError, OSError, StorageUnavailable):
             return await self._fallback.check(user_id, event)
         return int(wait) or None
 
-    def _send_batch(self, client) -> None:
+    def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
-        task = asyncio.ensure_future(self._run_batch(client, batch))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _run_batch(self, client, batch: list[tuple[str, list, asyncio.Future]]) -> None:
-        try:
-            results = await self._evaluate(client, batch)
-        except BaseException as exc:  # every check of the batch falls back to this node's buckets
-            _answer(batch, [exc] * len(batch))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        _answer(batch, results)
-
-    async def _evaluate(self, client, batch) -> list:
-        """The bucket script for each check, in one pipeline; loads the script
-        first, and again when Redis lost it (a restart)."""
-        if self._sha is None:
-            self._sha = await client.script_load(_BUCKET)
-        results = await self._pipeline(client, batch)
-        if any(isinstance(r, NoScriptError) for r in results):
-            self._sha = await client.script_load(_BUCKET)
-            results = await self._pipeline(client, batch)
-        return results
-
-    async def _pipeline(self, client, batch) -> list:
-        async with client.pipeline(transaction=False) as pipe:
-            for key, args, _ in batch:
-                pipe.evalsha(self._sha, 1, key, *args)
-            return await pipe.execute(raise_on_error=False)
+        now = _now_ms()
+        for start in range(0, len(batch), SCRIPT_BATCH):
+            chunk = batch[start:start + SCRIPT_BATCH]
+            args = [now, *(x for _, rate, burst, _ in chunk for x in (rate, burst))]
+            try:
+                waits = self._redis.call(BUCKETS, [key for key, *_ in chunk], args)
+            except StorageUnavailable as exc:
+                for *_, answer in chunk:
+                    _settle(answer, exc)
+                continue
+            waits.add_done_callback(lambda done, chunk=chunk: _answer_each(chunk, done))
 
 
-def _answer(batch: list[tuple[str, list, asyncio.Future]], results: list) -> None:
-    """Each check's answer: the script's result, or an error that makes it fall back."""
-    for (*_, answer), result in zip(batch, results):
-        if answer.done():
-            continue
-        if isinstance(result, BaseException):
-            answer.set_exception(result if isinstance(result, (RedisError, OSError)) else RedisError(repr(result)))
-        else:
-            answer.set_result(result)
+def _pipeline(client, calls) -> "asyncio.Future[list]":
+    """Each call's result, or its error, in order."""
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args, _ in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return pipe.execute(raise_on_error=False)
+
+
+def _settle(answer: asyncio.Future, result) -> None:
+    """A call's answer: its result, or an error its caller falls back from."""
+    if answer.done():
+        return
+    if isinstance(result, BaseException):
+        answer.set_exception(result if isinstance(result, (RedisError, OSError, StorageUnavailable))
+                             else RedisError(repr(result)))
+    else:
+        answer.set_result(result)
+
+
+def _answer_each(chunk: list[tuple[str, float, float, asyncio.Future]], done: asyncio.Future) -> None:
+    """The bucket script's answers, one per check of ``chunk``."""
+    error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+    waits = done.result() if error is None else None
+    for i, (*_, answer) in enumerate(chunk):
+        _settle(answer, error if error is not None else waits[i])
 
 
 _background: set[asyncio.Task] = set()
