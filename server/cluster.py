@@ -26,7 +26,9 @@ class Cluster:
             redis_url,
             logger=library_logger("socketio.redis"),
             json=SafeJSON,  # the same JSON module as the server's packets
-            redis_options={"socket_connect_timeout": 2},
+            # RESP2: a channel message is a plain reply there; RESP3's push
+            # handling costs more per message, and this node reads every one.
+            redis_options={"socket_connect_timeout": 2, "protocol": 2},
         )
         self.manager.scripts = self.connection
         self.presence = RedisPresence(self.connection, self.manager.host_id, presence_ttl_s)
