@@ -322,15 +322,30 @@ class ChatRedisManager(socketio.AsyncRedisManager, FastManager):
         await self._handle_emit(message)
 
     async def _listen(self):
-        """Skip this node's own publishes before decoding them (python-socketio
-        decodes every message, then drops its own by ``host_id``). ``host_id`` is
-        the last key of every message this node publishes, so the JSON (compact, see
-        ``SafeJSON``) ends with it."""
+        """python-socketio's listener (subscribe, yield the data of each message
+        on the channel, reconnect with a growing pause after an error) as one
+        generator instead of three, which also skips this node's own publishes
+        before they are decoded (python-socketio decodes every message, then
+        drops its own by ``host_id``). ``host_id`` is the last key of every
+        message this node publishes, so the JSON (compact, see ``SafeJSON``)
+        ends with it."""
+        channel = self.channel.encode()
         own = f'"host_id":"{self.host_id}"}}'.encode()
-        async for message in super()._listen():
-            if isinstance(message, bytes) and message.endswith(own):
-                continue
-            yield message
+        pause = 1
+        while True:
+            try:
+                self._redis_connect()
+                await self.pubsub.subscribe(self.channel)
+                pause = 1
+                async for message in self.pubsub.listen():
+                    data = message.get("data")
+                    if message["type"] == "message" and message["channel"] == channel and \
+                            not (isinstance(data, bytes) and data.endswith(own)):
+                        yield data
+            except Exception as exc:
+                log.error("Cannot receive from Redis (%s); retrying in %d s", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 60)
 
     async def _publish_in_order(self) -> None:
         """Publish what is queued, in order: everything queued meanwhile goes
