@@ -261,7 +261,12 @@ class ChatEngine(engineio.AsyncServer):
             return await self._make_response(self._unauthorized(accepted or None), environ)
         socket.schedule_ping()
         ws = PlainWebSocket(socket._websocket_handler, self)
-        await ws.accept(environ)
+        try:
+            await ws.accept(environ)
+        except Exception:  # the client left before the handshake completed
+            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            self.sockets.pop(sid, None)
+            raise
         await socket._websocket_handler(ws)
         if socket.closed and sid in self.sockets:
             del self.sockets[sid]
