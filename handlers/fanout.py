@@ -54,7 +54,7 @@ NAMESPACE = "/"
 
 REORDER_WAIT_S = 0.25
 OUTBOX_LIMIT = 10_000
-PUBLISH_BATCH = 500  # publishes per Redis pipeline
+PUBLISH_BATCH = 500  # publishes per script call
 MAX_QUEUED = 1_000  # packets waiting for one (long-polling) connection before it is dropped
 
 

@@ -113,19 +113,22 @@ class RedisConnection:
         self.url = url
         self.client: aioredis.Redis | None = None
         self._calls: list[tuple[Script, list, list, asyncio.Future]] = []
+        self._busy = False  # a round of calls is scheduled or awaiting its replies
 
     def call(self, script: Script, keys: list, args: list) -> asyncio.Future:
         """Call ``script``; the future gets its result, or a ``RedisError`` or
-        ``OSError``. Calls made in one loop iteration, by any caller, leave
-        together as one pipeline (one write, one round trip), in order."""
+        ``OSError``. Calls leave in rounds, in order: one pipeline (one write,
+        one round trip) with every call made since the previous round left,
+        and one round at a time, so the busier the node, the fuller each."""
         client = self.client
         if client is None:
             raise StorageUnavailable("Redis is not connected")
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
-        if not self._calls:
-            loop.call_soon(self._send, client)
         self._calls.append((script, keys, args, answer))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._send, client)
         return answer
 
     def _send(self, client) -> None:
@@ -133,6 +136,13 @@ class RedisConnection:
         task = asyncio.ensure_future(self._run(client, calls))
         _background.add(task)
         task.add_done_callback(_background.discard)
+        task.add_done_callback(lambda _: self._next(client))
+
+    def _next(self, client) -> None:
+        if self._calls:
+            self._send(client)
+        else:
+            self._busy = False
 
     async def _run(self, client, calls: list[tuple[Script, list, list, asyncio.Future]]) -> None:
         try:
@@ -328,12 +338,12 @@ class RedisLimiter:
             waits.add_done_callback(lambda done, chunk=chunk: _answer_each(chunk, done))
 
 
-def _pipeline(client, calls) -> "asyncio.Future[list]":
+async def _pipeline(client, calls) -> list:
     """Each call's result, or its error, in order."""
     pipe = client.pipeline(transaction=False)
     for script, keys, args, _ in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
-    return pipe.execute(raise_on_error=False)
+    return await pipe.execute(raise_on_error=False)
 
 
 def _settle(answer: asyncio.Future, result) -> None:
