@@ -209,15 +209,14 @@ class ChatEngine(engineio.AsyncServer):
     def flush(self, transport) -> None:
         """Write what waits for ``transport`` now (before its closing frame)."""
         frames = self._pending.pop(transport, None)
-        if frames and not transport.is_closing():
-            transport.write(b"".join(frames))
+        if frames:
+            _write_frames(transport, frames)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
         for transport, frames in pending.items():
-            if not transport.is_closing():
-                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            _write_frames(transport, frames)
 
     def create_queue(self, *args, **kwargs):
         return LightQueue()
@@ -275,6 +274,12 @@ class ChatEngine(engineio.AsyncServer):
     async def shutdown(self):
         await self.ping_wheel.close()
         await super().shutdown()
+
+
+def _write_frames(transport, frames: list[bytes]) -> None:
+    """One write with every frame waiting for ``transport``, unless it is closing."""
+    if not transport.is_closing():
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 TEXT, BINARY = 0x81, 0x82  # first header byte: final frame, opcode
@@ -410,11 +415,10 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         in_background(self.close(wait=False, abort=True, reason="slow client"))
 
     def direct_transport(self):
-        """The transport to write frames to directly, or ``None`` to use the queue."""
-        transport = self.transport
-        if transport is None or self.closing or self.dropping or transport.is_closing():
-            return None
-        return transport
+        """The transport to hand frames to (``write_frame``), or ``None`` to use
+        the queue. ``write_frame`` itself skips a dropped connection or a
+        transport that is closing."""
+        return None if self.closing else self.transport
 
     async def _upgrade_from_polling(self, ws) -> bool:
         """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``)."""
