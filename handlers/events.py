@@ -16,14 +16,15 @@ from typing import Any, Awaitable, Callable, Mapping
 import socketio
 from marshmallow import ValidationError
 
+from realtime.codec import UNDECODABLE_EVENT
 from storage.base import Message, StorageUnavailable
 
 from . import schemas
 from .auth import TokenVerifier, token_from_handshake
 from .chat import ChatService
 from .errors import ChatError, invalid
-from .live import LocalPresence, Presence, TypingThrottle
-from .wire import UNDECODABLE_EVENT
+from .interfaces import Limiter, Observer, Presence
+from .typing_throttle import TypingThrottle
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +42,6 @@ class Connection:
 Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class Observer:
-    """Hooks for metrics; the default does nothing."""
-
-    def event(self, event: str, outcome: str, seconds: float) -> None: ...
-
-    def connections(self, delta: int) -> None: ...
-
-    def rooms(self, delta: int) -> None: ...
-
-    def send_stored(self, seconds: float) -> None: ...
-
-    def send_broadcast(self, seconds: float) -> None: ...
-
-
-class Limiter:
-    """Rate-limit hook: return ``retry_after_ms`` to refuse, ``None`` to allow."""
-
-    async def check(self, user_id: str, event: str) -> int | None:
-        return None
-
-
 class ChatEvents:
     """Binds the chat to one ``socketio.AsyncServer``."""
 
@@ -71,17 +51,17 @@ class ChatEvents:
         chat: ChatService,
         verifier: TokenVerifier,
         *,
-        presence: Presence | None = None,
-        limiter: Limiter | None = None,
-        observer: Observer | None = None,
+        presence: Presence,
+        limiter: Limiter,
+        observer: Observer,
     ) -> None:
         self.sio = sio
         self.chat = chat
         self.store = chat.store
         self.verifier = verifier
-        self.presence = presence or LocalPresence()
-        self.limiter = limiter or Limiter()
-        self.observer = observer or Observer()
+        self.presence = presence
+        self.limiter = limiter
+        self.observer = observer
         self.typing = TypingThrottle()
         self.connections: dict[str, Connection] = {}
         self._group_locks: dict[str, list] = {}

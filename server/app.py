@@ -12,10 +12,11 @@ from aiohttp import web
 from handlers.auth import TokenConfig, TokenVerifier
 from handlers.chat import ChatService
 from handlers.events import ChatEvents
-from handlers.fanout import ChatServer, FastManager
-from handlers.wire import StrictPacket
-from handlers.limits import LocalLimiter
-from handlers.live import LocalPresence
+from cluster.presence import LocalPresence
+from cluster.rate_limits import LocalLimiter
+from realtime.codec import StrictPacket
+from realtime.manager import FastManager
+from realtime.socket_server import FastSocketServer
 from storage import Store, make_store
 
 from . import http
@@ -24,7 +25,7 @@ from .demo import seed_demo
 from .logs import library_logger
 from .metrics import Metrics
 from .metrics import add_route as add_metrics_route
-from .cluster import Cluster
+from .scale_out import Cluster
 from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     cluster = None
     if settings.redis_url:
         cluster = Cluster(settings.redis_url, settings.rate_limits, settings.presence_ttl_s)
-    sio = ChatServer(
+    sio = FastSocketServer(
         async_mode="aiohttp",
         # Socket.IO packets decode with SafeJSON (StrictPacket.json); Engine.IO's
         # own packets keep Engine.IO's parser, whose errors its upgrade probe needs.

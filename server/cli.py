@@ -16,7 +16,7 @@ from storage import StorageUnavailable
 
 from . import logs
 from .app import create_app
-from .cluster import StartupError
+from .scale_out import StartupError
 from .config import ConfigError, Settings
 
 log = logging.getLogger(__name__)

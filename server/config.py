@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from handlers.limits import Bucket, RateLimits
+from cluster.rate_limits import Bucket, RateLimits
 
 DEFAULT_PORT = 8000
 DEFAULT_DB = "learnify"

@@ -10,7 +10,7 @@ from handlers.chat import ChatService
 from handlers.events import ChatEvents
 from storage import Store
 
-from .cluster import Cluster
+from .scale_out import Cluster
 from .config import Settings
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -54,7 +54,7 @@ import yarl
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 
-from handlers.limits import Bucket, RateLimits
+from cluster.rate_limits import Bucket, RateLimits
 from tests.support.raw import RawSocket
 from tests.support.chat import (
     ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, ChatClient, make_settings, make_token,

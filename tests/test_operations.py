@@ -8,7 +8,7 @@ import logging
 import aiohttp
 import pytest
 
-from handlers.limits import Bucket, RateLimits
+from cluster.rate_limits import Bucket, RateLimits
 from tests.support.chat import ANA, BEN, CAROL, MATHS, make_settings, make_token
 
 

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from handlers.limits import Bucket, RateLimits
+from cluster.rate_limits import Bucket, RateLimits
 from server.keys import EVENTS
 from tests.support.chat import ANA, BEN, CAROL, MATHS, make_settings, make_token
 from tests.support.raw import RawSocket

@@ -39,7 +39,7 @@ def build(spec: dict, port: int, redis_url: str | None) -> web.Application:
         log_level="WARNING",
     )
     if "rate_limits" in {f.name for f in dataclasses.fields(Settings)}:
-        from handlers.limits import Bucket, RateLimits
+        from cluster.rate_limits import Bucket, RateLimits
 
         unreachable = Bucket(1e9, 10**9)
         options["rate_limits"] = RateLimits(send=unreachable, other=unreachable)

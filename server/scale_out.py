@@ -9,10 +9,11 @@ from typing import AsyncIterator
 
 
 from handlers.events import ChatEvents
-from handlers.fanout import ChatRedisManager
-from handlers.limits import LocalLimiter, RateLimits
-from handlers.wire import SafeJSON
-from storage.shared_state import RedisConnection, RedisLimiter, RedisPresence
+from cluster.presence import RedisPresence
+from cluster.rate_limits import LocalLimiter, RateLimits, RedisLimiter
+from cluster.redis_manager import OrderedRedisManager
+from cluster.redis_scripts import RedisConnection
+from realtime.codec import SafeJSON
 
 from .logs import library_logger
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class Cluster:
     def __init__(self, redis_url: str, limits: RateLimits, presence_ttl_s: float) -> None:
         self.connection = RedisConnection(redis_url)
-        self.manager = ChatRedisManager(
+        self.manager = OrderedRedisManager(
             redis_url,
             logger=library_logger("socketio.redis"),
             json=SafeJSON,  # the same JSON module as the server's packets

@@ -1,0 +1,158 @@
+"""Cross-node fan-out on python-socketio's Redis manager, in ``seq`` order.
+
+``AsyncRedisManager`` delivers an emit to this node's clients first and then
+publishes it for the other nodes. Two things are added here:
+
+- Publishes leave in the order the emits were made (one publisher task), so a
+  node's own messages reach other nodes in ``seq`` order.
+- Every node passes a group's ``message`` events through a small reorder
+  buffer: when ``seq`` N+2 arrives before N+1 (sent by another node a moment
+  earlier), it waits up to ``REORDER_WAIT_S`` for N+1. If N+1 never comes (a
+  queue fault), the later messages go out anyway and clients see a ``seq``
+  jump, which they fill from history. A ``seq`` at or below the last one this
+  node delivered for the group is dropped, so no connection ever sees a
+  group's ``seq`` go backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import socketio
+
+from realtime.codec import SafeJSON
+from realtime.manager import FastManager
+
+from .redis_scripts import PUBLISH_ALL, RedisConnection
+from .seq_order import SeqOrder
+
+log = logging.getLogger(__name__)
+
+OUTBOX_LIMIT = 10_000
+PUBLISH_BATCH = 500  # publishes per script call
+
+
+class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._outbox: asyncio.Queue | None = None
+        self._publisher: asyncio.Task | None = None
+        self._deliveries: set[asyncio.Task] = set()
+        self._order = SeqOrder(self._deliver_now)
+        # The application's Redis connection (set by the cluster): publishes
+        # share its pipelines with the other script calls of the same moment.
+        self.scripts: RedisConnection | None = None
+
+    def initialize(self) -> None:
+        super().initialize()
+        self._outbox = asyncio.Queue()
+        self._publisher = asyncio.ensure_future(self._publish_in_order())
+
+    async def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        room = to or room
+        if kwargs.get("ignore_queue") or callback is not None or self._outbox is None:
+            return await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
+                                      callback=callback, **kwargs)
+        message = {
+            "method": "emit", "event": event, "data": [data], "binary": False,
+            "namespace": namespace or "/", "room": room, "skip_sid": skip_sid,
+            "callback": None, "host_id": self.host_id,
+        }
+        if self._outbox.qsize() >= OUTBOX_LIMIT:
+            log.error("Redis publish queue full; dropping an emit for other nodes (clients fill gaps)")
+        else:
+            self._outbox.put_nowait(message)
+        await self._handle_emit(message)
+
+    async def _listen(self):
+        """python-socketio's listener (subscribe, yield the data of each message
+        on the channel, reconnect with a growing pause after an error) as one
+        generator instead of three, which also skips this node's own publishes
+        before they are decoded (python-socketio decodes every message, then
+        drops its own by ``host_id``). ``host_id`` is the last key of every
+        message this node publishes, so the JSON (compact, see ``SafeJSON``)
+        ends with it."""
+        channel = self.channel.encode()
+        own = f'"host_id":"{self.host_id}"}}'.encode()
+        pause = 1
+        while True:
+            try:
+                self._redis_connect()
+                await self.pubsub.subscribe(self.channel)
+                pause = 1
+                async for message in self.pubsub.listen():
+                    data = message.get("data")
+                    if message["type"] == "message" and message["channel"] == channel and \
+                            not (isinstance(data, bytes) and data.endswith(own)):
+                        yield data
+            except Exception as exc:
+                log.error("Cannot receive from Redis (%s); retrying in %d s", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 60)
+
+    async def _publish_in_order(self) -> None:
+        """Publish what is queued, in order: everything queued meanwhile goes
+        out together, one batch at a time."""
+        outbox = self._outbox
+        assert outbox is not None
+        while True:
+            batch = [await outbox.get()]
+            while not outbox.empty() and len(batch) < PUBLISH_BATCH:
+                batch.append(outbox.get_nowait())
+            try:
+                await self._publish_batch(batch)
+            except Exception:  # _publish logs and gives up by itself; never stop the loop
+                log.exception("publishing to Redis failed")
+
+    async def _publish_batch(self, batch: list[dict[str, Any]]) -> None:
+        """One script call publishes the whole batch, in order (subscribers get
+        the messages one by one, as from ``PUBLISH``)."""
+        encoded = [SafeJSON.dumpb(message) for message in batch]
+        try:
+            if self.scripts is None:
+                raise RuntimeError("no Redis connection for scripts")
+            sizes = ",".join([str(len(data)) for data in encoded])
+            await self.scripts.call(PUBLISH_ALL, [], [self.channel, b"".join(encoded), sizes])
+        except Exception as exc:  # one more try, message by message, as python-socketio's _publish does
+            log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
+            self.connected = False
+            for message in batch:
+                await self._publish(message)
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        payload = data[0] if isinstance(data, list) and len(data) == 1 else None
+        if (
+            message.get("event") == "message"
+            and isinstance(payload, dict)
+            and isinstance(payload.get("seq"), int)
+            and isinstance(message.get("room"), str)
+        ):
+            self._order.offer(message["room"], payload["seq"], message)
+            return
+        await super()._handle_emit(message)
+
+    def _deliver_now(self, message: dict[str, Any]) -> None:
+        """Deliver in calling order: in place for plain emits, else through a
+        task (tasks start in creation order and queue their packets at once)."""
+        data = message["data"]
+        if not message.get("binary") and isinstance(data, list) and len(data) == 1 and \
+                self.emit_now(message["event"], data[0], message.get("namespace") or "/",
+                              message.get("room"), message.get("skip_sid")):
+            return
+        task = asyncio.ensure_future(super()._handle_emit(message))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def close(self) -> None:
+        if self._publisher is not None:
+            # Let what is queued go out, briefly.
+            for _ in range(20):
+                if self._outbox is None or self._outbox.empty():
+                    break
+                await asyncio.sleep(0.05)
+            self._publisher.cancel()
+        if getattr(self, "thread", None) is not None:
+            self.thread.cancel()

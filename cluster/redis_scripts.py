@@ -1,0 +1,137 @@
+"""One way of calling Redis: Lua scripts by SHA1, in pipelined rounds, on one
+connection per application (``RedisConnection``)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from storage.base import StorageUnavailable
+
+PREFIX = "chat:"
+
+# ARGV: channel, the messages end to end, their lengths in bytes ("12,40,7").
+# Publishes each, in order (one argument however many, so the client packs
+# three strings per batch); returns their number.
+_PUBLISH_ALL = """
+local blob, at, n = ARGV[2], 1, 0
+for size in string.gmatch(ARGV[3], '%d+') do
+  size = tonumber(size)
+  redis.call('PUBLISH', ARGV[1], string.sub(blob, at, at + size - 1))
+  at, n = at + size, n + 1
+end
+return n
+"""
+
+class Script:
+    """A Lua script, called by its SHA1 (Redis loads it again when it lost it)."""
+
+    def __init__(self, lua: str) -> None:
+        self.lua = lua
+        self.sha = hashlib.sha1(lua.encode()).hexdigest()
+
+
+PUBLISH_ALL = Script(_PUBLISH_ALL)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+class RedisConnection:
+    """One Redis client per application, opened inside the app's event loop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: aioredis.Redis | None = None
+        self._calls: list[tuple[Script, list, list, asyncio.Future]] = []
+        self._busy = False  # a round of calls is scheduled or awaiting its replies
+
+    def call(self, script: Script, keys: list, args: list) -> asyncio.Future:
+        """Call ``script``; the future gets its result, or a ``RedisError`` or
+        ``OSError``. Calls leave in rounds, in order: one pipeline (one write,
+        one round trip) with every call made since the previous round left,
+        and one round at a time, so the busier the node, the fuller each."""
+        client = self.client
+        if client is None:
+            raise StorageUnavailable("Redis is not connected")
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        self._calls.append((script, keys, args, answer))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._send, client)
+        return answer
+
+    def _send(self, client) -> None:
+        calls, self._calls = self._calls, []
+        task = asyncio.ensure_future(self._run(client, calls))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        task.add_done_callback(lambda _: self._next(client))
+
+    def _next(self, client) -> None:
+        if self._calls:
+            self._send(client)
+        else:
+            self._busy = False
+
+    async def _run(self, client, calls: list[tuple[Script, list, list, asyncio.Future]]) -> None:
+        try:
+            results = await _pipeline(client, calls)
+            lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if lost:  # Redis restarted: load the scripts, call those again
+                for script in {calls[i][0] for i in lost}:
+                    await client.script_load(script.lua)
+                for i, result in zip(lost, await _pipeline(client, [calls[i] for i in lost])):
+                    results[i] = result
+        except BaseException as exc:
+            for *_, answer in calls:
+                settle(answer, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, answer), result in zip(calls, results):
+            settle(answer, result)
+
+    async def open(self) -> None:
+        self.client = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=10
+        )
+        await self.ping()
+
+    async def ping(self) -> None:
+        if self.client is None:
+            raise StorageUnavailable("Redis is not connected")
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise StorageUnavailable(f"Redis at REDIS_URL does not answer: {exc}") from exc
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+async def _pipeline(client, calls) -> list:
+    """Each call's result, or its error, in order."""
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args, _ in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return await pipe.execute(raise_on_error=False)
+
+
+def settle(answer: asyncio.Future, result) -> None:
+    """A call's answer: its result, or an error its caller falls back from."""
+    if answer.done():
+        return
+    if isinstance(result, BaseException):
+        answer.set_exception(result if isinstance(result, (RedisError, OSError, StorageUnavailable))
+                             else RedisError(repr(result)))
+    else:
+        answer.set_result(result)
+
+_background: set[asyncio.Task] = set()
