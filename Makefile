@@ -5,10 +5,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test deps system-deps python-deps js-deps demo soak bench
+.PHONY: test check deps system-deps python-deps js-deps demo soak bench
 
-test: deps
+test: deps check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Static checks: types over the whole tree but tests, lint over all of it.
+check: python-deps
+	$(PY) -m mypy
+	$(PY) -m ruff check .
 
 demo: python-deps
 	$(PY) -m server --demo

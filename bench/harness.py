@@ -112,13 +112,14 @@ def wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 30.0) -> Non
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"{proc.bench_name} exited with {proc.returncode}; see {LOGS / proc.bench_name}.log")
+            name = getattr(proc, "bench_name", "process")
+            raise BenchError(f"{name} exited with {proc.returncode}; see {LOGS / name}.log")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise BenchError(f"{proc.bench_name} did not listen on {port} within {timeout_s:.0f}s")
+    raise BenchError(f"{getattr(proc, 'bench_name', 'process')} did not listen on {port} within {timeout_s:.0f}s")
 
 
 def wait_quiet(pid: int, max_s: float = 15.0, busy_below: float = 0.05) -> float:

@@ -60,7 +60,7 @@ def _other_load(res: dict[str, Any]) -> tuple[float | None, float | None]:
 def _noise(res: dict[str, Any]) -> str:
     """Other load on the server core / swarm core (this machine is shared); ⚠ above 15 %."""
     srv, cli = _other_load(res)
-    if srv is None:
+    if srv is None or cli is None:
         return "–"
     flag = " ⚠" if max(srv, cli) > 0.15 else ""
     tries = f" (try {res['attempt']})" if res.get("attempt", 1) > 1 else ""
@@ -301,10 +301,10 @@ def update_readme(readme: Path, table_md: str) -> None:
 def plot(results: dict[str, Any], path: Path) -> str | None:
     """Three panels: throughput per CPU-s by room, latency vs load, storage cost vs history."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
     except ImportError as exc:
         return f"matplotlib missing ({exc}); no plot"
     peers = [(k, p) for k, p in _peers(results) if "skipped" not in p]

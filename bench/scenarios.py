@@ -50,7 +50,7 @@ class Plan:
 
 
 def _swarm(procs: Procs, plan: Plan, url: str, secret: str, pid: int, **cfg: Any) -> dict[str, Any]:
-    base = {
+    base: dict[str, Any] = {
         "url": url, "secret": secret, "serverPid": pid,
         "warmupS": plan.warmup_s, "measureS": plan.measure_s,
         "drainS": 15, "setupTimeoutS": 120, "settleMaxS": 60,
@@ -70,7 +70,8 @@ def server_core_other_load(res: dict[str, Any]) -> float | None:
 
 def _measured(procs: Procs, plan: Plan, url: str, secret: str, pid: int, **cfg: Any) -> dict[str, Any]:
     """A throughput/latency window, measured again when other load disturbed it (bounded)."""
-    best, best_noise = None, None
+    best: dict[str, Any] | None = None
+    best_noise = 0.0
     for attempt in range(1, MAX_RETRIES + 2):
         res = _swarm(procs, plan, url, secret, pid, **cfg)
         res["attempt"] = attempt
@@ -83,6 +84,7 @@ def _measured(procs: Procs, plan: Plan, url: str, secret: str, pid: int, **cfg: 
             break
         log.info("  (other processes took %.0f%% of the server core: measuring again)", noise * 100)
         wait_quiet(pid, max_s=60)
+    assert best is not None
     return best
 
 

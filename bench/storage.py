@@ -194,7 +194,7 @@ async def break_test(client, cap: dict[str, Any], max_s: float = 90.0) -> dict[s
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    client = AsyncMongoClient(args.uri, tz_aware=True)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(args.uri, tz_aware=True)
     for name in ("bench_direct", "bench_store", "bench_legacy"):
         await client.drop_database(name)
     histories = [int(h) for h in args.histories.split(",")]

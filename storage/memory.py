@@ -31,7 +31,7 @@ class _Group:
     members: set[str]
     messages: list[Message] = field(default_factory=list)  # index i holds seq i + 1
     by_id: dict[str, Message] = field(default_factory=dict)
-    by_client_id: dict[tuple[str, str], Message] = field(default_factory=dict)
+    by_client_id: dict[tuple[str | None, str], Message] = field(default_factory=dict)
     # Messages of each sender that count as unread for others, kept sorted by seq.
     live_seqs_by_sender: dict[str, list[int]] = field(default_factory=dict)
     live_count: int = 0

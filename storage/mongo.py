@@ -40,7 +40,7 @@ import random
 import re
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec, TypeVar
 
 import pymongo
 from bson import Decimal128, ObjectId, Timestamp
@@ -105,13 +105,18 @@ MARKER_INDEXES = [
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S", bound="MongoStore")
 
 
-def _unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn driver failures (down, timed out, refused) into ``StorageUnavailable``."""
+def _unavailable(
+    fn: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """Turn driver failures (down, timed out, refused) into ``StorageUnavailable``;
+    the signature it wraps is kept (``MongoStore`` provably satisfies ``Store``)."""
 
     @functools.wraps(fn)
-    async def wrapper(self: "MongoStore", *args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         if self._client is None:
             raise StorageUnavailable("the MongoDB store is not open")
         try:

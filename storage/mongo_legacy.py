@@ -51,7 +51,7 @@ LEGACY_INDEXES = [
 ]
 # Old data may hold dates Python cannot represent, or invalid UTF-8: decode
 # both instead of failing the whole batch (out-of-range dates become None).
-LEGACY_CODEC = CodecOptions(
+LEGACY_CODEC: CodecOptions[dict[str, Any]] = CodecOptions(
     tz_aware=True,
     datetime_conversion=DatetimeConversion.DATETIME_AUTO,
     unicode_decode_error_handler="replace",

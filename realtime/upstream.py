@@ -1,0 +1,127 @@
+"""The upstream code this package depends on, pinned and fingerprinted.
+
+``realtime`` and ``cluster.redis_manager`` subclass python-engineio's and
+python-socketio's servers, sockets and managers, override some of their
+private methods and copy parts of others. Each upstream function or method
+they copy, override or call by a private name is listed in ``FINGERPRINTS``
+with a hash of its source as read from the pinned version. ``drift()`` names
+every one whose source differs in the installed version (a test fails on it);
+``python -m realtime.upstream`` prints the table for the installed versions.
+The procedure for raising a pin is in ``docs/transport.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+from importlib import metadata
+
+# Distribution -> the exact version ``setup.cfg`` pins and the table was read from.
+PINS: dict[str, str] = {"python-engineio": "4.15.1", "python-socketio": "5.18.1"}
+
+# "module:Qualified.name" -> first 16 hex digits of the SHA-256 of its source.
+FINGERPRINTS: dict[str, str] = {
+    # FastEngineServer: the websocket connect path copies _handle_connect; calls
+    # start_service_task/_service_task, _trigger_event, _make_response,
+    # _unauthorized, _cors_allowed_origins; replaces _async["websocket"].
+    "engineio.async_server:AsyncServer.handle_request": "1a8c878e35166cfe",
+    "engineio.async_server:AsyncServer._handle_connect": "5bd7edc1d1ae115a",
+    "engineio.async_server:AsyncServer._service_task": "b6358bda51d0b34b",
+    "engineio.async_server:AsyncServer._trigger_event": "4a09b6e47eb66532",
+    "engineio.async_server:AsyncServer._make_response": "5f883ef57e34f34c",
+    "engineio.async_server:AsyncServer.shutdown": "3f734c62c291d56a",
+    "engineio.async_server:AsyncServer.create_queue": "5ff5673a0c017681",
+    "engineio.base_server:BaseServer.__init__": "a06b17502fbd9646",
+    "engineio.base_server:BaseServer._unauthorized": "ca5fd3aa77a14b77",
+    "engineio.base_server:BaseServer._cors_allowed_origins": "d0cad0c66d5333cb",
+    "engineio.async_drivers.aiohttp:WebSocket": "96fbcb0d1f45694a",
+    "engineio.async_drivers.aiohttp:translate_request": "20aa782740060790",
+    # FastSocket: overrides _websocket_handler (its upgrade probe copied),
+    # send, close, poll, schedule_ping, check_ping_timeout.
+    "engineio.async_socket:AsyncSocket._websocket_handler": "27f120df4d717a24",
+    "engineio.async_socket:AsyncSocket.send": "0437276ccba7ab09",
+    "engineio.async_socket:AsyncSocket.close": "faa2e93902543244",
+    "engineio.async_socket:AsyncSocket.poll": "826f58a9f3606db2",
+    "engineio.async_socket:AsyncSocket.schedule_ping": "fe316639159cd70d",
+    "engineio.async_socket:AsyncSocket._send_ping": "67db82a704ea49d0",
+    "engineio.async_socket:AsyncSocket.check_ping_timeout": "77616d5ca7809257",
+    "engineio.async_socket:AsyncSocket.receive": "a91ae36ec2fb5340",
+    "engineio.async_socket:AsyncSocket.handle_get_request": "05eaae9f0a60d9be",
+    "engineio.async_socket:AsyncSocket.handle_post_request": "82dca119a261a959",
+    # FastSocketServer: _engineio_server_class, _send_packet, _handle_eio_connect
+    # overridden; start_plain_event does what _handle_eio_message/_handle_event
+    # do for a plain text event; reads _binary_packet.
+    "socketio.async_server:AsyncServer._engineio_server_class": "199c42bf149247e0",
+    "socketio.async_server:AsyncServer._send_packet": "a00022b42c1c29e9",
+    "socketio.async_server:AsyncServer._handle_eio_connect": "76704886d944a7e6",
+    "socketio.async_server:AsyncServer._handle_eio_message": "bef50fc0e1635921",
+    "socketio.async_server:AsyncServer._handle_event": "65178105ef8b593d",
+    "socketio.async_server:AsyncServer._handle_event_internal": "472e8b723a12d507",
+    # FastManager: room index beside basic_enter_room/basic_leave_room,
+    # basic_disconnect and get_rooms replaced, emit's plain path.
+    "socketio.base_manager:BaseManager.basic_enter_room": "3f509586d2d7f47e",
+    "socketio.base_manager:BaseManager.basic_leave_room": "e27f3eea06d1c6a6",
+    "socketio.base_manager:BaseManager.basic_disconnect": "2933b50bc4b2ea7b",
+    "socketio.base_manager:BaseManager.get_rooms": "56a1017f85af9f91",
+    "socketio.base_manager:BaseManager.get_participants": "7d78ad681c95de5b",
+    "socketio.async_manager:AsyncManager.emit": "01ccd5b82b4f955e",
+    # StrictPacket: data_is_binary and reconstruct_binary overridden.
+    "socketio.packet:Packet.data_is_binary": "464dded7ae952a64",
+    "socketio.packet:Packet.reconstruct_binary": "b5bf13b2bea3ee6f",
+    "socketio.packet:Packet.decode": "61ad7904b539f472",
+    # OrderedRedisManager: emit and _handle_emit wrapped, _listen replaced
+    # (calls _redis_connect), _publish used as the fallback.
+    "socketio.async_pubsub_manager:AsyncPubSubManager.emit": "6cc46e0ff9b6d7cf",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._handle_emit": "4284671be955f644",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._thread": "fa8d075729aac64d",
+    "socketio.async_redis_manager:AsyncRedisManager._redis_connect": "da4530c936323c25",
+    "socketio.async_redis_manager:AsyncRedisManager._publish": "033e4da7cc8768b4",
+    "socketio.async_redis_manager:AsyncRedisManager._listen": "3e74fdd1084b4e13",
+    "socketio.async_redis_manager:AsyncRedisManager._redis_listen_with_retries": "ad347f253fd3423a",
+}
+
+
+def fingerprint(name: str) -> str:
+    """The hash of the installed source of ``name`` ("module:Qualified.name")."""
+    module_name, _, qualname = name.partition(":")
+    target: object = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    source = inspect.getsource(target)  # type: ignore[arg-type]
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _installed(name: str) -> str:
+    try:
+        return fingerprint(name)
+    except (AttributeError, ImportError, OSError, TypeError):
+        return "missing"
+
+
+def drift() -> list[str]:
+    """One line per pinned version or fingerprinted source that is not as read."""
+    problems = []
+    for dist, pinned in PINS.items():
+        installed = metadata.version(dist)
+        if installed != pinned:
+            problems.append(f"{dist} {installed} is installed; the transport was read against {pinned}")
+    for name, expected in FINGERPRINTS.items():
+        found = _installed(name)
+        if found != expected:
+            problems.append(f"{name}: source {found}, read as {expected}: re-read it")
+    return problems
+
+
+def main() -> None:
+    """Print the fingerprint table for the installed versions (after a re-read)."""
+    for dist in PINS:
+        print(f"# {dist} {metadata.version(dist)}")
+    for name in FINGERPRINTS:
+        print(f'    "{name}": "{_installed(name)}",')
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
