@@ -21,7 +21,7 @@ from typing import Any
 
 from . import report
 from .harness import BENCH, LOGS, PYTHON, ROOT, WORK, BenchError, Procs, free_port, wait_port
-from .peers import PEERS, write_spec, this_server_missing
+from .peers import PEERS, this_server_missing, write_spec
 from .scenarios import Plan, run_peer, run_redis
 
 log = logging.getLogger("bench")

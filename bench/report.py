@@ -74,7 +74,7 @@ def saturation_table(results: dict[str, Any]) -> list[str]:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     peers = results["peers"]
     for room in results["plan"]["rooms"]:
-        for key, peer in _peers(results):
+        for _key, peer in _peers(results):
             if "skipped" in peer:
                 continue
             res = peer.get("saturation", {}).get(str(room), {})
@@ -97,7 +97,7 @@ def rate_table(results: dict[str, Any]) -> list[str]:
     rows = ["| peer | load | target deliveries/s | achieved | latency p50 / p99 / max ms "
             "| server CPU | other load server / swarm core | deliveries per server CPU-s | missing/dup/reorder |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for key, peer in _peers(results):
+    for _key, peer in _peers(results):
         for load in results["plan"]["loads"]:
             res = peer.get("rates", {}).get(str(load))
             if not res:
@@ -119,7 +119,7 @@ def fixed_table(results: dict[str, Any]) -> list[str]:
             "| server CPU | other load server / swarm core | missing/dup/reorder |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     targets = {100: 20.0, 1000: 120.0}
-    for key, peer in _peers(results):
+    for _key, peer in _peers(results):
         for name, res in (peer.get("fixed") or {}).items():
             room, rate = (int(x) for x in name.split("@"))
             if res.get("error"):
@@ -149,7 +149,7 @@ def inbound_table(results: dict[str, Any]) -> list[str]:
         return res["sends"] / res["server_cpu_s"]
     peers = results["peers"]
     refs = [per_cpu(peers[r]) if r in peers else None for r, _ in REFS]
-    for key, peer in _peers(results):
+    for _key, peer in _peers(results):
         mine = per_cpu(peer)
         if mine is None:
             continue
@@ -163,7 +163,7 @@ def idle_table(results: dict[str, Any]) -> list[str]:
             "| sign-in + join rate (conn/s) | server CPU ms per sign-in + join | server CPU-s to process all the disconnects |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     peers = results["peers"]
-    for key, peer in _peers(results):
+    for _key, peer in _peers(results):
         res = peer.get("idle")
         if not res:
             continue
@@ -184,7 +184,7 @@ def redis_table(results: dict[str, Any]) -> list[str]:
     rows = ["| peer | without Redis: deliveries per server CPU-s | with `REDIS_URL` | with / without "
             "| with, counting redis-server CPU too | latency p50 / p99 ms without → with | missing/dup/reorder |",
             "|---|---:|---:|---:|---:|---:|---|"]
-    for key, red in results.get("redis", {}).items():
+    for _key, red in results.get("redis", {}).items():
         base, res = red.get("without_redis", {}), red.get("with_redis", {})
         if red.get("error") or res.get("error") or base.get("error") or not res or not base:
             rows.append(_error_row(rows[0], [red["label"]], red.get("error") or base.get("error") or res.get("error")))
@@ -255,7 +255,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
         "",
     ]
-    for key, peer in results["peers"].items():
+    for _key, peer in results["peers"].items():
         if "skipped" in peer:
             out.append(f"**{peer['label']} not measured:** {peer['skipped']}")
             out.append("")
@@ -312,7 +312,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
     ax = axes[0]
     rooms = results["plan"]["rooms"]
     width = 0.8 / max(1, len(peers))
-    for i, (key, peer) in enumerate(peers):
+    for i, (_key, peer) in enumerate(peers):
         vals = [(peer.get("saturation", {}).get(str(r), {}).get("deliveries_per_cpu_s") or 0) / 1000 for r in rooms]
         bars = ax.bar([x + i * width for x in range(len(rooms))], vals, width, label=peer["label"])
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
@@ -322,8 +322,8 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
     ax.legend(fontsize=8, loc="upper center", ncols=2)
     ax = axes[1]
-    for key, peer in peers:
-        pts = [(int(l), r["latency_ms"]["p99"]) for l, r in peer.get("rates", {}).items() if not r.get("error")]
+    for _key, peer in peers:
+        pts = [(int(load), r["latency_ms"]["p99"]) for load, r in peer.get("rates", {}).items() if not r.get("error")]
         if pts:
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=peer["label"])

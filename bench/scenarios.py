@@ -39,7 +39,7 @@ class Plan:
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def make(cls, quick: bool) -> "Plan":
+    def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(quick=True, rooms=(10, 100), loads=(20, 80), idle_conns=2_000, warmup_s=0.5,
                        measure_s=2.0, budget_s=90.0)

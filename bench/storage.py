@@ -21,8 +21,9 @@ import itertools
 import json
 import statistics
 import time
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import bson
 from bson import ObjectId
@@ -39,13 +40,13 @@ SENDER_NAME = "Bench User 0"
 def _message_doc(group: ObjectId, sender: ObjectId, seq: int) -> dict[str, Any]:
     """A message in MongoStore's documented shape (storage/mongo.py)."""
     return {"_id": ObjectId(), "group_id": group, "seq": seq, "sender_id": sender, "sender": SENDER_NAME,
-            "content": CONTENT, "timestamp": datetime.now(timezone.utc), "client_msg_id": None,
+            "content": CONTENT, "timestamp": datetime.now(UTC), "client_msg_id": None,
             "edited_at": None, "deleted": False}
 
 
 def _legacy_entry(sender: ObjectId) -> dict[str, Any]:
     return {"_id": ObjectId(), "sender_id": sender, "sender": SENDER_NAME, "content": CONTENT,
-            "timestamp": datetime.now(timezone.utc)}
+            "timestamp": datetime.now(UTC)}
 
 
 async def _seed_messages(coll, group: ObjectId, sender: ObjectId, count: int) -> None:

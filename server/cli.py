@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
@@ -16,8 +16,8 @@ from storage import StorageUnavailable
 
 from . import logs
 from .app import create_app
-from .scale_out import StartupError
 from .config import ConfigError, Settings
+from .scale_out import StartupError
 
 log = logging.getLogger(__name__)
 

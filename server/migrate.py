@@ -64,7 +64,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from storage.base import ID_RE, StorageUnavailable, now_ms
@@ -78,9 +78,9 @@ PAUSE_S = 0.01  # after each written batch, room for live sends
 EPOCH_MS_FROM = 1e11  # a Unix time at least this large is in milliseconds
 INDEX_BITS = 32  # an order key packs (timestamp ms, array index) into one int
 INDEX_MASK = (1 << INDEX_BITS) - 1
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MIN_MS = (datetime(1, 1, 1, tzinfo=timezone.utc) - EPOCH) // timedelta(milliseconds=1)
-MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc) - EPOCH) // timedelta(milliseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
+MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
 NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -149,7 +149,7 @@ class Migration:
     """One run over some groups, printing as it goes."""
 
     def __init__(self, store: LegacyMongoStore, *, dry_run: bool, append: bool, out: TextIO,
-                 progress: "Progress") -> None:
+                 progress: Progress) -> None:
         self.store = store
         self.dry_run = dry_run
         self.append = append
@@ -222,7 +222,7 @@ class Migration:
         keys.sort()
         return keys
 
-    async def chunk(self, group: LegacyGroup, keys: list[int], present: "Bits", report: GroupReport) -> None:
+    async def chunk(self, group: LegacyGroup, keys: list[int], present: Bits, report: GroupReport) -> None:
         todo = [k for k in keys if k & INDEX_MASK not in present]
         report.present += len(keys) - len(todo)
         records = await self.store.legacy_records(group.id, [k & INDEX_MASK for k in todo])
@@ -364,7 +364,7 @@ def timestamp_ms(value: Any) -> int | None:
     if not isinstance(value, datetime):
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     try:
         return (value - EPOCH) // timedelta(milliseconds=1)
     except OverflowError:

@@ -1,6 +1,6 @@
 """Persistence behind one interface (``storage.base.Store``)."""
 
-from .base import Message, Store, StorageUnavailable
+from .base import Message, StorageUnavailable, Store
 
 
 def make_store(uri: str, db_name: str) -> Store:

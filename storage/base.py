@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict
 
 ID_RE = re.compile(r"[0-9a-fA-F]{24}")  # use with fullmatch
@@ -159,13 +159,13 @@ def display_name(doc: dict[str, Any] | None, user_id: str) -> str:
 def iso_timestamp(moment: datetime) -> str:
     """UTC, millisecond precision, ``Z`` suffix."""
     if moment.tzinfo is not None and moment.utcoffset():
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="milliseconds")[:23] + "Z"  # drops any "+00:00"
 
 
 def now_ms() -> datetime:
     """The current UTC time truncated to milliseconds (what BSON dates can hold)."""
-    moment = datetime.now(timezone.utc)
+    moment = datetime.now(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 

@@ -39,8 +39,9 @@ import functools
 import random
 import re
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pymongo
 from bson import Decimal128, ObjectId, Timestamp

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 from bson import CodecOptions, DatetimeConversion, ObjectId
 from pymongo import ASCENDING, IndexModel

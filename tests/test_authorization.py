@@ -37,9 +37,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.chat import refused
 from tests.support.chat import (
-    ANA, BEN, CAROL, DAN, EVE, MATHS, PHYSICS, ChatClient, make_token, seeded_store,
+    ANA,
+    BEN,
+    CAROL,
+    DAN,
+    EVE,
+    MATHS,
+    PHYSICS,
+    ChatClient,
+    make_token,
+    refused,
+    seeded_store,
 )
 
 SECRET = "pineapple-protocol"
@@ -69,7 +78,7 @@ def target(identity: str) -> str:
     return {"non-member": MATHS, "no-users-document": MATHS}.get(identity, NOTES)
 
 
-def payload(identity: str, event: str, scene: "Scene") -> Any:
+def payload(identity: str, event: str, scene: Scene) -> Any:
     group = target(identity)
     if identity == "sender-id-spoofing" and event in ("send_message", "typing", "mark_read",
                                                     "edit_message", "delete_message"):

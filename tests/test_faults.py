@@ -10,11 +10,11 @@ import pytest
 from tests.support.chat import ANA, BEN, CAROL, MATHS
 from tests.support.nodes import Node
 from tests.support.resilient import ResilientClient
-from tests.test_mongo_server import database, env  # noqa: F401  (fixtures)
+from tests.test_mongo_server import database, env
 
 
 @pytest.fixture
-def start(env, node_factory):  # noqa: F811
+def start(env, node_factory):
     return lambda name, **extra: node_factory({**env, **extra}, name)
 
 
@@ -45,7 +45,7 @@ async def assert_exact(clients: list[ResilientClient], sent: int) -> None:
         assert client.live_seqs == sorted(set(client.live_seqs))
 
 
-async def test_storage_stopped_and_restarted_mid_burst(start, resilient, database):  # noqa: F811
+async def test_storage_stopped_and_restarted_mid_burst(start, resilient, database):
     node = start("a")
     clients = [await resilient(user, [node.url]) for user in (ANA, BEN, CAROL)]
 
@@ -79,7 +79,7 @@ async def test_client_dropped_mid_send_resends_the_same_id(start, resilient):
     await assert_exact([ana, observer], 10)
 
 
-async def test_node_killed_while_clients_send(env, tmp_path, redis_server, resilient):  # noqa: F811
+async def test_node_killed_while_clients_send(env, tmp_path, redis_server, resilient):
     nodes = [Node({**env, "REDIS_URL": redis_server.url, "PRESENCE_TTL_S": "3"}, tmp_path, f"n{i}").start()
              for i in range(2)]
     try:

@@ -42,8 +42,9 @@ import json
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -55,10 +56,20 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 
 from cluster.rate_limits import Bucket, RateLimits
-from tests.support.raw import RawSocket
 from tests.support.chat import (
-    ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, ChatClient, make_settings, make_token,
+    ANA,
+    BEN,
+    CAROL,
+    DAN,
+    EVE,
+    MATHS,
+    NOWHERE,
+    PHYSICS,
+    ChatClient,
+    make_settings,
+    make_token,
 )
+from tests.support.raw import RawSocket
 
 MAX_SAFE = 2**53 - 1
 CODES = {
@@ -156,7 +167,7 @@ class Expect:
     message_id: str | None = None
 
 
-def predict(event: str, args: tuple[Any, ...], rig: "Rig") -> Expect:
+def predict(event: str, args: tuple[Any, ...], rig: Rig) -> Expect:
     """The answer Ana (a member of Maths and Physics) must get, from the protocol's rules alone."""
     if event not in FIELDS:
         return Expect("invalid_payload")
@@ -350,7 +361,7 @@ def ids(existing: Callable[[], list[str]] = list) -> st.SearchStrategy[Any]:
     )
 
 
-def value_for(kind: str, rig: "Rig") -> st.SearchStrategy[Any]:
+def value_for(kind: str, rig: Rig) -> st.SearchStrategy[Any]:
     """Values aimed at one field: near its rules' edges, or anything at all."""
     if kind == "id":
         specific = ids(lambda: sorted(rig.messages))
@@ -482,7 +493,7 @@ class Rig:
         except socketio.exceptions.TimeoutError:
             self.problem("never answered", call, f"expected {expect.code or 'an ack'}")
             return
-        except Exception as exc:  # noqa: BLE001 - a failed call is a finding, not a crash of the run
+        except Exception as exc:
             self.problem(f"call failed with {type(exc).__name__}", call, str(exc))
             return
         shape = envelope_problems(ack)
@@ -652,7 +663,7 @@ class Rig:
                 return False
             except socketio.exceptions.TimeoutError:
                 self.problem("fuzzing connection stopped answering", call)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.problem(f"fuzzing connection failed: {type(exc).__name__}", call, str(exc))
         else:
             self.problem("fuzzing connection was closed", call)
@@ -660,14 +671,14 @@ class Rig:
         self.ana = await self.connect(ANA)
         try:
             await asyncio.wait_for(old.sio.disconnect(), LATE)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+        except (TimeoutError, Exception):
             pass
         return False
 
     async def _control_served(self, call: str) -> None:
         try:
             ack = await self.ben.sio.call("list_groups", timeout=LATE)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.problem("control client not served", call, f"{type(exc).__name__}: {exc}")
             return
         if not (isinstance(ack, dict) and ack.get("ok") is True and [g["id"] for g in ack["groups"]] == [MATHS]):
@@ -769,7 +780,7 @@ class Rig:
             allowed[message["content"]] -= 1
         current = dict(broadcast)
         changes = [(e, m) for e, m in observer.received if e in ("message_updated", "message_deleted")]
-        for event, message in changes:
+        for _event, message in changes:
             current[message["id"]] = message
         if [current.get(m["id"]) for m in stored] != stored:
             self.problem("stored history differs from the broadcasts replayed", where)
@@ -989,7 +1000,7 @@ async def test_raw_event_frames_never_stop_the_connection(server_url, watched):
                 ack_id = next(counter)
                 await raw[0].ws.send_str(f'42{ack_id}["list_groups"]')
                 answer = await raw[0].ack(ack_id)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 answer = f"{type(exc).__name__}: {exc}"
             raw[0].replies.clear()
             if not (isinstance(answer, dict) and answer.get("ok") is True):

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
@@ -27,12 +27,23 @@ from pymongo import MongoClient
 
 from server.config import SETTINGS
 from tests.support.chat import (
-    ANA, BEN, CAROL, DAN, EVE, GROUPS, MATHS, PHYSICS, SECRET, USERS, ChatClient, make_token,
+    ANA,
+    BEN,
+    CAROL,
+    DAN,
+    EVE,
+    GROUPS,
+    MATHS,
+    PHYSICS,
+    SECRET,
+    USERS,
+    ChatClient,
+    make_token,
 )
 from tests.support.mongo import free_port, secantus_uri, seed_mongo
 from tests.support.nodes import ROOT, Node
 
-T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 T0_S = int(T0.timestamp())
 GHOST = "65a0000000000000000000ee"  # a valid id with no users document
 EMPTY_GROUP = "65b0000000000000000000b1"

@@ -88,7 +88,7 @@ async def test_concurrent_sends_on_three_nodes_keep_seq_exact_and_ordered(start_
     assert acked == list(range(1, 121))
 
     for watcher in watchers:
-        await watcher.wait_for(lambda: watcher.events("message") and seqs(watcher)[-1] == 120, timeout=20)
+        await watcher.wait_for(lambda watcher=watcher: watcher.events("message") and seqs(watcher)[-1] == 120, timeout=20)
         got = seqs(watcher)
         assert got == sorted(set(got)), "a connection saw a group's seq go backwards or twice"
         # Whatever a queue fault skipped, history fills exactly.
@@ -124,8 +124,8 @@ async def test_unreachable_redis_at_start_names_redis_url(seeded_db, tmp_path):
     dead = RedisProcess()  # never started: nothing listens on its port
     env = {**seeded_db, "REDIS_URL": dead.url}
     node = Node(env, tmp_path, "no-redis")
-    result = subprocess.run([sys.executable, "-m", "server"], cwd=ROOT, env=node.env,
-                            capture_output=True, text=True, timeout=60)
+    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server"], cwd=ROOT, env=node.env,
+                                     capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "REDIS_URL" in result.stderr
 
@@ -158,7 +158,7 @@ async def test_redis_outage_keeps_local_clients_served_and_recovers(start_nodes,
     for attempt in range(60):  # the queue subscription resumes with a short backoff
         after = await ana.call("send_message", {"group_id": MATHS, "content": f"after {attempt}"})
         try:
-            await ben.wait_for(lambda: any(m["id"] == after["message"]["id"] for m in ben.events("message")),
+            await ben.wait_for(lambda after=after: any(m["id"] == after["message"]["id"] for m in ben.events("message")),
                                timeout=1)
             break
         except AssertionError:

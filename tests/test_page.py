@@ -20,7 +20,7 @@ from playwright.async_api import expect
 from server.demo import ANA, JUAN, LUCIA, MEI
 from server.keys import VERIFIER
 from storage.base import StorageUnavailable
-from tests.support.browser import (  # noqa: F401  (fixtures)
+from tests.support.browser import (
     TIMEOUT_MS,
     browser,
     demo_app,

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 
-from storage.base import Message, Store, StorageUnavailable
+from storage.base import Message, StorageUnavailable, Store
 from storage.memory import MemoryStore
 from storage.mongo import (
     CLIENT_MSG_INDEX,
@@ -375,7 +376,7 @@ async def test_migrated_messages_without_sender_id(mongo_uri: str, mongo_db_name
         await client[mongo_db_name].messages.insert_one({
             "_id": ObjectId(), "group_id": ObjectId(ZOOLOGY), "seq": 1, "sender_id": None,
             "sender": "Old Timer", "content": "from the old chat",
-            "timestamp": datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=timezone.utc),
+            "timestamp": datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC),
             "client_msg_id": None, "edited_at": None, "deleted": False,
         })
         await store.open()

@@ -14,10 +14,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.raw import RawSocket
 from tests.support.chat import (
-    ANA, BEN, CAROL, DAN, MATHS, NOWHERE, PHYSICS, ChatClient, make_token,
+    ANA,
+    BEN,
+    CAROL,
+    DAN,
+    MATHS,
+    NOWHERE,
+    PHYSICS,
+    ChatClient,
+    make_token,
 )
+from tests.support.raw import RawSocket
 
 MAX_SAFE = 2**53 - 1
 OWN = "<id of a message the caller sent>"  # placeholder, filled in at run time

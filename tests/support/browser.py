@@ -8,9 +8,9 @@ async API so that the server and the browser share the test's event loop.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 from aiohttp import web

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import pytest
 from bson import ObjectId
@@ -79,7 +79,7 @@ class SecantusProcess:
             except PyMongoError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SecantusDB did not answer on port {self.port}")
+                    raise RuntimeError(f"SecantusDB did not answer on port {self.port}") from None
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -16,7 +16,6 @@ import socketio
 from server.config import SETTINGS
 
 from .chat import ChatClient, make_token
-
 from .redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +36,7 @@ class Node:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> "Node":
+    def start(self, timeout: float = 30) -> Node:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "server"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT

@@ -15,7 +15,7 @@ class RawSocket:
         self.replies: list[str] = []
 
     @classmethod
-    async def open(cls, session: aiohttp.ClientSession, server_url: str, token: str) -> "RawSocket":
+    async def open(cls, session: aiohttp.ClientSession, server_url: str, token: str) -> RawSocket:
         ws = await session.ws_connect(f"{server_url}/socket.io/?EIO=4&transport=websocket")
         raw = cls(ws)
         assert (await raw.receive()).startswith("0{")  # Engine.IO open
@@ -46,7 +46,7 @@ class RawSocket:
                 return None
             try:
                 self.replies.append(await self.receive(remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
 
     async def call(self, ack_id: int, packet_text: str) -> Any:

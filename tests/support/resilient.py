@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import aiohttp
 import socketio
