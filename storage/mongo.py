@@ -40,7 +40,6 @@ import random
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pymongo
@@ -62,6 +61,7 @@ from .base import (
     iso_timestamp,
     now_ms,
 )
+from .keyed_lock import KeyedLock
 
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 2.0
@@ -137,7 +137,7 @@ class MongoStore:
         self._uri = uri
         self._db_name = db_name
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
-        self._writers: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._writer = KeyedLock()  # one writer per group in this process
         # Per group, a seq known to be stored: where the search for the top starts.
         self._seq_hints: OrderedDict[ObjectId, int] = OrderedDict()
 
@@ -427,19 +427,6 @@ class MongoStore:
                     yield doc
         except PyMongoError as exc:
             raise StorageUnavailable(f"MongoDB did not answer: {_short(exc)}") from exc
-
-    @asynccontextmanager
-    async def _writer(self, key: str) -> AsyncIterator[None]:
-        """One writer per group in this process; the entry goes when nobody waits."""
-        lock, users = self._writers.setdefault(key, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._writers[key]
 
     def _remember_seq(self, gid: ObjectId, seq: int) -> None:
         if seq <= 0:
