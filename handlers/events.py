@@ -248,14 +248,16 @@ class ChatEvents:
         try:
             page = await self.chat.join_page(group_id, data)
             read = await self.store.read_state(group_id, conn.user_id)
-            if first_time:
-                _check_open(conn)
+            # The connection may have closed, or left the group, while this join
+            # read the store or recorded presence: that cleanup ran before the
+            # record existed and could not undo it, so this join does.
+            if first_time and _in_room(conn, group_id):
                 first = await self.presence.join(group_id, conn.user_id, conn.sid)
-                # The connection may have closed while presence was recorded: its
-                # cleanup then ran before the record existed and could not undo it.
-                _check_open(conn)
-                if first:
+                if not _in_room(conn, group_id):
+                    await self._forget_presence(conn, group_id)
+                elif first:
                     await self._emit_presence(conn, group_id, online=True)
+            _check_open(conn)
             online = await self.presence.online(group_id)
         except BaseException:
             if first_time:
@@ -275,8 +277,12 @@ class ChatEvents:
         presence record and, if that was the user's last one there, announce them offline."""
         if group_id in conn.groups:
             await self._leave_room(conn, group_id)
-        elif await self.presence.leave(group_id, conn.user_id, conn.sid):
-            # The disconnect handler already left the room, before this join's record.
+        else:  # the disconnect handler or a leave_group already left the room
+            await self._forget_presence(conn, group_id)
+
+    async def _forget_presence(self, conn: Connection, group_id: str) -> None:
+        """Drop this connection's presence record; announce the user offline if it was their last."""
+        if await self.presence.leave(group_id, conn.user_id, conn.sid):
             await self._emit_presence(conn, group_id, online=False)
 
     async def leave_group(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -413,6 +419,10 @@ class ChatEvents:
             "online": online,
         }
         await self.sio.emit("presence", payload, room=group_id, skip_sid=conn.sid)
+
+
+def _in_room(conn: Connection, group_id: str) -> bool:
+    return not conn.closed and group_id in conn.groups
 
 
 def _check_open(conn: Connection) -> None:

@@ -17,7 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from server.keys import SIO
 from storage.memory import MemoryStore
-from tests.support.chat import ANA, BEN, MATHS, make_settings, make_token, refused, seeded_store
+from tests.support.chat import (
+    ANA,
+    BEN,
+    GROUPS,
+    MATHS,
+    make_settings,
+    make_token,
+    refused,
+)
 
 # -- tokens PyJWT raises something other than InvalidTokenError for --
 
@@ -92,11 +100,10 @@ class TestForgedAlgorithm:
         assert pending_handshakes(server) == 0
 
     async def test_http_is_401(self, server_url, forged_alg):
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{server_url}/study-groups",
+        async with aiohttp.ClientSession() as http, http.get(f"{server_url}/study-groups",
                                 headers={"Authorization": f"Bearer {forged(forged_alg)}"}) as resp:
-                assert resp.status == 401
-                body = await resp.json()
+            assert resp.status == 401
+            body = await resp.json()
         assert body["ok"] is False and body["error"]["code"] == "unauthorized"
 
 
@@ -111,8 +118,8 @@ class TestConnectHandlerFailure:
     @pytest.fixture
     def store(self):
         store = BrokenUsers()
-        seeded = seeded_store()
-        store._users, store._groups = seeded._users, seeded._groups
+        for group_id, name, members in GROUPS:
+            store.add_group(group_id, name, members)
         return store
 
     async def test_an_unexpected_error_refuses_the_connection(self, server, server_url):
@@ -173,9 +180,8 @@ def test_default_cap_is_twenty():
 # -- forwarded headers --
 
 async def handshake_status(server_url: str, headers: dict[str, str]) -> int:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server_url}/socket.io/?EIO=4&transport=polling", headers=headers) as resp:
-            return resp.status
+    async with aiohttp.ClientSession() as http, http.get(f"{server_url}/socket.io/?EIO=4&transport=polling", headers=headers) as resp:
+        return resp.status
 
 
 async def test_forwarded_host_does_not_make_an_origin_allowed(server_url):
@@ -228,20 +234,17 @@ class TestMetricsToken:
     @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic x", f"Bearer {TOKEN}x", "Bearer "])
     async def test_without_the_token_is_401(self, server_url, header):
         headers = {"Authorization": header} if header is not None else {}
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{server_url}/metrics", headers=headers) as resp:
-                assert resp.status == 401
-                body = await resp.json()
+        async with aiohttp.ClientSession() as http, http.get(f"{server_url}/metrics", headers=headers) as resp:
+            assert resp.status == 401
+            body = await resp.json()
         assert body["ok"] is False and body["error"]["code"] == "unauthorized"
 
     async def test_with_the_token_is_served(self, server_url):
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{server_url}/metrics", headers={"Authorization": f"Bearer {self.TOKEN}"}) as resp:
-                assert resp.status == 200
-                assert "chat_connected_clients" in await resp.text()
+        async with aiohttp.ClientSession() as http, http.get(f"{server_url}/metrics", headers={"Authorization": f"Bearer {self.TOKEN}"}) as resp:
+            assert resp.status == 200
+            assert "chat_connected_clients" in await resp.text()
 
 
 async def test_metrics_are_open_without_a_token_setting(server_url):
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server_url}/metrics") as resp:
-            assert resp.status == 200
+    async with aiohttp.ClientSession() as http, http.get(f"{server_url}/metrics") as resp:
+        assert resp.status == 200
