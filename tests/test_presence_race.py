@@ -31,6 +31,7 @@ from tests.support.chat import (
     PHYSICS,
     USERS,
     ChatClient,
+    make_settings,
     make_token,
 )
 from tests.support.raw import RawSocket
@@ -228,3 +229,37 @@ async def test_presence_is_exact_whenever_sockets_drop(server, server_url, conne
     assert next(examples) >= 20
     assert await metric(server_url, "chat_connected_clients") == 1
     assert loop.time() - started < 45
+
+
+# -- a socket that drops during its handshake --
+
+class SlowUsers(SlowStore):
+    """Reading the user's name (during the handshake) takes ``delay`` seconds."""
+
+    async def get_user(self, user_id: str) -> Any:
+        await self._wait()
+        return await super().get_user(user_id)
+
+
+class TestDropDuringHandshake:
+    @pytest.fixture
+    def store(self) -> SlowUsers:
+        return SlowUsers(0.2)
+
+    @pytest.fixture
+    def settings(self):
+        return make_settings(max_connections_per_user=3)
+
+    async def test_the_connection_is_not_kept_and_its_slot_is_freed(self, server_url, connect, store):
+        async with aiohttp.ClientSession() as http:
+            for _ in range(5):
+                ws = await http.ws_connect(f"{server_url}/socket.io/?EIO=4&transport=websocket")
+                assert (await ws.receive_str(timeout=10)).startswith("0{")
+                await ws.send_str("40" + json.dumps({"token": make_token(ANA)}))
+                await asyncio.sleep(0.05)  # the server is reading Ana's name
+                await ws.close()
+        await asyncio.sleep(0.4)
+        store.delay = 0
+        ana = await connect(ANA)  # refused as too_many_connections if the dropped ones were kept
+        assert (await ana.call("list_groups"))["ok"] is True
+        assert await metric(server_url, "chat_connected_clients") == 1
