@@ -248,3 +248,20 @@ class TestMetricsToken:
 async def test_metrics_are_open_without_a_token_setting(server_url):
     async with aiohttp.ClientSession() as http, http.get(f"{server_url}/metrics") as resp:
         assert resp.status == 200
+
+
+# -- the settings --
+
+def test_settings_from_the_environment():
+    from server.config import ConfigError, Settings
+
+    base = {"MONGODB_URI": "memory://", "JWT_SECRET": "x" * 40}
+    s = Settings.from_env(base)
+    assert (s.max_connections_per_user, s.trust_proxy, s.metrics_token) == (20, False, None)
+    s = Settings.from_env({**base, "MAX_CONNECTIONS_PER_USER": "5", "TRUST_PROXY": "true", "METRICS_TOKEN": "m" * 20})
+    assert (s.max_connections_per_user, s.trust_proxy, s.metrics_token) == (5, True, "m" * 20)
+    assert "m" * 20 not in repr(s)
+    for name, value in (("MAX_CONNECTIONS_PER_USER", "0"), ("MAX_CONNECTIONS_PER_USER", "many"),
+                        ("TRUST_PROXY", "maybe")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({**base, name: value})
