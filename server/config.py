@@ -7,8 +7,9 @@ keeps the two in step.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any
 
 from cluster.rate_limits import Bucket, RateLimits
 
@@ -40,8 +41,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
     "MAX_CONNECTIONS_PER_USER": (
-        "authenticated connections one user may hold on each node; the next is refused "
-        "with `connect_error` code `too_many_connections`",
+        (
+            "authenticated connections one user may hold on each node; the next is refused "
+            "with `connect_error` code `too_many_connections`"
+        ),
         "`20`",
     ),
     "TRUST_PROXY": (
@@ -97,7 +100,7 @@ class Settings:
         *,
         demo: bool = False,
         require: frozenset[str] = frozenset({"storage", "auth"}),
-    ) -> "Settings":
+    ) -> Settings:
         """Read settings; raise ``ConfigError`` naming every missing or bad one.
 
         ``require`` names what the command needs: ``storage`` (``MONGODB_URI``)
@@ -147,7 +150,7 @@ class Settings:
         if trust not in _TRUE + _FALSE:
             problems.append(f"TRUST_PROXY must be 'true' or 'false', not {env['TRUST_PROXY']!r}")
 
-        common = dict(
+        common: dict[str, Any] = dict(
             rate_limits=RateLimits(
                 send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
                 other=Bucket(numbers["RATE_LIMIT_EVENTS_PER_S"], int(numbers["RATE_LIMIT_EVENTS_BURST"])),
