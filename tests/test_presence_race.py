@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
+from cluster.rate_limits import Bucket, RateLimits
 from storage.base import GroupAccess, Message, ReadState
 from storage.memory import MemoryStore
 from tests.support.chat import (
@@ -71,6 +72,12 @@ READ_DELAY = 0.02
 @pytest.fixture
 def store() -> SlowStore:
     return SlowStore(READ_DELAY)
+
+
+@pytest.fixture
+def settings():
+    """Rate limits off: the fuzz test's checks alone make hundreds of calls."""
+    return make_settings(rate_limits=RateLimits(send=Bucket(0, 1), other=Bucket(0, 1)))
 
 
 async def metric(server_url: str, name: str) -> float:
