@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import jwt
 
 from storage.base import ID_RE
 
 from .errors import ChatError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,12 @@ class TokenVerifier:
         self._config = config
 
     def verify(self, token: Any) -> str:
-        """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``."""
+        """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``.
+
+        Nothing else escapes: PyJWT raises more than ``InvalidTokenError`` for
+        hostile input (``UnicodeEncodeError`` for a lone surrogate,
+        ``InvalidKeyError`` for an ``alg`` of another key family), and a client
+        must not be able to turn a refusal into a server error."""
         if not isinstance(token, str) or not token:
             raise ChatError("unauthorized", "A token is required.")
         cfg = self._config
@@ -44,7 +53,10 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise ChatError("unauthorized", "The token has expired.") from None
         except jwt.InvalidTokenError as exc:
-            raise ChatError("unauthorized", f"The token is not valid: {exc}.") from None
+            raise ChatError("unauthorized", f"The token is not valid: {_safe(exc)}.") from None
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.debug("token refused by %s: %s", type(exc).__name__, _safe(exc))
+            raise ChatError("unauthorized", "The token is not valid.") from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not ID_RE.fullmatch(sub):
             raise ChatError("unauthorized", "The token's subject is not a user id.")
@@ -69,7 +81,15 @@ def token_from_handshake(auth: Any, environ: Mapping[str, Any]) -> Any:
     return bearer(environ.get("HTTP_AUTHORIZATION"))
 
 
-def bearer(header: str | None) -> str | None:
-    if header and header[:7].lower() == "bearer ":
+def bearer(header: Any) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; ``None`` for anything else."""
+    if isinstance(header, str) and header[:7].lower() == "bearer ":
         return header[7:].strip() or None
     return None
+
+
+def _safe(exc: BaseException) -> str:
+    """An exception's text, cut short and with anything that is not valid Unicode escaped,
+    so a hostile token cannot make the message (echoed to the client, logged) unencodable."""
+    text = str(exc)[:200]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

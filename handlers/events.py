@@ -37,6 +37,7 @@ class Connection:
     user_id: str
     name: str | None  # None until the users document could be read
     groups: set[str] = field(default_factory=set)
+    closed: bool = False  # set by the disconnect handler; an event still running undoes its effects
 
 
 Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -54,6 +55,7 @@ class ChatEvents:
         presence: Presence,
         limiter: Limiter,
         observer: Observer,
+        max_connections_per_user: int = 20,
     ) -> None:
         self.sio = sio
         self.chat = chat
@@ -64,6 +66,10 @@ class ChatEvents:
         self.observer = observer
         self.typing = TypingThrottle()
         self.connections: dict[str, Connection] = {}
+        # user id -> sids holding one of its connection slots on this node
+        # (handshakes in progress included, so simultaneous ones cannot overshoot).
+        self.max_connections_per_user = max_connections_per_user
+        self._slots: dict[str, set[str]] = {}
         self._group_locks: dict[str, list] = {}
         self._handling = 0  # events being handled now
         self._idle = asyncio.Event()
@@ -90,24 +96,55 @@ class ChatEvents:
     # -- connection lifecycle --
 
     async def connect(self, sid: str, *args: Any) -> Any:
-        """The handshake: python-socketio calls it with ``(sid, environ, auth)``."""
+        """The handshake: python-socketio calls it with ``(sid, environ, auth)``.
+
+        It answers ``True`` or raises ``ConnectionRefusedError`` and nothing
+        else: python-socketio leaves a handshake whose handler raised anything
+        else pending for good (never answered, never cleaned up)."""
         if sid in self.connections or not args or not isinstance(args[0], Mapping):
             # A client-sent event named "connect"; the real handshake is done.
             return invalid({"_event": ["Reserved event name."]}).envelope()
         environ, auth = args[0], args[1] if len(args) > 1 else None
+        user_id = None
         try:
             user_id = self.verifier.verify(token_from_handshake(auth, environ))
-        except ChatError as exc:
+            self._take_slot(user_id, sid)
+            conn = Connection(sid, user_id, None)
+            await self._resolve_name(conn)
+            if self.sio.get_environ(sid) is None:
+                # The transport closed while the name was read: python-socketio
+                # does not call the disconnect handler of a pending handshake.
+                raise ChatError("unauthorized", "The connection closed during the handshake.")
+        except (ChatError, _Refused) as exc:
+            self._free_slot(user_id, sid)
             log.warning("handshake refused sid=%s code=%s reason=%s", sid, exc.code, exc.message)
-            raise socketio.exceptions.ConnectionRefusedError(
-                exc.message, {"code": exc.code, "message": exc.message}
-            ) from None
-        conn = Connection(sid, user_id, None)
-        await self._resolve_name(conn)
+            raise _refusal(exc.code, exc.message) from None
+        except Exception:
+            self._free_slot(user_id, sid)
+            log.exception("handshake failed sid=%s", sid)
+            raise _refusal("internal", ChatError("internal").message) from None
         self.connections[sid] = conn
         self.observer.connections(+1)
         log.debug("connected sid=%s user=%s", sid, user_id)
         return True
+
+    def _take_slot(self, user_id: str, sid: str) -> None:
+        """Count ``sid`` against the user's connections on this node, or refuse it."""
+        sids = self._slots.setdefault(user_id, set())
+        if len(sids) >= self.max_connections_per_user:
+            raise _Refused(
+                "too_many_connections",
+                f"This user already has {len(sids)} connections open on this server; close one first.",
+            )
+        sids.add(sid)
+
+    def _free_slot(self, user_id: str | None, sid: str) -> None:
+        if user_id is None or user_id not in self._slots:
+            return
+        sids = self._slots[user_id]
+        sids.discard(sid)
+        if not sids:
+            del self._slots[user_id]
 
     async def disconnect(self, sid: str, *args: Any) -> Any:
         if self.sio.manager.is_connected(sid, NAMESPACE):
@@ -116,6 +153,8 @@ class ChatEvents:
         conn = self.connections.pop(sid, None)
         if conn is None:
             return
+        conn.closed = True
+        self._free_slot(conn.user_id, sid)
         self.observer.connections(-1)
         for group_id in list(conn.groups):
             await self._leave_room(conn, group_id)
@@ -202,19 +241,28 @@ class ChatEvents:
         # (it may arrive twice: clients de-duplicate by seq).
         first_time = group_id not in conn.groups
         if first_time:
+            _check_open(conn)  # a closed connection's sid must not enter a room again
             await self.sio.enter_room(conn.sid, group_id)
             conn.groups.add(group_id)
             self.observer.rooms(+1)
         try:
             page = await self.chat.join_page(group_id, data)
             read = await self.store.read_state(group_id, conn.user_id)
+            # The connection may have closed, or left the group, while this join
+            # read the store or recorded presence: that cleanup ran before the
+            # record existed and could not undo it, so this join does.
+            if first_time and _in_room(conn, group_id):
+                first = await self.presence.join(group_id, conn.user_id, conn.sid)
+                if not _in_room(conn, group_id):
+                    await self._forget_presence(conn, group_id)
+                elif first:
+                    await self._emit_presence(conn, group_id, online=True)
+            _check_open(conn)
+            online = await self.presence.online(group_id)
         except BaseException:
             if first_time:
-                await self._leave_room(conn, group_id, announce=False)
+                await self._undo_join(conn, group_id)
             raise
-        if first_time and await self.presence.join(group_id, conn.user_id, conn.sid):
-            await self._emit_presence(conn, group_id, online=True)
-        online = await self.presence.online(group_id)
         return {
             "ok": True,
             "group": {"id": group.id, "name": group.name},
@@ -223,6 +271,19 @@ class ChatEvents:
             "unread_count": read.unread_count,
             "online": online,
         }
+
+    async def _undo_join(self, conn: Connection, group_id: str) -> None:
+        """Take back a join that failed or outlived its connection: the room, the
+        presence record and, if that was the user's last one there, announce them offline."""
+        if group_id in conn.groups:
+            await self._leave_room(conn, group_id)
+        else:  # the disconnect handler or a leave_group already left the room
+            await self._forget_presence(conn, group_id)
+
+    async def _forget_presence(self, conn: Connection, group_id: str) -> None:
+        """Drop this connection's presence record; announce the user offline if it was their last."""
+        if await self.presence.leave(group_id, conn.user_id, conn.sid):
+            await self._emit_presence(conn, group_id, online=False)
 
     async def leave_group(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
@@ -358,6 +419,30 @@ class ChatEvents:
             "online": online,
         }
         await self.sio.emit("presence", payload, room=group_id, skip_sid=conn.sid)
+
+
+def _in_room(conn: Connection, group_id: str) -> bool:
+    return not conn.closed and group_id in conn.groups
+
+
+def _check_open(conn: Connection) -> None:
+    """Stop an event whose connection closed meanwhile (its answer goes nowhere)."""
+    if conn.closed:
+        raise ChatError("unauthorized", "The connection has closed.")
+
+
+class _Refused(Exception):
+    """A handshake refusal with a code of its own (not an ack error code)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _refusal(code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
+    """What reaches ``connect_error``: the message, and ``data`` ``{code, message}``
+    (with one argument python-socketio sends no ``data``)."""
+    return socketio.exceptions.ConnectionRefusedError(message, {"code": code, "message": message})
 
 
 class _GroupLock:

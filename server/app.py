@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -38,26 +40,60 @@ MAX_PACKET_BYTES = 64 * 1024
 
 
 
-def origin_checker(settings: Settings):
+def origin_checker(settings: Settings) -> Callable[..., bool]:
     """Allow the configured origins and the page's own origin, never ``*`` by default."""
     allowed = set(settings.cors_origins)
+    trust_proxy = settings.trust_proxy
 
     def check(origin: str | None, environ: Mapping[str, Any] | None = None) -> bool:
         if origin is None or origin in allowed:
             return True
-        return environ is not None and origin in _own_origins(environ)
+        return environ is not None and origin in _own_origins(environ, trust_proxy=trust_proxy)
 
     return check
 
 
-def _own_origins(environ: Mapping[str, Any]) -> set[str]:
-    scheme, host = environ.get("wsgi.url_scheme", "http"), environ.get("HTTP_HOST")
+def _own_origins(environ: Mapping[str, Any], *, trust_proxy: bool) -> set[str]:
+    """The origins the page itself was served from. ``X-Forwarded-Host``/``-Proto``
+    count only behind a trusted proxy: anyone can send them."""
+    request = environ.get("aiohttp.request")
+    # Engine.IO's environ takes wsgi.url_scheme from X-Forwarded-Proto whatever
+    # the setting; the request's own scheme is what the connection is.
+    scheme = getattr(request, "scheme", None) or "http"
+    host = environ.get("HTTP_HOST")
     origins = {f"{scheme}://{host}"} if host else set()
-    forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", host)
-    forwarded_proto = environ.get("HTTP_X_FORWARDED_PROTO", scheme)
-    if forwarded_host:
-        origins.add(f"{forwarded_proto.split(',')[0].strip()}://{forwarded_host.split(',')[0].strip()}")
+    if trust_proxy:
+        forwarded_host = _first(environ.get("HTTP_X_FORWARDED_HOST")) or host
+        forwarded_proto = _first(environ.get("HTTP_X_FORWARDED_PROTO")) or scheme
+        if forwarded_host:
+            origins.add(f"{forwarded_proto}://{forwarded_host}")
     return origins
+
+
+def _first(value: Any) -> str | None:
+    """The first hop of a comma-separated forwarded header (the client's side)."""
+    if not isinstance(value, str):
+        return None
+    return value.split(",", 1)[0].strip() or None
+
+
+def client_address(environ: Mapping[str, Any], *, trust_proxy: bool) -> str:
+    """The client's address for a request's (WSGI-style) environ: the first hop of
+    ``X-Forwarded-For`` behind a trusted proxy, else the peer's address. Engine.IO's
+    own ``REMOTE_ADDR`` is always ``127.0.0.1`` under aiohttp, so the peer comes
+    from the aiohttp request. ``"unknown"`` when neither says."""
+    if trust_proxy:
+        forwarded = _first(environ.get("HTTP_X_FORWARDED_FOR"))
+        if forwarded:
+            return forwarded
+    remote = getattr(environ.get("aiohttp.request"), "remote", None)
+    return remote if isinstance(remote, str) and remote else "unknown"
+
+
+def client_address_reader(settings: Settings) -> Callable[[Mapping[str, Any]], str]:
+    """``client_address`` bound to ``TRUST_PROXY``: what the transport's per-address
+    limits are given (the transport knows nothing of settings)."""
+    return functools.partial(client_address, trust_proxy=settings.trust_proxy)
 
 
 def create_app(settings: Settings, *, storage: Store | None = None) -> web.Application:
@@ -99,6 +135,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         presence=cluster.presence if cluster else LocalPresence(),
         limiter=cluster.limiter if cluster else LocalLimiter(settings.rate_limits),
         observer=metrics,
+        max_connections_per_user=settings.max_connections_per_user,
     )
     events.register()
 
@@ -113,7 +150,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         app[CLUSTER] = cluster
     sio.attach(app)
     http.setup_routes(app, STATIC_DIR)
-    add_metrics_route(app, metrics)
+    add_metrics_route(app, metrics, token=settings.metrics_token)
     app.cleanup_ctx.append(_storage_lifecycle)
     app.on_shutdown.append(_close_transports)
     return app

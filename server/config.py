@@ -7,8 +7,9 @@ keeps the two in step.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any
 
 from cluster.rate_limits import Bucket, RateLimits
 
@@ -39,11 +40,26 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request", "`300`"),
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
+    "MAX_CONNECTIONS_PER_USER": (
+        (
+            "authenticated connections one user may hold on each node; the next is refused "
+            "with `connect_error` code `too_many_connections`"
+        ),
+        "`20`",
+    ),
+    "TRUST_PROXY": (
+        "`true` to read `X-Forwarded-For`/`-Host`/`-Proto` (only behind a proxy that sets them)",
+        "`false`",
+    ),
+    "METRICS_TOKEN": ("when set, `/metrics` needs `Authorization: Bearer <METRICS_TOKEN>`", "unset (open)"),
 }
 
 
 class ConfigError(Exception):
     """Missing or contradictory settings; the message names every one of them."""
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -69,6 +85,9 @@ class Settings:
     rate_limits: RateLimits = RateLimits()
     shutdown_grace_s: float = 20.0
     presence_ttl_s: float = 15.0
+    max_connections_per_user: int = 20
+    trust_proxy: bool = False
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def jwt_key(self) -> str:
@@ -81,7 +100,7 @@ class Settings:
         *,
         demo: bool = False,
         require: frozenset[str] = frozenset({"storage", "auth"}),
-    ) -> "Settings":
+    ) -> Settings:
         """Read settings; raise ``ConfigError`` naming every missing or bad one.
 
         ``require`` names what the command needs: ``storage`` (``MONGODB_URI``)
@@ -116,7 +135,22 @@ class Settings:
             except ValueError:
                 problems.append(f"{name} must be a non-negative number, not {env[name]!r}")
                 numbers[name] = default
-        common = dict(
+        max_per_user = 20
+        if "MAX_CONNECTIONS_PER_USER" in env:
+            try:
+                max_per_user = int(env["MAX_CONNECTIONS_PER_USER"])
+                if not 1 <= max_per_user <= 1_000_000:
+                    raise ValueError
+            except ValueError:
+                problems.append("MAX_CONNECTIONS_PER_USER must be a whole number from 1 to 1000000, "
+                                f"not {env['MAX_CONNECTIONS_PER_USER']!r}")
+                max_per_user = 20
+
+        trust = env.get("TRUST_PROXY", "false").strip().lower()
+        if trust not in _TRUE + _FALSE:
+            problems.append(f"TRUST_PROXY must be 'true' or 'false', not {env['TRUST_PROXY']!r}")
+
+        common: dict[str, Any] = dict(
             rate_limits=RateLimits(
                 send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
                 other=Bucket(numbers["RATE_LIMIT_EVENTS_PER_S"], int(numbers["RATE_LIMIT_EVENTS_BURST"])),
@@ -128,6 +162,9 @@ class Settings:
             cors_origins=_split(env.get("CORS_ORIGINS")),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             log_format=log_format,
+            max_connections_per_user=max_per_user,
+            trust_proxy=trust in _TRUE,
+            metrics_token=env.get("METRICS_TOKEN"),
         )
 
         if demo:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from handlers.auth import bearer
+from handlers.errors import ChatError
 from handlers.events import Observer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -56,5 +60,21 @@ class Metrics(Observer):
         self.broadcast_seconds.observe(seconds)
 
 
-def add_route(app: web.Application, metrics: Metrics) -> None:
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+def add_route(app: web.Application, metrics: Metrics, *, token: str | None = None) -> None:
+    """``GET /metrics``; with ``token`` (``METRICS_TOKEN``), only for ``Authorization: Bearer <token>``."""
+    serve = make_aiohttp_handler(metrics.registry)
+    if token is None:
+        app.router.add_get("/metrics", serve)
+        return
+    expected = token.encode()
+
+    async def protected(request: web.Request) -> web.StreamResponse:
+        given = bearer(request.headers.get("Authorization"))
+        # compare_digest: the time taken says nothing about how much of the token matched.
+        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+            error = ChatError("unauthorized", "/metrics needs Authorization: Bearer <METRICS_TOKEN>.")
+            return web.json_response(error.envelope(), status=error.http_status,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        return await serve(request)
+
+    app.router.add_get("/metrics", protected)

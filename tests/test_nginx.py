@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support.chat import ANA, BEN, MATHS
@@ -71,10 +72,19 @@ def connections(node) -> float:
     raise AssertionError("no chat_connected_clients metric")
 
 
+async def polling_handshake(url: str, headers: dict[str, str]) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/socket.io/?EIO=4&transport=polling",
+                                                         headers=headers) as resp:
+        return resp.status
+
+
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_chat_through_nginx_and_fail_over(start_nodes, clients, nginx, transport):  # noqa: F811
-    n1, n2 = start_nodes(2)
+    n1, n2 = start_nodes(2, TRUST_PROXY="true")
     lb = Via(nginx([n1.port, n2.port]))
+    # The page's own origin through the proxy is allowed; a client's own X-Forwarded-Host is replaced.
+    assert await polling_handshake(lb.url, {"Origin": lb.url}) == 200
+    assert await polling_handshake(lb.url, {"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"}) == 400
     ana, ben = await clients(lb, ANA, transports=(transport,)), await clients(lb, BEN, transports=(transport,))
     for c in (ana, ben):
         await c.call("join_group", {"group_id": MATHS})
