@@ -7,16 +7,32 @@ protocol fixes and turns store answers into success payloads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from storage.base import GroupAccess, Message, Store
+from storage.base import GroupAccess, Message, ReadState, Store
+from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError
 
 
 class ChatService:
+    """Every chat rule: the events and routes call this, never the store."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
+        # One writer per group in this process: seq order is broadcast order.
+        self._writer = KeyedLock()
+
+    async def user_name(self, user_id: str) -> str | None:
+        """The user's display name; ``None`` when there is no ``users`` document."""
+        user = await self.store.get_user(user_id)
+        return user.name if user else None
+
+    async def check_group_exists(self, user_id: str, group_id: str) -> None:
+        """``group_not_found`` unless the group exists (membership not required)."""
+        if await self.store.get_group(group_id, user_id) is None:
+            raise ChatError("group_not_found")
 
     async def group_for(self, user_id: str, group_id: str) -> GroupAccess:
         """The group, if it exists and ``user_id`` is a member; else the refusal."""
@@ -48,6 +64,57 @@ class ChatService:
         )
         latest = await self.store.latest_seq(group_id)
         return {"messages": messages, "has_more": has_more, "latest_seq": latest}
+
+    async def read_state(self, user_id: str, group_id: str) -> ReadState:
+        return await self.store.read_state(group_id, user_id)
+
+    async def send(
+        self,
+        user_id: str,
+        group_id: str,
+        *,
+        name: str,
+        content: str,
+        client_msg_id: str | None,
+        publish: Callable[[Message], Awaitable[None]],
+    ) -> tuple[Message, bool]:
+        """Store a member's message and, unless it repeats an earlier send of the same
+        ``client_msg_id``, ``publish`` it before the group's next message is stored."""
+        await self.group_for(user_id, group_id)
+        async with self._writer(group_id):
+            message, duplicate = await self.store.add_message(
+                group_id, sender_id=user_id, sender_name=name, content=content, client_msg_id=client_msg_id
+            )
+            if not duplicate:
+                await publish(message)
+        return message, duplicate
+
+    async def mark_read(self, user_id: str, group_id: str, seq: int) -> ReadState:
+        await self.group_for(user_id, group_id)
+        return await self.store.mark_read(group_id, user_id, seq)
+
+    async def edit(self, user_id: str, group_id: str, message_id: str, content: str) -> Message:
+        """The sender's edit of a live message."""
+        await self.group_for(user_id, group_id)
+        current = await self.own_message(user_id, group_id, message_id)
+        if current["deleted"]:
+            raise ChatError("message_not_found", "This message was deleted.")
+        updated = await self.store.edit_message(group_id, message_id, user_id, content)
+        if updated is None:  # deleted meanwhile
+            raise ChatError("message_not_found", "This message was deleted.")
+        return updated
+
+    async def delete(self, user_id: str, group_id: str, message_id: str) -> tuple[Message | None, bool]:
+        """The sender's delete: the message as it is now, and whether this call deleted it
+        (``False`` when it already was, by this or another connection)."""
+        await self.group_for(user_id, group_id)
+        current = await self.own_message(user_id, group_id, message_id)
+        if current["deleted"]:
+            return current, False
+        deleted = await self.store.delete_message(group_id, message_id, user_id)
+        if deleted is None:
+            return await self.store.get_message(group_id, message_id), False
+        return deleted, True
 
     async def own_message(self, user_id: str, group_id: str, message_id: str) -> Message:
         """A message of ``group_id`` that ``user_id`` sent (``message_not_found`` before ``forbidden``)."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import socketio
 from marshmallow import ValidationError
@@ -59,7 +60,6 @@ class ChatEvents:
     ) -> None:
         self.sio = sio
         self.chat = chat
-        self.store = chat.store
         self.verifier = verifier
         self.presence = presence
         self.limiter = limiter
@@ -70,7 +70,6 @@ class ChatEvents:
         # (handshakes in progress included, so simultaneous ones cannot overshoot).
         self.max_connections_per_user = max_connections_per_user
         self._slots: dict[str, set[str]] = {}
-        self._group_locks: dict[str, list] = {}
         self._handling = 0  # events being handled now
         self._idle = asyncio.Event()
         self._idle.set()
@@ -174,10 +173,10 @@ class ChatEvents:
     async def _resolve_name(self, conn: Connection) -> str:
         if conn.name is None:
             try:
-                user = await self.store.get_user(conn.user_id)
+                name = await self.chat.user_name(conn.user_id)
             except StorageUnavailable:
                 return conn.user_id  # try again on the next event
-            conn.name = user.name if user else conn.user_id
+            conn.name = name or conn.user_id
         return conn.name
 
     # -- the error boundary --
@@ -247,7 +246,7 @@ class ChatEvents:
             self.observer.rooms(+1)
         try:
             page = await self.chat.join_page(group_id, data)
-            read = await self.store.read_state(group_id, conn.user_id)
+            read = await self.chat.read_state(conn.user_id, group_id)
             # The connection may have closed, or left the group, while this join
             # read the store or recorded presence: that cleanup ran before the
             # record existed and could not undo it, so this join does.
@@ -288,30 +287,24 @@ class ChatEvents:
     async def leave_group(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
         if group_id not in conn.groups:
-            if await self.store.get_group(group_id, conn.user_id) is None:
-                raise ChatError("group_not_found")
+            await self.chat.check_group_exists(conn.user_id, group_id)
             return {"ok": True}
         await self._leave_room(conn, group_id)
         return {"ok": True}
 
     async def send_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
-        await self.chat.group_for(conn.user_id, group_id)
         name = await self._resolve_name(conn)
         received = time.perf_counter()
-        # One writer per group in this process: seq order is broadcast order.
-        async with self._group_lock(group_id):
-            message, duplicate = await self.store.add_message(
-                group_id,
-                sender_id=conn.user_id,
-                sender_name=name,
-                content=data["content"],
-                client_msg_id=data.get("client_msg_id"),
-            )
-            stored = time.perf_counter()
-            self.observer.send_stored(stored - received)
-            if not duplicate:
-                await self._broadcast("message", message, group_id, received=received)
+
+        async def publish(message: Message) -> None:
+            self.observer.send_stored(time.perf_counter() - received)
+            await self._broadcast("message", message, group_id, received=received)
+
+        message, duplicate = await self.chat.send(
+            conn.user_id, group_id, name=name, content=data["content"],
+            client_msg_id=data.get("client_msg_id"), publish=publish,
+        )
         return {"ok": True, "message": message, "duplicate": duplicate}
 
     async def get_history(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -331,40 +324,23 @@ class ChatEvents:
         return {"ok": True}
 
     async def mark_read(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-        group_id = data["group_id"]
-        await self.chat.group_for(conn.user_id, group_id)
-        state = await self.store.mark_read(group_id, conn.user_id, data["seq"])
+        state = await self.chat.mark_read(conn.user_id, data["group_id"], data["seq"])
         return {"ok": True, "last_read_seq": state.last_read_seq, "unread_count": state.unread_count}
 
     async def edit_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-        group_id, message_id = data["group_id"], data["message_id"]
-        await self.chat.group_for(conn.user_id, group_id)
-        current = await self.chat.own_message(conn.user_id, group_id, message_id)
-        if current["deleted"]:
-            raise ChatError("message_not_found", "This message was deleted.")
-        updated = await self.store.edit_message(group_id, message_id, conn.user_id, data["content"])
-        if updated is None:  # deleted meanwhile
-            raise ChatError("message_not_found", "This message was deleted.")
+        group_id = data["group_id"]
+        updated = await self.chat.edit(conn.user_id, group_id, data["message_id"], data["content"])
         await self._broadcast("message_updated", updated, group_id)
         return {"ok": True, "message": updated}
 
     async def delete_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-        group_id, message_id = data["group_id"], data["message_id"]
-        await self.chat.group_for(conn.user_id, group_id)
-        current = await self.chat.own_message(conn.user_id, group_id, message_id)
-        if current["deleted"]:
-            return {"ok": True, "message": current}
-        deleted = await self.store.delete_message(group_id, message_id, conn.user_id)
-        if deleted is None:  # deleted meanwhile by another connection
-            current = await self.store.get_message(group_id, message_id)
-            return {"ok": True, "message": current}
-        await self._broadcast("message_deleted", deleted, group_id)
-        return {"ok": True, "message": deleted}
+        group_id = data["group_id"]
+        message, deleted = await self.chat.delete(conn.user_id, group_id, data["message_id"])
+        if deleted and message is not None:
+            await self._broadcast("message_deleted", message, group_id)
+        return {"ok": True, "message": message}
 
     # -- helpers --
-
-    def _group_lock(self, group_id: str) -> "_GroupLock":
-        return _GroupLock(self._group_locks, group_id)
 
     async def _broadcast(self, event: str, message: Message, group_id: str, received: float | None = None) -> None:
         """Emit to the room. The fan-out hands the frame to every local connection
@@ -373,8 +349,8 @@ class ChatEvents:
         if received is not None:
             self.observer.send_broadcast(time.perf_counter() - received)
 
-    async def quiesce(self, timeout: float) -> bool:
-        """Refuse new events, then wait up to ``timeout`` for the ones in flight;
+    async def quiesce(self, grace_s: float) -> bool:
+        """Refuse new events, then wait up to ``grace_s`` seconds for the ones in flight;
         ``True`` when everything finished."""
         self.closing = True
 
@@ -383,10 +359,10 @@ class ChatEvents:
                 await self._idle.wait()
 
         try:
-            await asyncio.wait_for(settle(), timeout)
+            await asyncio.wait_for(settle(), grace_s)
             return True
-        except asyncio.TimeoutError:
-            log.warning("shutdown: %d events still in flight after %.1f s", self._handling, timeout)
+        except TimeoutError:
+            log.warning("shutdown: %d events still in flight after %.1f s", self._handling, grace_s)
             return False
 
     async def _leave_room(self, conn: Connection, group_id: str, *, announce: bool = True) -> None:
@@ -404,8 +380,7 @@ class ChatEvents:
         """Tell a room that a user of a dead node is gone (found by the presence sweep)."""
         name = user_id
         try:
-            user = await self.store.get_user(user_id)
-            name = user.name if user else user_id
+            name = await self.chat.user_name(user_id) or user_id
         except StorageUnavailable:
             pass
         payload = {"group_id": group_id, "user_id": user_id, "name": name, "online": False}
@@ -443,30 +418,3 @@ def _refusal(code: str, message: str) -> socketio.exceptions.ConnectionRefusedEr
     """What reaches ``connect_error``: the message, and ``data`` ``{code, message}``
     (with one argument python-socketio sends no ``data``)."""
     return socketio.exceptions.ConnectionRefusedError(message, {"code": code, "message": message})
-
-
-class _GroupLock:
-    """A per-group ``asyncio.Lock``, dropped from the table once nobody holds or awaits it."""
-
-    __slots__ = ("_table", "_key", "_entry")
-
-    def __init__(self, table: dict[str, list], key: str) -> None:
-        self._table, self._key = table, key
-        self._entry = table.setdefault(key, [asyncio.Lock(), 0])
-
-    async def __aenter__(self) -> None:
-        self._entry[1] += 1
-        try:
-            await self._entry[0].acquire()
-        except BaseException:
-            self._release_ref()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._entry[0].release()
-        self._release_ref()
-
-    def _release_ref(self) -> None:
-        self._entry[1] -= 1
-        if self._entry[1] == 0:
-            del self._table[self._key]

@@ -8,7 +8,8 @@ the fields below check JSON types exactly before anything else.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, pre_load
 
