@@ -116,6 +116,14 @@ class Settings:
             except ValueError:
                 problems.append(f"{name} must be a non-negative number, not {env[name]!r}")
                 numbers[name] = default
+        for kind in ("SEND", "EVENTS"):
+            # A fractional burst would round down, to 0 below 1: the limit off, silently.
+            burst, rate = numbers[f"RATE_LIMIT_{kind}_BURST"], numbers[f"RATE_LIMIT_{kind}_PER_S"]
+            if burst != int(burst) or (burst < 1 and rate > 0):
+                problems.append(
+                    f"RATE_LIMIT_{kind}_BURST must be a whole number of at least 1, not "
+                    f"{env[f'RATE_LIMIT_{kind}_BURST']!r} (RATE_LIMIT_{kind}_PER_S=0 turns the limit off)"
+                )
         common = dict(
             rate_limits=RateLimits(
                 send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
