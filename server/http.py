@@ -72,6 +72,11 @@ def _api(handler):
         except StorageUnavailable as exc:
             log.error("storage unavailable during %s %s: %s", request.method, request.path, exc)
             response, outcome = error_response(ChatError("storage_unavailable")), "storage_unavailable"
+        except web.HTTPException:  # aiohttp's own answers (a route that is off, say)
+            raise
+        except Exception:  # the catch-all: the envelope and the metrics, not aiohttp's plain-text 500
+            log.exception("internal error in %s %s", request.method, request.path)
+            response, outcome = error_response(ChatError("internal")), "internal"
         request.app[EVENTS].observer.event(f"http:{handler.__name__}", outcome, time.perf_counter() - started)
         return response
 
