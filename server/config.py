@@ -34,9 +34,9 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LOG_LEVEL": ("logging level", "`INFO`"),
     "LOG_FORMAT": ("`text` or `json` (one JSON object per line)", "`text`"),
     "RATE_LIMIT_SEND_PER_S": ("`send_message` refill rate per user (0 turns the limit off)", "`20`"),
-    "RATE_LIMIT_SEND_BURST": ("`send_message` bucket size per user", "`200`"),
+    "RATE_LIMIT_SEND_BURST": ("`send_message` bucket size per user (a whole number)", "`200`"),
     "RATE_LIMIT_EVENTS_PER_S": ("refill rate per user for every other event and HTTP request", "`50`"),
-    "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request", "`300`"),
+    "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request (a whole number)", "`300`"),
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
 }
