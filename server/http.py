@@ -67,7 +67,8 @@ def _api(handler):
         try:
             response, outcome = await handler(request), "ok"
         except ChatError as exc:
-            log.warning("refused %s %s code=%s", request.method, request.path, exc.code)
+            # Repeatable at will: a line per code per interval (the user is not known before the token).
+            request.app[EVENTS].refusals.refused(None, exc.code, f"{request.method} {request.path}")
             response, outcome = error_response(exc), exc.code
         except StorageUnavailable as exc:
             log.error("storage unavailable during %s %s: %s", request.method, request.path, exc)

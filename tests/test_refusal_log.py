@@ -93,3 +93,13 @@ def test_each_interval_gets_one_line_with_the_count_of_the_refusals_it_held(capl
         "refused 1 more times in 10 s, the latest: typing sid=s2 user=u2 code=rate_limited"
     refusals.flush()
     assert len(caplog.records) == 5
+
+
+async def test_a_flood_of_refused_http_requests_writes_one_line_per_code(server_url, caplog):
+    caplog.set_level(logging.INFO)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            async with http.get(f"{server_url}/study-groups", headers={"Authorization": "Bearer nope"}) as resp:
+                assert resp.status == 401
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "code=unauthorized" in lines[0], lines
