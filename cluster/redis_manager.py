@@ -151,13 +151,21 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
     async def _publish_batch(self, batch: list[dict[str, Any]]) -> None:
         """One script call publishes the whole batch, in order (subscribers get
         the messages one by one, as from ``PUBLISH``)."""
-        encoded = [SafeJSON.dumpb(message) for message in batch]  # plain JSON: see _wire_data
+        encoded = []
+        for message in list(batch):
+            try:
+                encoded.append(SafeJSON.dumpb(message))  # bytes travel as base64: see _wire_data
+            except (TypeError, ValueError) as exc:  # not JSON: this emit alone stays on this node
+                log.error("Cannot publish a %r emit to other nodes: %s", message.get("event"), exc)
+                batch.remove(message)
+        if not batch:
+            return
         try:
             if self.scripts is None:
                 raise StorageUnavailable("no Redis connection for scripts")
             sizes = ",".join([str(len(data)) for data in encoded])
             await self.scripts.call(PUBLISH_ALL, [], [self.channel, b"".join(encoded), sizes])
-        except (RedisError, OSError, StorageUnavailable) as exc:  # one more try, message by message, as python-socketio's _publish does
+        except (RedisError, OSError, StorageUnavailable) as exc:  # one more try each, as python-socketio's _publish
             log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
             for message in batch:
                 await self._publish(message)

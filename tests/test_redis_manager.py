@@ -132,3 +132,17 @@ async def test_resubscribing_after_an_outage_keeps_one_client(aiohttp_server, re
     await server.close()
     await other.close()
     assert await _clients_of(redis_server.url) == []
+
+
+async def test_an_emit_that_is_not_json_does_not_take_the_others_of_its_batch_down(two_nodes, client_on, caplog):
+    caplog.set_level(logging.CRITICAL)
+    remote = await client_on(two_nodes[1], BEN)
+    await client_on(two_nodes[0], ANA)  # the first connection starts the manager
+    sio = two_nodes[0].app[SIO]
+    # Emitted together, so published together; the set has no JSON form.
+    results = await asyncio.gather(sio.emit("n", 0), sio.emit("n", {1, 2}), sio.emit("n", 1), sio.emit("n", 2),
+                                   return_exceptions=True)
+    assert isinstance(results[1], TypeError)  # the emitter hears of it
+    await remote.wait_event("n", 3)
+    await remote.settle()
+    assert remote.events("n") == [0, 1, 2]
