@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from storage.base import StorageUnavailable
 
-from .redis_scripts import PREFIX, RedisConnection, now_ms
+from .redis_scripts import PREFIX, RedisConnection, Script, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ redis.call('ZADD', KEYS[2], left[2], ARGV[3])
 return 0
 """
 
+JOIN, LEAVE = Script(_JOIN), Script(_LEAVE)
+
+
 class RedisPresence:
     """``Presence`` for several nodes: per user and group, a sorted set of
     ``node:sid`` entries scored by expiry, and per group a sorted set of users
@@ -91,15 +94,11 @@ class RedisPresence:
         self.ttl_ms = int(ttl_s * 1000)
         # This node's own entries: the fallback view and what heartbeats refresh.
         self._local: dict[str, dict[str, set[str]]] = {}
-        self._join = self._leave = None
 
     def _client(self) -> aioredis.Redis:
         client = self._redis.client
         if client is None:
             raise StorageUnavailable("Redis is not connected")
-        if self._join is None:
-            self._join = client.register_script(_JOIN)
-            self._leave = client.register_script(_LEAVE)
         return client
 
     @staticmethod
@@ -114,12 +113,10 @@ class RedisPresence:
         locally_first = not sids
         sids.add(sid)
         try:
-            self._client()
             now = now_ms()
             user_key, group_key = self._keys(group_id, user_id)
-            first = await self._join(
-                keys=[user_key, group_key, GROUPS_KEY],
-                args=[now, now + self.ttl_ms, self._member(sid), user_id, group_id],
+            first = await self._redis.call(
+                JOIN, [user_key, group_key, GROUPS_KEY], [now, now + self.ttl_ms, self._member(sid), user_id, group_id]
             )
             return bool(first)
         except (RedisError, OSError, StorageUnavailable) as exc:
@@ -137,9 +134,8 @@ class RedisPresence:
             if not users:
                 self._local.pop(group_id, None)
         try:
-            self._client()
             user_key, group_key = self._keys(group_id, user_id)
-            last = await self._leave(keys=[user_key, group_key], args=[now_ms(), self._member(sid), user_id])
+            last = await self._redis.call(LEAVE, [user_key, group_key], [now_ms(), self._member(sid), user_id])
             return bool(last)
         except (RedisError, OSError, StorageUnavailable) as exc:
             log.warning("presence: Redis unavailable, using this node's view: %s", exc)
@@ -149,7 +145,7 @@ class RedisPresence:
         try:
             client = self._client()
             users = await client.zrangebyscore(f"{PREFIX}presence:{group_id}", now_ms(), "+inf")
-            return sorted(u.decode() for u in users)
+            return sorted(_text(u) for u in users)
         except (RedisError, OSError, StorageUnavailable) as exc:
             log.warning("presence: Redis unavailable, using this node's view: %s", exc)
             return sorted(self._local.get(group_id, {}))
@@ -179,13 +175,18 @@ class RedisPresence:
         now = now_ms()
         removed: list[tuple[str, str]] = []
         for raw_group in await client.smembers(GROUPS_KEY):
-            group_id = raw_group.decode()
+            group_id = _text(raw_group)
             group_key = f"{PREFIX}presence:{group_id}"
             for raw_user in await client.zrangebyscore(group_key, "-inf", now):
-                user_id = raw_user.decode()
+                user_id = _text(raw_user)
                 user_key, _ = self._keys(group_id, user_id)
-                if await self._leave(keys=[user_key, group_key], args=[now, "", user_id]):
+                if await self._redis.call(LEAVE, [user_key, group_key], [now, "", user_id]):
                     removed.append((group_id, user_id))
             if not await client.zcard(group_key):
                 await client.srem(GROUPS_KEY, group_id)
         return removed
+
+
+def _text(value: object) -> str:
+    """A Redis reply as text (the client answers bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,6 +9,7 @@ to a ``LocalLimiter`` while Redis is unreachable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -147,11 +148,16 @@ class RedisLimiter:
                 for *_, answer in chunk:
                     settle(answer, exc)
                 continue
-            waits.add_done_callback(lambda done, chunk=chunk: _answer_each(chunk, done))
+            waits.add_done_callback(functools.partial(_answer_each, chunk))
+
 
 def _answer_each(chunk: list[tuple[str, float, float, asyncio.Future]], done: asyncio.Future) -> None:
     """The bucket script's answers, one per check of ``chunk``."""
     error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-    waits = done.result() if error is None else None
+    if error is not None:
+        for *_, answer in chunk:
+            settle(answer, error)
+        return
+    waits = done.result()
     for i, (*_, answer) in enumerate(chunk):
-        settle(answer, error if error is not None else waits[i])
+        settle(answer, waits[i])

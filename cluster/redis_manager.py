@@ -17,13 +17,19 @@ publishes it for the other nodes. Two things are added here:
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any
 
+import redis.asyncio as aioredis
 import socketio
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+from socketio.packet import Packet
 
 from realtime.codec import SafeJSON
 from realtime.manager import FastManager
+from storage.base import StorageUnavailable
 
 from .redis_scripts import PUBLISH_ALL, RedisConnection
 from .seq_order import SeqOrder
@@ -35,6 +41,9 @@ PUBLISH_BATCH = 500  # publishes per script call
 
 
 class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
+    redis: aioredis.Redis | None  # python-socketio's client: one for the manager's life here
+    pubsub: PubSub | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._outbox: asyncio.Queue | None = None
@@ -56,7 +65,7 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
             return await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
                                       callback=callback, **kwargs)
         message = {
-            "method": "emit", "event": event, "data": [data], "binary": False,
+            "method": "emit", "event": event, **_wire_data(data),
             "namespace": namespace or "/", "room": room, "skip_sid": skip_sid,
             "callback": None, "host_id": self.host_id,
         }
@@ -65,6 +74,29 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         else:
             self._outbox.put_nowait(message)
         await self._handle_emit(message)
+
+    def _redis_connect(self) -> None:
+        """One Redis client for the manager's life (its pool reconnects by
+        itself); a new pub/sub on it for each subscription."""
+        if self.redis is None:
+            super()._redis_connect()
+            return
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
+
+    async def _publish(self, data: dict[str, Any]) -> None:
+        """python-socketio's fallback publish (two tries), on the manager's one
+        client: it never replaces the pub/sub the listener reads."""
+        encoded = SafeJSON.dumpb(data)
+        for tries_left in (1, 0):
+            try:
+                if self.redis is None:
+                    self._redis_connect()
+                assert self.redis is not None
+                await self.redis.publish(self.channel, encoded)
+                return
+            except (RedisError, OSError) as exc:
+                log.error("Cannot publish to Redis (%s)%s", exc, "; retrying" if tries_left else "; giving up")
 
     async def _listen(self):
         """python-socketio's listener (subscribe, yield the data of each message
@@ -80,17 +112,29 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         while True:
             try:
                 self._redis_connect()
-                await self.pubsub.subscribe(self.channel)
+                pubsub = self.pubsub
+                assert pubsub is not None  # _redis_connect made it
+                await pubsub.subscribe(self.channel)
                 pause = 1
-                async for message in self.pubsub.listen():
+                async for message in pubsub.listen():
                     data = message.get("data")
                     if message["type"] == "message" and message["channel"] == channel and \
                             not (isinstance(data, bytes) and data.endswith(own)):
                         yield data
             except Exception as exc:
                 log.error("Cannot receive from Redis (%s); retrying in %d s", exc, pause)
+                await self._close_pubsub()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 60)
+
+    async def _close_pubsub(self) -> None:
+        """Release the pub/sub's connection (a broken one is simply dropped)."""
+        pubsub, self.pubsub = self.pubsub, None
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()
+            except (RedisError, OSError) as exc:  # its connection is gone already
+                log.debug("closing the Redis pub/sub: %s", exc)
 
     async def _publish_in_order(self) -> None:
         """Publish what is queued, in order: everything queued meanwhile goes
@@ -109,15 +153,22 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
     async def _publish_batch(self, batch: list[dict[str, Any]]) -> None:
         """One script call publishes the whole batch, in order (subscribers get
         the messages one by one, as from ``PUBLISH``)."""
-        encoded = [SafeJSON.dumpb(message) for message in batch]
+        encoded = []
+        for message in list(batch):
+            try:
+                encoded.append(SafeJSON.dumpb(message))  # bytes travel as base64: see _wire_data
+            except (TypeError, ValueError) as exc:  # not JSON: this emit alone stays on this node
+                log.error("Cannot publish a %r emit to other nodes: %s", message.get("event"), exc)
+                batch.remove(message)
+        if not batch:
+            return
         try:
             if self.scripts is None:
-                raise RuntimeError("no Redis connection for scripts")
+                raise StorageUnavailable("no Redis connection for scripts")
             sizes = ",".join([str(len(data)) for data in encoded])
             await self.scripts.call(PUBLISH_ALL, [], [self.channel, b"".join(encoded), sizes])
-        except Exception as exc:  # one more try, message by message, as python-socketio's _publish does
+        except (RedisError, OSError, StorageUnavailable) as exc:  # one more try each, as python-socketio's _publish
             log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
-            self.connected = False
             for message in batch:
                 await self._publish(message)
 
@@ -126,6 +177,7 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         payload = data[0] if isinstance(data, list) and len(data) == 1 else None
         if (
             message.get("event") == "message"
+            and not message.get("binary")
             and isinstance(payload, dict)
             and isinstance(payload.get("seq"), int)
             and isinstance(message.get("room"), str)
@@ -147,12 +199,31 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         task.add_done_callback(self._deliveries.discard)
 
     async def close(self) -> None:
+        """Stop publishing (after what is queued left, briefly) and listening,
+        then release the pub/sub and the client with their connections."""
         if self._publisher is not None:
-            # Let what is queued go out, briefly.
             for _ in range(20):
                 if self._outbox is None or self._outbox.empty():
                     break
                 await asyncio.sleep(0.05)
-            self._publisher.cancel()
-        if getattr(self, "thread", None) is not None:
-            self.thread.cancel()
+        tasks = [t for t in (self._publisher, getattr(self, "thread", None), *self._deliveries) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._publisher = None
+        self._order.close()
+        await self._close_pubsub()
+        client, self.redis = self.redis, None
+        self.connected = False
+        if client is not None:
+            await client.aclose()
+
+
+def _wire_data(data: Any) -> dict[str, Any]:
+    """An emit's arguments as python-socketio's Redis messages carry them: a
+    tuple is several arguments, and ``bytes`` travel as base64 attachments."""
+    args = list(data) if isinstance(data, tuple) else [data]
+    if not Packet.data_is_binary(args):
+        return {"data": args, "binary": False}
+    args, attachments = Packet.deconstruct_binary(args)
+    return {"data": [args, *[base64.b64encode(a).decode() for a in attachments]], "binary": True}

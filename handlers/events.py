@@ -25,6 +25,7 @@ from .auth import TokenVerifier, token_from_handshake
 from .chat import ChatService
 from .errors import ChatError, invalid
 from .interfaces import Limiter, Observer, Presence
+from .refusal_log import RefusalLog
 from .typing_throttle import TypingThrottle
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class ChatEvents:
         self.limiter = limiter
         self.observer = observer
         self.typing = TypingThrottle()
+        self.refusals = RefusalLog(log)  # repeatable refusals: a line per user and code per interval
         self.connections: dict[str, Connection] = {}
         # user id -> sids holding one of its connection slots on this node
         # (handshakes in progress included, so simultaneous ones cannot overshoot).
@@ -116,7 +118,7 @@ class ChatEvents:
                 raise ChatError("unauthorized", "The connection closed during the handshake.")
         except (ChatError, _Refused) as exc:
             self._free_slot(user_id, sid)
-            log.warning("handshake refused sid=%s code=%s reason=%s", sid, exc.code, exc.message)
+            self.refusals.refused(user_id, exc.code, "handshake", sid=sid, reason=exc.message)
             raise _refusal(exc.code, exc.message) from None
         except Exception:
             self._free_slot(user_id, sid)
@@ -162,13 +164,19 @@ class ChatEvents:
         """The catch-all: ``(event, sid, *payload)``, or ``(sid, *payload)`` for an event named "*"."""
         event = args[0] if args else None
         if event == UNDECODABLE_EVENT:
-            log.warning("undecodable event sid=%s", args[1] if len(args) > 1 else None)
+            sid = args[1] if len(args) > 1 else None
+            self.refusals.refused(self._user_of(sid), "invalid_payload", "undecodable event", sid=sid)
             self.observer.event("undecodable", "invalid_payload", 0.0)
             return invalid({"_payload": ["The payload could not be decoded (too deep, too large a number, "
                                          "or attachments that do not match)."]}).envelope()
-        log.warning("unknown event event=%.64r", event)
+        sid = args[1] if len(args) > 1 else None
+        self.refusals.refused(self._user_of(sid), "invalid_payload", f"unknown event {str(event)[:64]!r}", sid=sid)
         self.observer.event("unknown", "invalid_payload", 0.0)
         return invalid({"_event": [f"Unknown event {str(event)[:64]!r}."]}).envelope()
+
+    def _user_of(self, sid: Any) -> str | None:
+        conn = self.connections.get(sid) if isinstance(sid, str) else None
+        return conn.user_id if conn else None
 
     async def _resolve_name(self, conn: Connection) -> str:
         if conn.name is None:
@@ -218,10 +226,7 @@ class ChatEvents:
                 if not self._handling:
                     self._idle.set()
             if outcome != "ok" and outcome != "storage_unavailable":
-                log.warning(
-                    "refused %s sid=%s user=%s group=%s code=%s",
-                    event, sid, conn.user_id if conn else None, group_id, outcome,
-                )
+                self.refusals.refused(conn.user_id if conn else None, outcome, event, sid=sid, group=group_id)
             self.observer.event(event, outcome, time.perf_counter() - started)
             return result
 

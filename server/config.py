@@ -35,9 +35,9 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "LOG_LEVEL": ("logging level", "`INFO`"),
     "LOG_FORMAT": ("`text` or `json` (one JSON object per line)", "`text`"),
     "RATE_LIMIT_SEND_PER_S": ("`send_message` refill rate per user (0 turns the limit off)", "`20`"),
-    "RATE_LIMIT_SEND_BURST": ("`send_message` bucket size per user", "`200`"),
+    "RATE_LIMIT_SEND_BURST": ("`send_message` bucket size per user (a whole number)", "`200`"),
     "RATE_LIMIT_EVENTS_PER_S": ("refill rate per user for every other event and HTTP request", "`50`"),
-    "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request", "`300`"),
+    "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request (a whole number)", "`300`"),
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
     "MAX_CONNECTIONS_PER_USER": (
@@ -135,6 +135,14 @@ class Settings:
             except ValueError:
                 problems.append(f"{name} must be a non-negative number, not {env[name]!r}")
                 numbers[name] = default
+        for kind in ("SEND", "EVENTS"):
+            # A fractional burst would round down, to 0 below 1: the limit off, silently.
+            burst, rate = numbers[f"RATE_LIMIT_{kind}_BURST"], numbers[f"RATE_LIMIT_{kind}_PER_S"]
+            if burst != int(burst) or (burst < 1 and rate > 0):
+                problems.append(
+                    f"RATE_LIMIT_{kind}_BURST must be a whole number of at least 1, not "
+                    f"{env[f'RATE_LIMIT_{kind}_BURST']!r} (RATE_LIMIT_{kind}_PER_S=0 turns the limit off)"
+                )
         max_per_user = 20
         if "MAX_CONNECTIONS_PER_USER" in env:
             try:

@@ -15,7 +15,8 @@ from marshmallow import ValidationError
 from handlers import schemas
 from handlers.auth import bearer
 from handlers.errors import ChatError, invalid
-from storage.base import ID_RE, StorageUnavailable
+from storage.base import ID_RE, StorageUnavailable, User
+from storage.memory import MemoryStore
 
 from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, STORE, VERIFIER
 
@@ -37,7 +38,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_post("/demo/token", demo_token)
     app.router.add_get("/", index)
     for resource in list(app.router.resources()):
-        if not resource.canonical.startswith("/socket.io"):
+        if isinstance(resource, web.Resource) and not resource.canonical.startswith("/socket.io"):
             resource.add_route("OPTIONS", preflight)
     app.router.add_static("/static/", static_dir, show_index=False)
     app.on_response_prepare.append(cors_headers)
@@ -67,11 +68,17 @@ def _api(handler):
         try:
             response, outcome = await handler(request), "ok"
         except ChatError as exc:
-            log.warning("refused %s %s code=%s", request.method, request.path, exc.code)
+            # Repeatable at will: a line per code per interval (the user is not known before the token).
+            request.app[EVENTS].refusals.refused(None, exc.code, f"{request.method} {request.path}")
             response, outcome = error_response(exc), exc.code
         except StorageUnavailable as exc:
             log.error("storage unavailable during %s %s: %s", request.method, request.path, exc)
             response, outcome = error_response(ChatError("storage_unavailable")), "storage_unavailable"
+        except web.HTTPException:  # aiohttp's own answers (a route that is off, say)
+            raise
+        except Exception:  # the catch-all: the envelope and the metrics, not aiohttp's plain-text 500
+            log.exception("internal error in %s %s", request.method, request.path)
+            response, outcome = error_response(ChatError("internal")), "internal"
         request.app[EVENTS].observer.event(f"http:{handler.__name__}", outcome, time.perf_counter() - started)
         return response
 
@@ -114,34 +121,32 @@ async def _probe(ping) -> str:
     try:
         await asyncio.wait_for(ping, READY_TIMEOUT_S)
         return "ok"
-    except (StorageUnavailable, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, StorageUnavailable, OSError) as exc:
         return f"unavailable: {exc or type(exc).__name__}"
 
 
-def _require_demo(request: web.Request) -> None:
-
-    if not request.app[SETTINGS].demo:
+def _demo_users(request: web.Request) -> list[User]:
+    """The demo's users: 404 unless the server runs with ``--demo`` (on the embedded store)."""
+    store = request.app[STORE]
+    if not request.app[SETTINGS].demo or not isinstance(store, MemoryStore):
         raise web.HTTPNotFound()
+    return store.users()
 
 
 @_api
 async def demo_users(request: web.Request) -> web.Response:
-
-    _require_demo(request)
-    users = request.app[STORE].users()
+    users = _demo_users(request)
     return web.json_response({"ok": True, "users": [{"id": u.id, "name": u.name} for u in users]})
 
 
 @_api
 async def demo_token(request: web.Request) -> web.Response:
-
-    _require_demo(request)
+    known = {u.id for u in _demo_users(request)}
     try:
         body: Any = await request.json()
     except ValueError:
         body = None
     user_id = body.get("user_id") if isinstance(body, dict) else None
-    known = {u.id for u in request.app[STORE].users()}
     if not isinstance(user_id, str) or not ID_RE.fullmatch(user_id) or user_id.lower() not in known:
         raise invalid({"user_id": ["Not a demo user id."]})
     return web.json_response({"ok": True, "token": request.app[VERIFIER].issue(user_id)})

@@ -10,8 +10,8 @@ from handlers.chat import ChatService
 from handlers.events import ChatEvents
 from storage import Store
 
-from .scale_out import Cluster
 from .config import Settings
+from .scale_out import Cluster
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-
-from handlers.events import ChatEvents
 from cluster.presence import RedisPresence
 from cluster.rate_limits import LocalLimiter, RateLimits, RedisLimiter
 from cluster.redis_manager import OrderedRedisManager
 from cluster.redis_scripts import RedisConnection
+from handlers.events import ChatEvents
 from realtime.codec import SafeJSON
 
 from .logs import library_logger

@@ -99,3 +99,22 @@ def test_json_log_format_writes_one_object_per_line():
     entry = json.loads(result.stderr.strip())
     assert entry["level"] == "WARNING" and entry["logger"] == "handlers.events"
     assert entry["message"] == "refused send_message code=not_member" and entry["time"].endswith("+00:00")
+
+
+@pytest.mark.parametrize("name", ["RATE_LIMIT_SEND_BURST", "RATE_LIMIT_EVENTS_BURST"])
+@pytest.mark.parametrize("value", ["0.5", "2.5", "0"])
+def test_a_burst_that_is_not_a_whole_number_is_refused_at_start(name, value):
+    """A fractional burst used to round down (to 0 below 1, turning the limit off) without a word."""
+    with pytest.raises(ConfigError, match=f"{name} must be a whole number of at least 1, not '{value}'"):
+        Settings.from_env({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, name: value})
+    result = run_cli(env={"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, name: value})
+    assert result.returncode != 0 and name in result.stderr
+
+
+def test_whole_bursts_and_a_limit_turned_off_are_accepted():
+    s = Settings.from_env({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "RATE_LIMIT_SEND_BURST": "6",
+                           "RATE_LIMIT_EVENTS_BURST": "7.0", "RATE_LIMIT_SEND_PER_S": "0.05"})
+    assert (s.rate_limits.send.burst, s.rate_limits.other.burst) == (6, 7)
+    s = Settings.from_env({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "RATE_LIMIT_SEND_PER_S": "0",
+                           "RATE_LIMIT_SEND_BURST": "0"})
+    assert not s.rate_limits.send.enabled

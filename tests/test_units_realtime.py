@@ -1,0 +1,270 @@
+"""Unit tests of the transport's parts: the light queue, the ping wheel, the per-client room
+index, frame coalescing and the slow-client limits. The asyncio transport under a socket is
+a recording stand-in here (the integration tests run real connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import socketio
+from engineio import packet as eio_packet
+
+from realtime.engine_server import FastEngineServer
+from realtime.engine_socket import MAX_BUFFERED, FastSocket
+from realtime.light_queue import LightQueue
+from realtime.manager import MAX_QUEUED, FastManager
+from realtime.ping_wheel import PingWheel
+from realtime.socket_server import FastSocketServer
+from realtime.websocket_frames import websocket_frame
+
+# -- LightQueue --
+
+
+async def test_light_queue_is_fifo_and_holds_nothing_while_idle():
+    queue = LightQueue()
+    assert queue.empty() and queue.qsize() == 0
+    for i in range(5):
+        queue.put_nowait(i)
+    assert queue.qsize() == 5
+    assert [await queue.get() for _ in range(5)] == list(range(5))
+    assert queue._items is None and queue._getters is None  # no deque kept for an idle connection
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+
+
+async def test_light_queue_wakes_waiting_getters_in_order():
+    queue = LightQueue()
+    getters = [asyncio.ensure_future(queue.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    for item in "abc":
+        queue.put_nowait(item)
+    assert await asyncio.gather(*getters) == ["a", "b", "c"]
+    assert queue._getters is None
+
+
+async def test_light_queue_a_cancelled_getter_passes_its_item_on():
+    queue = LightQueue()
+    first, second = asyncio.ensure_future(queue.get()), asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("x")  # wakes the first...
+    first.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(second, 2) == "x"
+    assert first.cancelled()
+
+
+async def test_light_queue_join_waits_for_task_done():
+    queue = LightQueue()
+    await asyncio.wait_for(queue.join(), 1)  # nothing unfinished
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    joined = asyncio.ensure_future(queue.join())
+    await queue.get()
+    queue.task_done()
+    await asyncio.sleep(0)
+    assert not joined.done()
+    await queue.get()
+    queue.task_done()
+    await asyncio.wait_for(joined, 1)
+    with pytest.raises(ValueError):
+        queue.task_done()
+
+
+# -- PingWheel --
+
+
+class _PingedSocket:
+    def __init__(self, sid: str, fail: bool = False) -> None:
+        self.sid, self.fail = sid, fail
+        self.closing = self.closed = False
+        self.last_ping: float | None = None
+        self.sent: list[int] = []
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        if self.fail:
+            raise ConnectionResetError("gone")
+        self.sent.append(pkt.packet_type)
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_ping_wheel_pings_each_socket_after_the_interval_from_one_task():
+    wheel = PingWheel(SimpleNamespace(ping_interval=0.5))  # type: ignore[arg-type]
+    sockets = [_PingedSocket(f"s{i}") for i in range(4)]
+    sockets[1].closing = True
+    sockets[2].fail = True  # an error on one does not stop the others
+    started = asyncio.get_running_loop().time()
+    for socket in sockets:
+        wheel.add(socket)
+    await _until(lambda: sockets[3].sent)
+    assert asyncio.get_running_loop().time() - started >= 0.45  # not before the interval
+    assert sockets[0].sent == sockets[3].sent == [eio_packet.PING]
+    assert sockets[1].sent == [] and sockets[1].last_ping is None
+    assert sockets[0].last_ping is not None
+    task = wheel._task
+    assert task is not None
+    await asyncio.wait_for(task, 1)  # nothing due: the one task has ended
+    wheel.add(sockets[0])  # a pong came back: pinged again, by a new task
+    await _until(lambda: len(sockets[0].sent) == 2)
+    assert sockets[3].sent == [eio_packet.PING]
+    await wheel.close()
+
+
+async def test_ping_wheel_close_stops_pending_pings():
+    wheel = PingWheel(SimpleNamespace(ping_interval=0.05))  # type: ignore[arg-type]
+    socket = _PingedSocket("s")
+    wheel.add(socket)
+    await wheel.close()
+    await asyncio.sleep(0.15)
+    assert socket.sent == []
+
+
+# -- fan-out on a FastSocketServer: room index, coalescing, slow clients --
+
+
+class _Transport:
+    """An asyncio transport that records what is written to it."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = buffered
+        self.closing = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted = self.closing = True
+
+
+@pytest.fixture
+async def sio():
+    server = FastSocketServer(async_mode="aiohttp", client_manager=FastManager())
+    yield server
+    await server.eio.ping_wheel.close()
+
+
+async def _connect(sio: FastSocketServer, transport: _Transport | None) -> tuple[str, FastSocket]:
+    """A connected Socket.IO client whose Engine.IO socket writes to ``transport``
+    (``None``: a long-polling one, served from its queue)."""
+    eio_sid = sio.eio.generate_id()
+    socket = sio.eio.sockets[eio_sid] = FastSocket(sio.eio, eio_sid)
+    socket.connected = True
+    socket.transport = transport
+    sid = await sio.manager.connect(eio_sid, "/")
+    return sid, socket
+
+
+async def test_the_room_index_answers_as_python_socketio_does(sio):
+    """A client's rooms come from the index; a disconnect leaves every room
+    (upstream scans all rooms of the namespace for it)."""
+    upstream = socketio.AsyncManager()
+    upstream.set_server(sio)
+    ours: FastManager = sio.manager
+    rng = random.Random(7)
+    sids = []
+    for i in range(30):
+        sid, eio_sid = f"s{i}", f"e{i}"
+        for manager in (ours, upstream):  # as pre_connect does, with a known sid
+            manager.basic_enter_room(sid, "/", None, eio_sid=eio_sid)
+            manager.basic_enter_room(sid, "/", sid, eio_sid=eio_sid)
+        sids.append(sid)
+    assert ours.rooms == upstream.rooms
+    for _ in range(300):
+        sid, room, enter = rng.choice(sids), f"group{rng.randrange(8)}", rng.random() < 0.7
+        for manager in (ours, upstream):
+            if enter:
+                manager.basic_enter_room(sid, "/", room)
+            elif room in manager.rooms["/"] and sid in manager.rooms["/"][room]:
+                manager.basic_leave_room(sid, "/", room)
+    for sid in sids[:10]:
+        ours.basic_disconnect(sid, "/")
+        upstream.basic_disconnect(sid, "/")
+    for sid in sids:
+        assert sorted(ours.get_rooms(sid, "/")) == sorted(upstream.get_rooms(sid, "/")), sid
+    assert ours.rooms == upstream.rooms
+    assert all(ours.get_rooms(sid, "/") == [] for sid in sids[:10])
+    assert not any(set(sids[:10]) & set(members) for members in ours.rooms["/"].values())
+
+
+async def test_frames_to_one_connection_in_one_iteration_leave_as_one_write_in_order(sio):
+    a, b = _Transport(), _Transport()
+    (sid_a, _), (sid_b, _) = await _connect(sio, a), await _connect(sio, b)
+    for sid in (sid_a, sid_b):
+        sio.manager.basic_enter_room(sid, "/", "room")
+    manager: FastManager = sio.manager
+    assert manager.emit_now("m", {"seq": 1}, "/", "room", None)
+    assert manager.emit_now("m", {"seq": 2}, "/", "room", sid_b)  # not to b
+    assert manager.emit_now("m", {"seq": 3}, "/", "room", None)
+    assert a.writes == b.writes == []  # nothing before the end of the iteration
+    await asyncio.sleep(0)
+    frame = [websocket_frame(f'42["m",{{"seq":{n}}}]'.encode()) for n in (1, 2, 3)]
+    assert a.writes == [frame[0] + frame[1] + frame[2]]
+    assert b.writes == [frame[0] + frame[2]]
+    # flush() writes at once what waits for one transport (before its closing frame).
+    manager.emit_now("m", {"seq": 4}, "/", "room", None)
+    sio.eio.flush(a)
+    assert a.writes[-1] == websocket_frame(b'42["m",{"seq":4}]') and len(b.writes) == 1
+    await asyncio.sleep(0)
+    assert len(a.writes) == 2 and len(b.writes) == 2
+    # A transport closing meanwhile is not written to.
+    manager.emit_now("m", {"seq": 5}, "/", "room", None)
+    a.closing = True
+    await asyncio.sleep(0)
+    assert len(a.writes) == 2 and len(b.writes) == 3
+
+
+async def test_a_connection_with_too_much_unsent_is_dropped_and_the_others_served(sio, caplog):
+    caplog.set_level(logging.WARNING, "realtime.engine_socket")
+    slow, fine = _Transport(buffered=MAX_BUFFERED + 1), _Transport()
+    (sid_slow, slow_socket), (sid_fine, _) = await _connect(sio, slow), await _connect(sio, fine)
+    for sid in (sid_slow, sid_fine):
+        sio.manager.basic_enter_room(sid, "/", "room")
+    for n in range(3):
+        sio.manager.emit_now("m", {"n": n}, "/", "room", None)
+    await asyncio.sleep(0)
+    assert slow.aborted and slow.writes == [] and slow_socket.dropping
+    assert len(fine.writes) == 1 and fine.writes[0].count(b'42["m"') == 3
+    assert sum("cannot keep up" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_polling_connection_with_too_many_packets_waiting_is_dropped(sio, caplog):
+    caplog.set_level(logging.WARNING, "realtime.engine_socket")
+    (sid, socket), (sid_ws, _) = await _connect(sio, None), await _connect(sio, ws := _Transport())
+    for s in (sid, sid_ws):
+        sio.manager.basic_enter_room(s, "/", "room")
+    closes: list[Any] = []
+
+    async def close(*args: Any, **kwargs: Any) -> None:
+        closes.append(kwargs.get("reason"))
+
+    socket.close = close  # type: ignore[method-assign]
+    for n in range(MAX_QUEUED):
+        sio.manager.emit_now("m", n, "/", "room", None)
+    assert socket.queue.qsize() == MAX_QUEUED and not socket.dropping
+    sio.manager.emit_now("m", "one too many", "/", "room", None)
+    await asyncio.sleep(0)
+    assert socket.dropping and socket.queue.qsize() == MAX_QUEUED and closes == ["slow client"]
+    sio.manager.emit_now("m", "after", "/", "room", None)
+    assert socket.queue.qsize() == MAX_QUEUED  # nothing more is queued for it
+    await asyncio.sleep(0)
+    assert sum(w.count(b'42["m"') for w in ws.writes) == MAX_QUEUED + 2
+
+
+def test_engine_server_uses_the_light_queue():
+    assert isinstance(FastEngineServer().create_queue(), LightQueue)
