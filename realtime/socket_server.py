@@ -109,9 +109,9 @@ class FastSocketServer(socketio.AsyncServer):
     async def _handle_eio_connect(self, eio_sid, environ):
         address = self.client_address(environ)
         if self.admission.full(address):
-            log.warning("handshake refused: %s already holds %d connections that have not signed in",
-                        address, self.admission.pending_from(address))
-            return "Too many connections from this address have not signed in yet"
+            self.admission.refused(address)
+            # The body of the reference server's refusal (Engine.IO error 4, "Forbidden").
+            return {"code": 4, "message": "Too many connections from this address have not signed in yet"}
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and type(socket) is engineio.async_socket.AsyncSocket:
             socket.__class__ = FastSocket

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from handlers.auth import TokenConfig, TokenVerifier
 from handlers.chat import ChatService
+from handlers.errors import invalid
 from handlers.events import ChatEvents
 from cluster.presence import LocalPresence
 from cluster.rate_limits import LocalLimiter
@@ -78,6 +79,9 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         client_manager=cluster.manager if cluster else FastManager(),
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_PACKET_BYTES,
+        connect_timeout=settings.connect_timeout_s,
+        max_pending_per_address=settings.max_pending_per_ip,
+        binary_refusal=invalid({"_payload": ["Binary data is not accepted: no event carries it."]}).envelope(),
         logger=library_logger("socketio.server"),
         engineio_logger=library_logger("engineio.server"),
     )

@@ -39,6 +39,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request", "`300`"),
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
+    "CONNECT_TIMEOUT_S": ("seconds a connection may stay open without a signed-in Socket.IO CONNECT", "`10`"),
+    "MAX_PENDING_PER_IP": (
+        "connections per client address not signed in yet; the next handshake is refused (0 turns the cap off)",
+        "`50`",
+    ),
 }
 
 
@@ -69,6 +74,8 @@ class Settings:
     rate_limits: RateLimits = RateLimits()
     shutdown_grace_s: float = 20.0
     presence_ttl_s: float = 15.0
+    connect_timeout_s: float = 10.0
+    max_pending_per_ip: int = 50
 
     @property
     def jwt_key(self) -> str:
@@ -107,7 +114,7 @@ class Settings:
         for name, default in (
             ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
             ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
-            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0),
+            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("CONNECT_TIMEOUT_S", 10.0),
         ):
             try:
                 numbers[name] = float(env.get(name, default))
@@ -116,6 +123,17 @@ class Settings:
             except ValueError:
                 problems.append(f"{name} must be a non-negative number, not {env[name]!r}")
                 numbers[name] = default
+        max_pending = 50
+        if "MAX_PENDING_PER_IP" in env:
+            try:
+                max_pending = int(env["MAX_PENDING_PER_IP"])
+                if not 0 <= max_pending < 1_000_000_000:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"MAX_PENDING_PER_IP must be a whole number of connections, "
+                                f"not {env['MAX_PENDING_PER_IP']!r}")
+        if numbers["CONNECT_TIMEOUT_S"] <= 0:
+            problems.append("CONNECT_TIMEOUT_S must be more than 0 seconds")
         common = dict(
             rate_limits=RateLimits(
                 send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
@@ -123,6 +141,8 @@ class Settings:
             ),
             shutdown_grace_s=numbers["SHUTDOWN_GRACE_S"],
             presence_ttl_s=max(1.0, numbers["PRESENCE_TTL_S"]),
+            connect_timeout_s=numbers["CONNECT_TIMEOUT_S"],
+            max_pending_per_ip=max_pending,
             port=port,
             redis_url=env.get("REDIS_URL"),
             cors_origins=_split(env.get("CORS_ORIGINS")),
