@@ -217,7 +217,7 @@ class FastSocketServer(socketio.AsyncServer):
         if sid is None or not self.manager.is_connected(sid, namespace):
             await self._close_session(eio_sid, f"event for namespace {namespace[:64]!r} it is not connected to")
             return
-        if type(data) is not list or not data:
+        if type(data) is not list or not data or isinstance(data[0], (dict, list)):
             data = [UNDECODABLE_EVENT]
         await super()._handle_event(eio_sid, namespace, id, data)
 
