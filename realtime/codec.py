@@ -1,16 +1,20 @@
 """How Socket.IO packets are decoded: input Python cannot parse still gets an answer.
 
 python-socketio drops an event whose JSON its parser rejects (nesting deeper than
-the recursion limit, integers over 4,300 digits) and gets stuck on a binary
-event whose placeholders do not match its attachments. Both are valid enough on
-the wire for a client to wait for an ack, so they are decoded here into an event
-that the error boundary answers with ``invalid_payload``.
+the recursion limit, integers over 4,300 digits). That is valid enough on the
+wire for a client to wait for an ack, so it is decoded here into an event that
+the error boundary answers with ``invalid_payload``.
+
+Binary packets (``BINARY_EVENT``, ``BINARY_ACK``) are never decoded: no event
+of the protocol carries binary data, and python-socketio would buffer as many
+attachments as a packet announces. ``binary_header`` reads just enough of one
+(attachment count, namespace, ack id) to refuse it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from socketio import packet
@@ -20,13 +24,6 @@ UNDECODABLE_EVENT = "\x00undecodable"
 # What the standard module refuses to encode, orjson refuses too (instead of
 # writing its own forms for dates and dataclasses).
 _ORJSON_LIKE_STDLIB = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-
-
-class Undecodable:
-    """Stands in for a payload that could not be rebuilt."""
-
-    def __repr__(self) -> str:
-        return "<undecodable payload>"
 
 
 class SafeJSON:
@@ -90,9 +87,40 @@ def encode_plain(packet_type: int, namespace: str | None, ack_id: int | None, ar
     return head.encode() + body
 
 
+class BinaryHeader(NamedTuple):
+    """What precedes the JSON of a binary packet: ``5<attachments>-[/ns,][ack id]``."""
+
+    attachments: int
+    namespace: str
+    ack_id: int | None
+
+
+_MAX_DIGITS = 18  # of an attachment count or ack id (Node's are JavaScript numbers)
+
+
+def binary_header(data: str) -> BinaryHeader | None:
+    """The header of a ``BINARY_EVENT``/``BINARY_ACK`` packet (``data`` starts
+    with ``5`` or ``6``), or ``None`` when it is not well formed."""
+    dash = data.find("-", 1, 2 + _MAX_DIGITS)
+    count = data[1:dash]
+    if dash < 0 or not count.isdigit() or not count.isascii():
+        return None
+    i, end = dash + 1, len(data)
+    namespace = "/"
+    if i < end and data[i] == "/":
+        comma = data.find(",", i)
+        namespace = data[i:] if comma < 0 else data[i:comma]
+        i = end if comma < 0 else comma + 1
+    start = i
+    while i < end and "0" <= data[i] <= "9":
+        i += 1
+    if i - start > _MAX_DIGITS:
+        return None
+    return BinaryHeader(int(count), namespace, int(data[start:i]) if i > start else None)
+
+
 class StrictPacket(packet.Packet):
-    """A Socket.IO packet decoded with ``SafeJSON``, whose binary attachments
-    that do not fit become ``Undecodable``.
+    """A Socket.IO packet decoded with ``SafeJSON``.
 
     Only Socket.IO's packets: passing ``json=`` to python-socketio would give
     Engine.IO's packets the same parser, and Engine.IO tells its ``2probe``
@@ -115,12 +143,3 @@ class StrictPacket(packet.Packet):
             elif isinstance(item, list):
                 stack.extend(item)
         return False
-
-    @classmethod
-    def reconstruct_binary(cls, data: Any, attachments: list[bytes]) -> Any:
-        try:
-            return super().reconstruct_binary(data, attachments)
-        except (IndexError, KeyError, TypeError, RecursionError):
-            if isinstance(data, list) and data and isinstance(data[0], str):
-                return [data[0], Undecodable()]
-            return [UNDECODABLE_EVENT]

@@ -26,8 +26,9 @@ import engineio
 import socketio
 from socketio import packet as sio_packet
 
+from .admission import Admission, ClientAddress, peer_address
 from .background import in_background
-from .codec import encode_plain
+from .codec import UNDECODABLE_EVENT, binary_header, encode_plain
 from .engine_server import FastEngineServer
 from .engine_socket import FastSocket
 from .manager import FastManager
@@ -47,12 +48,29 @@ class FastSocketServer(socketio.AsyncServer):
       registered by its name, is decoded and started without python-socketio's
       general packet machinery, and its ack is encoded once, straight to a frame
       (``start_plain_event``).
+
+    Connections that have not signed in are bounded (``Admission``): a session
+    with no accepted CONNECT is closed after ``connect_timeout`` seconds, and a
+    client address (``client_address(environ)``) holding ``max_pending_per_address``
+    of them has its next Engine.IO handshake refused. Binary packets are refused
+    before anything is buffered: with an ack id, the ack carries ``binary_refusal``;
+    without one (or with no ``binary_refusal``), the connection is closed.
+    As the reference server does, a CONNECT to a namespace that is not served is
+    answered ``{"message": "Invalid namespace"}``, and a packet for a namespace
+    the connection is not connected to closes it.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connect_timeout: float = 10.0, max_pending_per_address: int = 50,
+                 client_address: ClientAddress = peer_address, binary_refusal: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eio.start_plain_event = self.start_plain_event  # what FastSocket's reader calls
         self._coroutine_handlers: dict[Any, bool] = {}
+        self.client_address = client_address
+        self.admission = Admission(connect_timeout, max_pending_per_address, self._expire_pending)
+        self._binary_refusal = binary_refusal
+        self._skipping: dict[str, int] = {}  # eio sid -> attachments of a refused packet still to come
+        self._held: dict[str, list[tuple[Any, ...]]] = {}  # eio sid -> emits held while its connect handler runs
 
     def _engineio_server_class(self):
         return FastEngineServer
@@ -73,23 +91,169 @@ class FastSocketServer(socketio.AsyncServer):
             return
         await self.eio.send(eio_sid, encoded.decode())
 
+    async def emit(self, event, data=None, to=None, room=None, skip_sid=None, namespace=None,
+                   callback=None, ignore_queue=False):
+        """python-socketio's; an emit to one connection whose connect handler is
+        still running waits until its CONNECT reply has left, so that the reply
+        comes first (as with the reference server)."""
+        if self._held:
+            target = to or room
+            if isinstance(target, str):
+                held = self._held.get(self.manager.eio_sid_from_sid(target, namespace or NAMESPACE))
+                if held is not None:
+                    held.append((event, data, target, skip_sid, namespace, callback, ignore_queue))
+                    return
+        await super().emit(event, data, to=to, room=room, skip_sid=skip_sid, namespace=namespace,
+                           callback=callback, ignore_queue=ignore_queue)
+
     async def _handle_eio_connect(self, eio_sid, environ):
+        address = self.client_address(environ)
+        if self.admission.full(address):
+            self.admission.refused(address)
+            # The body of the reference server's refusal (Engine.IO error 4, "Forbidden").
+            return {"code": 4, "message": "Too many connections from this address have not signed in yet"}
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and type(socket) is engineio.async_socket.AsyncSocket:
             socket.__class__ = FastSocket
+        self.admission.add(eio_sid, address)
         return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid, reason):
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            self.admission.discard(eio_sid)
+            self._skipping.pop(eio_sid, None)
+
+    async def _handle_eio_message(self, eio_sid, data):
+        """python-socketio's, except for binary data, which is refused before
+        anything is buffered (``_refuse_binary``)."""
+        if type(data) is not str:  # a binary frame: an attachment
+            left = self._skipping.get(eio_sid)
+            if left is None:
+                await self._close_session(eio_sid, "binary frame outside a binary packet")
+            elif left > 1:
+                self._skipping[eio_sid] = left - 1
+            else:
+                del self._skipping[eio_sid]
+            return
+        kind = data[:1]
+        if kind == "5" or kind == "6":
+            await self._refuse_binary(eio_sid, data)
+        elif kind in ("0", "1", "2", "3"):
+            await super()._handle_eio_message(eio_sid, data)
+        else:  # an unknown packet type, or CONNECT_ERROR, which only servers send
+            await self._close_session(eio_sid, "unknown packet type")
+
+    async def _refuse_binary(self, eio_sid: str, data: str) -> None:
+        """Answer a ``BINARY_EVENT`` with an ack id with ``binary_refusal`` and
+        skip its attachments (counted, not kept); close the connection for any
+        other binary packet."""
+        header = binary_header(data)
+        if header is None or data[0] == "6" or header.ack_id is None or self._binary_refusal is None:
+            await self._close_session(eio_sid, "binary packet")
+            return
+        sid = self.manager.sid_from_eio_sid(eio_sid, header.namespace)
+        if sid is None or not self.manager.is_connected(sid, header.namespace):
+            await self._close_session(eio_sid, f"binary packet for namespace {header.namespace[:64]!r} "
+                                               "it is not connected to")
+            return
+        if header.attachments:
+            self._skipping[eio_sid] = self._skipping.get(eio_sid, 0) + header.attachments
+        await self._send_packet(eio_sid, self.packet_class(
+            sio_packet.ACK, namespace=header.namespace, id=header.ack_id, data=[self._binary_refusal]))
+
+    async def _handle_connect(self, eio_sid, namespace, data):
+        """python-socketio's, answering an unknown namespace as the reference
+        server does, closing a connection that connects twice to a namespace,
+        and sending what the connect handler emitted after the CONNECT reply."""
+        namespace = namespace or NAMESPACE
+        if not (namespace in self.handlers or namespace in self.namespace_handlers
+                or self.namespaces == "*" or namespace in self.namespaces):
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data={"message": "Invalid namespace"}, namespace=namespace))
+            return
+        if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+            await self._close_session(eio_sid, f"second CONNECT to namespace {namespace[:64]!r}")
+            return
+        held: list[tuple[Any, ...]] = []
+        self._held[eio_sid] = held
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            del self._held[eio_sid]
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return
+        self.admission.discard(eio_sid)
+        for event, payload, target, skip_sid, ns, callback, ignore_queue in held:
+            await super().emit(event, payload, to=target, skip_sid=skip_sid, namespace=ns,
+                               callback=callback, ignore_queue=ignore_queue)
+
+    async def _handle_disconnect(self, eio_sid, namespace, reason=None):
+        """python-socketio's; a DISCONNECT for a namespace the connection is not
+        connected to closes it, and a connection left in no namespace is pending
+        again (``Admission``)."""
+        namespace = namespace or NAMESPACE
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        socket = self.eio.sockets.get(eio_sid)
+        closing = socket is None or socket.closing or socket.closed
+        if not closing and (sid is None or not self.manager.is_connected(sid, namespace)):
+            await self._close_session(eio_sid, f"DISCONNECT for namespace {namespace[:64]!r} it is not connected to")
+            return
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        if not closing and not any(self.manager.sid_from_eio_sid(eio_sid, ns) is not None
+                                   for ns in self.manager.get_namespaces()):
+            environ = self.environ.get(eio_sid)
+            if environ is not None:
+                self.admission.add(eio_sid, self.client_address(environ))
+
+    async def _handle_event(self, eio_sid, namespace, id, data):
+        """python-socketio's; an event for a namespace the connection is not
+        connected to closes it, and a payload that is not a non-empty array is
+        the undecodable event (answered ``invalid_payload`` when it has an ack id)."""
+        namespace = namespace or NAMESPACE
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            await self._close_session(eio_sid, f"event for namespace {namespace[:64]!r} it is not connected to")
+            return
+        if type(data) is not list or not data or isinstance(data[0], (dict, list)):
+            data = [UNDECODABLE_EVENT]
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _handle_ack(self, eio_sid, namespace, id, data):
+        """python-socketio's; an ack for a namespace the connection is not connected to closes it."""
+        namespace = namespace or NAMESPACE
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            await self._close_session(eio_sid, f"ack for namespace {namespace[:64]!r} it is not connected to")
+            return
+        await super()._handle_ack(eio_sid, namespace, id, data)
+
+    async def _close_session(self, eio_sid: str, why: str) -> None:
+        """End an Engine.IO session for a protocol violation (a CLOSE packet, then the transport)."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            return
+        log.debug("closing session %s: %s", eio_sid, why)
+        await socket.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
+
+    async def _expire_pending(self, eio_sid: str) -> None:
+        await self._close_session(eio_sid, f"no accepted CONNECT within {self.admission.connect_timeout:g} s")
+
+    async def shutdown(self):
+        await self.admission.close()
+        await super().shutdown()
 
     def start_plain_event(self, eio_sid: str, frame: str) -> bool:
         """Start the handler of a ``42[<ack id>]["event", ...]`` frame, the way
         python-socketio would (a task per event, the ack sent when it returns).
 
         ``False`` for anything this does not cover, which then takes
-        python-socketio's path: other namespaces, binary attachments, reserved
+        python-socketio's path: other namespaces, reserved
         and unregistered event names (the catch-all), connections not (yet)
         connected to the namespace, and payloads that are not a JSON array
         starting with a string."""
-        if eio_sid in self._binary_packet:
-            return False
         end, i = len(frame), 2
         while i < end and "0" <= frame[i] <= "9":
             i += 1

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from handlers.auth import TokenConfig, TokenVerifier
-from handlers.chat import ChatService
-from handlers.events import ChatEvents
 from cluster.presence import LocalPresence
 from cluster.rate_limits import LocalLimiter
+from handlers.auth import TokenConfig, TokenVerifier
+from handlers.chat import ChatService
+from handlers.errors import invalid
+from handlers.events import ChatEvents
 from realtime.codec import StrictPacket
 from realtime.manager import FastManager
 from realtime.socket_server import FastSocketServer
@@ -24,11 +25,11 @@ from storage import Store, make_store
 from . import http
 from .config import Settings
 from .demo import seed_demo
+from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER
 from .logs import library_logger
 from .metrics import Metrics
 from .metrics import add_route as add_metrics_route
 from .scale_out import Cluster
-from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         client_manager=cluster.manager if cluster else FastManager(),
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_PACKET_BYTES,
+        connect_timeout=settings.connect_timeout_s,
+        max_pending_per_address=settings.max_pending_per_ip,
+        client_address=client_address_reader(settings),
+        binary_refusal=invalid({"_payload": ["Binary data is not accepted: no event carries it."]}).envelope(),
         logger=library_logger("socketio.server"),
         engineio_logger=library_logger("engineio.server"),
     )

@@ -52,6 +52,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "`false`",
     ),
     "METRICS_TOKEN": ("when set, `/metrics` needs `Authorization: Bearer <METRICS_TOKEN>`", "unset (open)"),
+    "CONNECT_TIMEOUT_S": ("seconds a connection may stay open without a signed-in Socket.IO CONNECT", "`10`"),
+    "MAX_PENDING_PER_IP": (
+        "connections per client address not signed in yet; the next handshake is refused (0 turns the cap off)",
+        "`50`",
+    ),
 }
 
 
@@ -60,6 +65,20 @@ class ConfigError(Exception):
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]) -> int:
+    """The whole number ``name`` holds (``default`` when unset); a problem named otherwise."""
+    if name not in env:
+        return default
+    try:
+        value = int(env[name])
+        if low <= value <= high:
+            return value
+    except ValueError:
+        pass
+    problems.append(f"{name} must be a whole number from {low} to {high}, not {env[name]!r}")
+    return default
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -88,6 +107,8 @@ class Settings:
     max_connections_per_user: int = 20
     trust_proxy: bool = False
     metrics_token: str | None = field(default=None, repr=False)
+    connect_timeout_s: float = 10.0
+    max_pending_per_ip: int = 50
 
     @property
     def jwt_key(self) -> str:
@@ -126,7 +147,7 @@ class Settings:
         for name, default in (
             ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
             ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
-            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0),
+            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("CONNECT_TIMEOUT_S", 10.0),
         ):
             try:
                 numbers[name] = float(env.get(name, default))
@@ -143,21 +164,15 @@ class Settings:
                     f"RATE_LIMIT_{kind}_BURST must be a whole number of at least 1, not "
                     f"{env[f'RATE_LIMIT_{kind}_BURST']!r} (RATE_LIMIT_{kind}_PER_S=0 turns the limit off)"
                 )
-        max_per_user = 20
-        if "MAX_CONNECTIONS_PER_USER" in env:
-            try:
-                max_per_user = int(env["MAX_CONNECTIONS_PER_USER"])
-                if not 1 <= max_per_user <= 1_000_000:
-                    raise ValueError
-            except ValueError:
-                problems.append("MAX_CONNECTIONS_PER_USER must be a whole number from 1 to 1000000, "
-                                f"not {env['MAX_CONNECTIONS_PER_USER']!r}")
-                max_per_user = 20
+        max_per_user = _whole(env, "MAX_CONNECTIONS_PER_USER", 20, 1, 1_000_000, problems)
 
         trust = env.get("TRUST_PROXY", "false").strip().lower()
         if trust not in _TRUE + _FALSE:
             problems.append(f"TRUST_PROXY must be 'true' or 'false', not {env['TRUST_PROXY']!r}")
 
+        max_pending = _whole(env, "MAX_PENDING_PER_IP", 50, 0, 1_000_000, problems)
+        if numbers["CONNECT_TIMEOUT_S"] <= 0:
+            problems.append("CONNECT_TIMEOUT_S must be more than 0 seconds")
         common: dict[str, Any] = dict(
             rate_limits=RateLimits(
                 send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
@@ -165,6 +180,8 @@ class Settings:
             ),
             shutdown_grace_s=numbers["SHUTDOWN_GRACE_S"],
             presence_ttl_s=max(1.0, numbers["PRESENCE_TTL_S"]),
+            connect_timeout_s=numbers["CONNECT_TIMEOUT_S"],
+            max_pending_per_ip=max_pending,
             port=port,
             redis_url=env.get("REDIS_URL"),
             cors_origins=_split(env.get("CORS_ORIGINS")),
