@@ -416,7 +416,8 @@ async def test_sockets_dropped_during_join_leave_no_one_online(hostile_node: Nod
 async def test_forwarded_host_is_trusted_only_behind_a_proxy(hostile_node: NodeFactory, trust_proxy: str | None) -> None:
     """``Origin: http://evil.example`` with ``X-Forwarded-Host: evil.example``: every
     handshake refused, unless ``TRUST_PROXY=true`` says a proxy sets that header."""
-    env = {**BASE_ENV, "CONNECT_TIMEOUT_S": "2", "MAX_PENDING_PER_IP": "200"}
+    # The per-address cap is off: this probe opens hundreds of sessions it never signs in.
+    env = {**BASE_ENV, "CONNECT_TIMEOUT_S": "2", "MAX_PENDING_PER_IP": "0"}
     node = hostile_node({**env, "TRUST_PROXY": trust_proxy} if trust_proxy else env)
     spoofed = {"Origin": "http://evil.example", "X-Forwarded-Host": "evil.example"}
     count = 20
