@@ -50,9 +50,17 @@ FINGERPRINTS: dict[str, str] = {
     "engineio.async_socket:AsyncSocket.receive": "a91ae36ec2fb5340",
     "engineio.async_socket:AsyncSocket.handle_get_request": "05eaae9f0a60d9be",
     "engineio.async_socket:AsyncSocket.handle_post_request": "82dca119a261a959",
-    # FastSocketServer: _engineio_server_class, _send_packet, _handle_eio_connect
-    # overridden; start_plain_event does what _handle_eio_message/_handle_event
-    # do for a plain text event; reads _binary_packet.
+    # FastSocketServer: overrides _engineio_server_class, _send_packet, emit,
+    # shutdown, _handle_eio_connect/_disconnect/_message, _handle_connect/
+    # _disconnect/_event/_ack (admission, namespace errors, binary refusal);
+    # start_plain_event does what _handle_eio_message/_handle_event do for a
+    # plain text event.
+    "socketio.async_server:AsyncServer.emit": "84391bfd624104d1",
+    "socketio.async_server:AsyncServer.shutdown": "70ac47acea94d661",
+    "socketio.async_server:AsyncServer._handle_eio_disconnect": "9344593148b66fd9",
+    "socketio.async_server:AsyncServer._handle_connect": "c97c480cf777de36",
+    "socketio.async_server:AsyncServer._handle_disconnect": "c0b32ada5b371230",
+    "socketio.async_server:AsyncServer._handle_ack": "b7521c6c30972551",
     "socketio.async_server:AsyncServer._engineio_server_class": "199c42bf149247e0",
     "socketio.async_server:AsyncServer._send_packet": "a00022b42c1c29e9",
     "socketio.async_server:AsyncServer._handle_eio_connect": "76704886d944a7e6",
