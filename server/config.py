@@ -39,6 +39,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request", "`300`"),
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
+    "FRAME_BUDGET_PER_S": (
+        "Engine.IO frames (WebSocket) or packets (polling) one connection may send per second, "
+        "averaged over 10 s; a connection over it is closed (0 turns the budget off)",
+        "`2000`",
+    ),
 }
 
 
@@ -69,6 +74,7 @@ class Settings:
     rate_limits: RateLimits = RateLimits()
     shutdown_grace_s: float = 20.0
     presence_ttl_s: float = 15.0
+    frame_budget_per_s: float = 2000.0
 
     @property
     def jwt_key(self) -> str:
@@ -107,7 +113,7 @@ class Settings:
         for name, default in (
             ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
             ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
-            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0),
+            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("FRAME_BUDGET_PER_S", 2000.0),
         ):
             try:
                 numbers[name] = float(env.get(name, default))
@@ -123,6 +129,7 @@ class Settings:
             ),
             shutdown_grace_s=numbers["SHUTDOWN_GRACE_S"],
             presence_ttl_s=max(1.0, numbers["PRESENCE_TTL_S"]),
+            frame_budget_per_s=numbers["FRAME_BUDGET_PER_S"],
             port=port,
             redis_url=env.get("REDIS_URL"),
             cors_origins=_split(env.get("CORS_ORIGINS")),

@@ -403,3 +403,6 @@ async def test_a_polling_session_over_its_frame_budget_is_closed(http, server, s
     assert (await session.post("\x1e".join(["3"] * 20)))[0] == 429
     assert (await session.get())[0] == 400
 
+
+async def test_the_default_frame_budget_is_set_from_the_settings(server):
+    assert server.app[SIO].eio.frame_budget == 20_000  # FRAME_BUDGET_PER_S=2000 over 10 s
