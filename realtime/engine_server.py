@@ -24,7 +24,9 @@
   ``Content-Length``) and 413 past it, 400 for an invalid payload, either
   ending the session at once; a second concurrent poll ends the session (the
   first gets a CLOSE packet); a poll after the ping timeout is 400; a second
-  WebSocket for an upgraded (or upgrading) session is accepted, then closed.
+  WebSocket for an upgraded (or upgrading) session is accepted, then closed;
+  a session the server closes waits at most ``pingInterval + pingTimeout``
+  for its polling client to fetch the CLOSE packet (python-engineio: forever).
 - every inbound frame (WebSocket) or packet (polling) counts toward a
   per-connection budget (``set_frame_budget``); a connection over it is closed.
 
@@ -220,12 +222,9 @@ class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         return response
 
     def _socket(self, sid: str | None) -> FastSocket | None:
-        """The open session ``sid``; a closed one is forgotten."""
+        """The open session ``sid``, or ``None``."""
         socket = self.sockets.get(sid) if sid is not None else None
-        if socket is not None and socket.closed:
-            self.sockets.pop(socket.sid, None)
-            return None
-        return socket
+        return None if socket is None or socket.closed else socket
 
     def _forget_if_closed(self, socket: FastSocket) -> None:
         if socket.closed and self.sockets.get(socket.sid) is socket:
@@ -241,7 +240,12 @@ class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
                 return await self._connect_websocket(environ)
             self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
             return self._bad_request("Invalid websocket upgrade")
-        socket = self._socket(sid)
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.closed:  # closed by the server: the next poll gets what waits
+            self._forget_if_closed(socket)
+            if transport == "polling" and not socket.upgraded and not socket.queue.empty():
+                return self._ok(socket.take_queued(), jsonp_index=jsonp_index)  # type: ignore[no-any-return]
+            socket = None
         if socket is None:
             self._log_error_once(f"Invalid session {sid}", "bad-sid")
             return self._bad_request(f"Invalid session {sid}")

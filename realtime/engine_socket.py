@@ -179,14 +179,38 @@ class FastSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
 
     async def close(self, wait: bool = True, abort: bool = False, reason: str | None = None) -> None:
         """Engine.IO's; on WebSocket, a CLOSE packet sent to the client is followed
-        by the WebSocket's own closing handshake, as Engine.IO servers do."""
-        ws, closing = self.websocket, self.closing
-        await super().close(wait=wait, abort=abort, reason=reason)
+        by the WebSocket's own closing handshake, as Engine.IO servers do. With
+        ``wait``, the wait for a polling client to fetch the CLOSE packet lasts
+        at most ``pingInterval + pingTimeout`` (Engine.IO's has no end)."""
+        ws, closing, was_open = self.websocket, self.closing, not (self.closing or self.closed)
+        await super().close(wait=False, abort=abort, reason=reason)
+        if wait and was_open:
+            await self._drained()
         if abort or closing or ws is None or self.websocket is not ws:  # or the reader already ended
             return
         if self.transport is not None:
             self.server.flush(self.transport)
         in_background(self._close_websocket())
+
+    async def _drained(self) -> None:
+        """Wait until the queue has been fetched, for at most ``pingInterval + pingTimeout``."""
+        try:
+            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                await self.queue.join()
+        except TimeoutError:  # the client is gone: so is the session
+            if self.server.sockets.get(self.sid) is self:
+                del self.server.sockets[self.sid]
+
+    def take_queued(self) -> list[eio_packet.Packet]:
+        """The packets waiting in the queue, taken without waiting."""
+        packets = []
+        queue = self.queue
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is not None:
+                packets.append(pkt)
+        return packets
 
     async def _close_websocket(self) -> None:
         if self.websocket is not None:
@@ -306,6 +330,9 @@ class FastSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
 
     async def check_ping_timeout(self) -> bool:
         alive: bool = await super().check_ping_timeout()
-        if not alive and self.transport is not None:
-            self.transport.abort()  # ends the reader
+        if not alive:
+            if self.transport is not None:
+                self.transport.abort()  # ends the reader
+            elif self.server.sockets.get(self.sid) is self:
+                del self.server.sockets[self.sid]  # as the reference server: a poll now is 400
         return alive

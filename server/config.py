@@ -40,8 +40,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
     "FRAME_BUDGET_PER_S": (
-        "Engine.IO frames (WebSocket) or packets (polling) one connection may send per second, "
-        "averaged over 10 s; a connection over it is closed (0 turns the budget off)",
+        (
+            "Engine.IO frames (WebSocket) or packets (polling) one connection may send per second, "
+            "averaged over 10 s; a connection over it is closed (0 turns the budget off)"
+        ),
         "`2000`",
     ),
 }

@@ -406,3 +406,25 @@ async def test_a_polling_session_over_its_frame_budget_is_closed(http, server, s
 
 async def test_the_default_frame_budget_is_set_from_the_settings(server):
     assert server.app[SIO].eio.frame_budget == 20_000  # FRAME_BUDGET_PER_S=2000 over 10 s
+
+
+# --- the server closing a session ---------------------------------------------------------------
+
+
+async def test_a_server_disconnect_of_a_silent_polling_client_does_not_wait_forever(http, server, server_url):
+    """Engine.IO's close waits for the client to fetch the CLOSE packet, with no end."""
+    quick_heartbeat(server, 0.3, 0.5)
+    eio = server.app[SIO].eio
+    session = await Polling(http, server_url).open()
+    await asyncio.wait_for(eio.disconnect(session.sid), 5)
+    assert (await session.get())[0] == 400
+
+
+async def test_a_server_disconnect_of_a_polling_client_reaches_it_on_its_next_poll(http, server, server_url):
+    eio = server.app[SIO].eio
+    session = await Polling(http, server_url).open()
+    closing = asyncio.ensure_future(eio.disconnect(session.sid))
+    await asyncio.sleep(0.2)
+    assert await session.get() == (200, "1")
+    await asyncio.wait_for(closing, 5)
+    assert (await session.get())[0] == 400
