@@ -44,7 +44,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
             "Engine.IO frames (WebSocket) or packets (polling) one connection may send per second, "
             "averaged over 10 s; a connection over it is closed (0 turns the budget off)"
         ),
-        "`2000`",
+        "`5000`",
     ),
 }
 
@@ -76,7 +76,7 @@ class Settings:
     rate_limits: RateLimits = RateLimits()
     shutdown_grace_s: float = 20.0
     presence_ttl_s: float = 15.0
-    frame_budget_per_s: float = 2000.0
+    frame_budget_per_s: float = 5000.0
 
     @property
     def jwt_key(self) -> str:
@@ -115,7 +115,7 @@ class Settings:
         for name, default in (
             ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
             ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
-            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("FRAME_BUDGET_PER_S", 2000.0),
+            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("FRAME_BUDGET_PER_S", 5000.0),
         ):
             try:
                 numbers[name] = float(env.get(name, default))

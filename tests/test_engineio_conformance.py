@@ -405,7 +405,7 @@ async def test_a_polling_session_over_its_frame_budget_is_closed(http, server, s
 
 
 async def test_the_default_frame_budget_is_set_from_the_settings(server):
-    assert server.app[SIO].eio.frame_budget == 20_000  # FRAME_BUDGET_PER_S=2000 over 10 s
+    assert server.app[SIO].eio.frame_budget == 50_000  # FRAME_BUDGET_PER_S=5000 over 10 s
 
 
 # --- the server closing a session ---------------------------------------------------------------
@@ -428,3 +428,14 @@ async def test_a_server_disconnect_of_a_polling_client_reaches_it_on_its_next_po
     assert await session.get() == (200, "1")
     await asyncio.wait_for(closing, 5)
     assert (await session.get())[0] == 400
+
+
+def test_frame_budget_per_s_is_read_from_the_environment_and_0_turns_it_off():
+    from server.app import create_app
+    from server.config import Settings
+    from tests.support.chat import SECRET
+
+    env = {"MONGODB_URI": "memory://", "JWT_SECRET": SECRET}
+    assert Settings.from_env({**env, "FRAME_BUDGET_PER_S": "12.5"}).frame_budget_per_s == 12.5
+    off = Settings.from_env({**env, "FRAME_BUDGET_PER_S": "0"})
+    assert create_app(off)[SIO].eio.frame_budget == 0
