@@ -1,7 +1,6 @@
-"""Engine.IO, made lighter per connection and per frame.
+"""Engine.IO, made lighter per connection and per frame, speaking v4 as the reference server does.
 
-``FastEngineServer`` is python-engineio's ``AsyncServer`` with five changes that
-leave the protocol as it is:
+``FastEngineServer`` is python-engineio's ``AsyncServer`` with these changes:
 
 - a new WebSocket connection is set up by one coroutine (``handle_request``)
   rather than Engine.IO's chain of five, each of which would stay suspended
@@ -15,7 +14,21 @@ leave the protocol as it is:
   about 100 KB for its whole life, and pays CPU for every frame;
 - frames for WebSocket connections are written to their transports directly,
   and the frames one transport gets in one loop iteration leave as one write
-  (``write_soon``): no writer task and queue per connection.
+  (``write_soon``): no writer task and queue per connection; each frame stays
+  a frame of its own (a write carries whole frames, never merges them);
+- HTTP requests are answered as the reference Node.js server answers them
+  where python-engineio differs (``handle_request``): the announced
+  ``pingInterval`` in exact milliseconds; 400 for a missing or unknown
+  ``transport`` and for a method other than GET, POST and OPTIONS; a POST
+  answered ``ok``, its body read up to ``maxPayload`` bytes (with or without
+  ``Content-Length``) and 413 past it, 400 for an invalid payload, either
+  ending the session at once; a second concurrent poll ends the session (the
+  first gets a CLOSE packet); a poll after the ping timeout is 400; a second
+  WebSocket for an upgraded (or upgrading) session is accepted, then closed;
+  a session the server closes waits at most ``pingInterval + pingTimeout``
+  for its polling client to fetch the CLOSE packet (python-engineio: forever).
+- every inbound frame (WebSocket) or packet (polling) counts toward a
+  per-connection budget (``set_frame_budget``); a connection over it is closed.
 
 A connection that cannot keep up (``MAX_BUFFERED`` bytes unsent) is closed
 rather than buffered without bound; standard clients reconnect by themselves.
@@ -26,44 +39,89 @@ rather than buffered without bound; standard clients reconnect by themselves.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import urllib.parse
+from typing import TYPE_CHECKING, Any
 
-import engineio
+import engineio  # type: ignore[import-untyped]
 from aiohttp import web
+from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.async_drivers import aiohttp as eio_aiohttp  # type: ignore[import-untyped]
 
-from .engine_socket import FastSocket
+from .engine_socket import BUDGET_WINDOW_S, FastSocket
 from .light_queue import LightQueue
 from .ping_wheel import PingWheel
 from .websocket_frames import write_frames
 
+if TYPE_CHECKING:
+    from asyncio import Transport
 
-class PlainWebSocket(eio_aiohttp.WebSocket):
-    """engineio's aiohttp WebSocket, accepted without permessage-deflate."""
+Environ = dict[str, Any]
+Response = dict[str, Any]  # Engine.IO's response description: status, headers, response
 
-    async def __call__(self, environ):
+
+class PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """engineio's aiohttp WebSocket, accepted without permessage-deflate, whose
+    message limit is ``maxPayload`` bytes inclusive (aiohttp's ``max_msg_size``
+    refuses a message of exactly that size)."""
+
+    async def __call__(self, environ: Environ) -> web.WebSocketResponse:
         await self.accept(environ)
         await self.handler(self)
-        return self._sock
+        sock: web.WebSocketResponse = self._sock
+        return sock
 
-    async def accept(self, environ) -> None:
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+    async def accept(self, environ: Environ) -> None:
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size + 1, compress=False)
         await self._sock.prepare(environ["aiohttp.request"])
         self.environ = environ
 
 
-class FastEngineServer(engineio.AsyncServer):
-    start_plain_event = None  # set by FastSocketServer: what FastSocket's reader hands plain events to
+def _payload_packets(body: bytes) -> list[eio_packet.Packet]:
+    """The packets of a polling POST body (``\\x1e``-separated; JSONP's ``d=``
+    form too), with no cap on their number; ``ValueError`` for anything that
+    is not a payload of valid Engine.IO packets."""
+    text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if text.startswith("d="):
+        text = urllib.parse.parse_qs(text).get("d", [""])[0]
+    packets = []
+    for encoded in text.split("\x1e"):
+        pkt = eio_packet.Packet(encoded_packet=encoded)
+        if not 0 <= pkt.packet_type <= eio_packet.NOOP:
+            raise ValueError(f"unknown packet type {pkt.packet_type}")
+        packets.append(pkt)
+    return packets
 
-    def __init__(self, *args, **kwargs) -> None:
+
+class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    start_plain_event = None  # set by FastSocketServer: what FastSocket's reader hands plain events to
+    frame_budget = 0  # inbound frames per connection per BUDGET_WINDOW_S; 0: no budget
+    _async: dict[str, Any]
+    start_service_task: bool
+    sockets: dict[str, FastSocket]
+    ping_wheel: PingWheel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.cookie:
+            raise ValueError("FastEngineServer does not set a session cookie")
         self._async = {**self._async, "websocket": PlainWebSocket}
         self.ping_wheel = PingWheel(self)
-        self._pending: dict[Any, list[bytes]] = {}
+        self._pending: dict[Transport, list[bytes]] = {}
         self._flush_scheduled = False
 
-    def write_soon(self, transport, frame: bytes) -> None:
+    def set_frame_budget(self, per_s: float) -> None:
+        """Let each connection send ``per_s`` frames a second on average over
+        ``BUDGET_WINDOW_S`` (0: no limit); one over it is closed."""
+        self.frame_budget = int(per_s * BUDGET_WINDOW_S) if per_s > 0 else 0
+
+    def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
+        """Engine.IO's routes, plus one for every other method: the reference
+        server answers those 400, not aiohttp's 405."""
+        super().attach(app, engineio_path)
+        app.router.add_route("*", f"/{engineio_path.strip('/')}/", self.handle_request)
+
+    def write_soon(self, transport: Transport, frame: bytes) -> None:
         """Write ``frame`` to ``transport`` at the end of this loop iteration,
         together with the other frames it gets meanwhile (one write).
 
@@ -79,7 +137,7 @@ class FastEngineServer(engineio.AsyncServer):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def flush(self, transport) -> None:
+    def flush(self, transport: Transport) -> None:
         """Write what waits for ``transport`` now (before its closing frame)."""
         frames = self._pending.pop(transport, None)
         if frames:
@@ -91,46 +149,244 @@ class FastEngineServer(engineio.AsyncServer):
         for transport, frames in pending.items():
             write_frames(transport, frames)
 
-    def create_queue(self, *args, **kwargs):
+    def create_queue(self, *args: Any, **kwargs: Any) -> LightQueue:
         return LightQueue()
 
-    async def handle_request(self, request):
-        """Engine.IO's entry point. A new WebSocket connection (``GET
-        ?EIO=4&transport=websocket`` with no ``sid``, the commonest request) is
-        handled here in one frame: the chain of calls Engine.IO makes for it
-        would each stay suspended, holding memory, for the connection's whole
-        life. Every other request, and any such request Engine.IO would refuse
-        (a bad origin, say), goes to Engine.IO's ``handle_request``."""
+    def _open_packet(self, sid: str, upgrades: list[str]) -> eio_packet.Packet:
+        """The handshake, with ``pingInterval`` in exact milliseconds."""
+        return eio_packet.Packet(eio_packet.OPEN, {
+            "sid": sid,
+            "upgrades": upgrades,
+            "pingTimeout": round(self.ping_timeout * 1000),
+            "pingInterval": round((self.ping_interval + self.ping_interval_grace_period) * 1000),
+            "maxPayload": self.max_http_buffer_size,
+        })
+
+    def _start_service_task(self) -> None:
+        if self.start_service_task:
+            self.start_service_task = False
+            self.service_task_handle = self.start_background_task(self._service_task)
+
+    async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        """Engine.IO's entry point: every request on its path, answered as the
+        reference server answers it (see the module docstring)."""
         query = request.query
-        if (request.method != "GET" or "sid" in query or "j" in query
-                or query.get("transport") != "websocket" or query.get("EIO") != "4"
-                or "websocket" not in self.transports
-                or request.headers.get("Upgrade", "").lower() != "websocket"):
-            return await super().handle_request(request)
-        environ = self._async["translate_request"](request)
+        environ: Environ = eio_aiohttp.translate_request(request)
         origin = environ.get("HTTP_ORIGIN")
         if origin and self.cors_allowed_origins != []:
             allowed = self._cors_allowed_origins(environ)
             if allowed is not None and origin not in allowed:
-                return await super().handle_request(request)  # Engine.IO's refusal
-        # Engine.IO's _handle_connect, for the websocket transport.
-        if self.start_service_task:
-            self.start_service_task = False
-            self.service_task_handle = self.start_background_task(self._service_task)
+                self._log_error_once(origin + " is not an accepted origin.", "bad-origin")
+                return await self._respond(self._bad_request(origin + " is not an accepted origin."), environ)
+        transport = query.get("transport", "")
+        if transport not in self.transports:
+            self._log_error_once("Invalid transport", "bad-transport")
+            return await self._respond(self._bad_request("Invalid transport"), environ)
+        sid = query.get("sid")
+        if sid is None and query.get("EIO") != "4":
+            self._log_error_once("The client is using an unsupported version of the Socket.IO or Engine.IO "
+                                 "protocols", "bad-version")
+            return await self._respond(self._bad_request("The client is using an unsupported version of the "
+                                                         "Socket.IO or Engine.IO protocols"), environ)
+        jsonp_index = None
+        if "j" in query:
+            try:
+                jsonp_index = int(query["j"])
+            except ValueError:
+                self._log_error_once("Invalid JSONP index number", "bad-jsonp-index")
+                return await self._respond(self._bad_request("Invalid JSONP index number"), environ)
+        method = request.method
+        answer: Response | web.StreamResponse
+        if method == "GET":
+            answer = await self._get(environ, transport, sid, jsonp_index)
+        elif method == "POST":
+            answer = await self._post(request, environ, sid, jsonp_index)
+        elif method == "OPTIONS":
+            answer = self._ok()
+        else:
+            self._log_error_once(f"Method {method} not supported", "bad-method")
+            answer = self._bad_request("Bad request method")
+        if isinstance(answer, web.StreamResponse):
+            return answer
+        if self.http_compression and len(answer["response"]) >= self.compression_threshold:
+            encodings = [e.split(";")[0].strip() for e in environ.get("HTTP_ACCEPT_ENCODING", "").split(",")]
+            for encoding in encodings:
+                if encoding in self.compression_methods:
+                    answer["response"] = getattr(self, "_" + encoding)(answer["response"])
+                    answer["headers"] += [("Content-Encoding", encoding)]
+                    break
+        return await self._respond(answer, environ)
+
+    async def _respond(self, answer: Response, environ: Environ) -> web.StreamResponse:
+        response: web.StreamResponse = await self._make_response(answer, environ)
+        return response
+
+    def _socket(self, sid: str | None) -> FastSocket | None:
+        """The open session ``sid``, or ``None``."""
+        socket = self.sockets.get(sid) if sid is not None else None
+        return None if socket is None or socket.closed else socket
+
+    def _forget_if_closed(self, socket: FastSocket) -> None:
+        if socket.closed and self.sockets.get(socket.sid) is socket:
+            del self.sockets[socket.sid]
+
+    async def _get(self, environ: Environ, transport: str, sid: str | None,
+                   jsonp_index: int | None) -> Response | web.StreamResponse:
+        upgrade = environ.get("HTTP_UPGRADE", "").lower()
+        if sid is None:
+            if transport == "polling":
+                return await self._connect_polling(environ, jsonp_index)
+            if upgrade == "websocket":
+                return await self._connect_websocket(environ)
+            self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
+            return self._bad_request("Invalid websocket upgrade")
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.closed:  # closed by the server: the next poll gets what waits
+            self._forget_if_closed(socket)
+            if transport == "polling" and not socket.upgraded and not socket.queue.empty():
+                return self._ok(socket.take_queued(), jsonp_index=jsonp_index)  # type: ignore[no-any-return]
+            socket = None
+        if socket is None:
+            self._log_error_once(f"Invalid session {sid}", "bad-sid")
+            return self._bad_request(f"Invalid session {sid}")
+        if transport == "websocket":
+            if upgrade != "websocket":
+                self._log_error_once(f"Invalid transport for session {sid}", "bad-transport")
+                return self._bad_request("Invalid transport")
+            if socket.upgraded or socket.upgrading:
+                return await self._accept_and_close(environ)
+            ws = PlainWebSocket(socket._websocket_handler, self)
+            sock: web.WebSocketResponse = await ws(environ)
+            return sock
+        if socket.upgraded:
+            self._log_error_once(f"Unexpected HTTP request for session {sid}", "unexpected-http")
+            return self._bad_request("Unexpected HTTP request")
+        if socket.polling:  # two polls at once: the reference server ends the session
+            self._log_error_once(f"Overlapping polls for session {sid}", "overlap")
+            await socket.close(wait=False, reason=self.reason.TRANSPORT_ERROR)  # the first poll gets CLOSE
+            return self._bad_request("Overlapping polls")
+        if not await socket.check_ping_timeout():
+            self._forget_if_closed(socket)
+            return self._bad_request("Ping timeout")
+        try:
+            packets = await socket.handle_poll()
+        except eio_exceptions.QueueEmpty:
+            self._forget_if_closed(socket)
+            return self._bad_request()
+        self._forget_if_closed(socket)
+        answer: Response = self._ok(packets, jsonp_index=jsonp_index)
+        return answer
+
+    async def _post(self, request: web.Request, environ: Environ, sid: str | None,
+                    jsonp_index: int | None) -> Response:
+        socket = self._socket(sid)
+        if socket is None:
+            self._log_error_once(f"Invalid session {sid}", "bad-sid")
+            return self._bad_request(f"Invalid session {sid}")
+        if socket.upgraded:
+            self._log_error_once(f"Unexpected HTTP request for session {sid}", "unexpected-http")
+            return self._bad_request("Unexpected HTTP request")
+        try:
+            async with asyncio.timeout(self.ping_timeout):
+                body = await self._read_body(request)
+        except TimeoutError:
+            await self._end(socket)
+            return {"status": "408 REQUEST TIMEOUT", "headers": [("Content-Type", "text/plain")],
+                    "response": b"Request Timeout"}
+        if body is None:
+            await self._end(socket)
+            return {"status": "413 PAYLOAD TOO LARGE", "headers": [("Content-Type", "text/plain")],
+                    "response": b"Payload Too Large"}
+        try:
+            packets = _payload_packets(body)
+        except ValueError:
+            self._log_error_once(f"Invalid payload for session {sid}", "bad-payload")
+            await self._end(socket)
+            return self._bad_request("Invalid payload")
+        if not socket.spend(len(packets)):
+            await self._end(socket)
+            return {"status": "429 TOO MANY REQUESTS", "headers": [("Content-Type", "text/plain")],
+                    "response": b"Too Many Requests"}
+        for pkt in packets:
+            try:
+                await socket.receive(pkt)
+            except eio_exceptions.UnknownPacketError:  # a PING: the heartbeat goes the other way
+                await self._end(socket)
+                return self._bad_request("Invalid packet")
+            except Exception:
+                self.logger.exception("post request handler error")
+            if socket.closed:
+                break
+        self._forget_if_closed(socket)
+        return {"status": "200 OK", "headers": [("Content-Type", "text/html")], "response": b"ok"}
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The request body, or ``None`` past ``maxPayload`` bytes (then not
+        read further): with or without ``Content-Length``, chunked too."""
+        limit = self.max_http_buffer_size
+        length = request.content_length
+        if length is not None and length > limit:
+            return None
+        body = bytearray()
+        while True:
+            chunk = await request.content.read(limit + 1 - len(body))
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > limit:
+                return None
+
+    async def _end(self, socket: FastSocket) -> None:
+        """End a session for a bad request: a waiting poll gets the CLOSE packet."""
+        await socket.close(wait=False, reason=self.reason.TRANSPORT_ERROR)
+        self._forget_if_closed(socket)
+
+    async def _accept_and_close(self, environ: Environ) -> web.WebSocketResponse:
+        """A WebSocket for a session already on (or moving to) WebSocket: accepted,
+        then closed, as the reference server does."""
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(environ["aiohttp.request"])
+        await ws.close()
+        return ws
+
+    async def _connect_polling(self, environ: Environ, jsonp_index: int | None) -> Response:
+        """Engine.IO's ``_handle_connect`` for long-polling, with a ``FastSocket``
+        and the handshake in exact milliseconds."""
+        self._start_service_task()
         sid = self.generate_id()
         socket = self.sockets[sid] = FastSocket(self, sid)
-        await socket.send(eio_packet.Packet(eio_packet.OPEN, {
-            "sid": sid,
-            "upgrades": [],
-            "pingTimeout": int(self.ping_timeout * 1000),
-            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
-            "maxPayload": self.max_http_buffer_size,
-        }))
+        upgrades = ["websocket"] if self.allow_upgrades and "websocket" in self.transports else []
+        await socket.send(self._open_packet(sid, upgrades))
         accepted = await self._trigger_event("connect", sid, environ, run_async=False)
         if accepted is not None and accepted is not True:
             del self.sockets[sid]
             self.logger.warning("Application rejected connection")
-            return await self._make_response(self._unauthorized(accepted or None), environ)
+            refused: Response = self._unauthorized(accepted or None)
+            return refused
+        socket.schedule_ping()
+        socket.connected = True
+        try:
+            packets = await socket.poll()
+        except eio_exceptions.QueueEmpty:
+            bad: Response = self._bad_request()
+            return bad
+        answer: Response = self._ok(packets, jsonp_index=jsonp_index)
+        return answer
+
+    async def _connect_websocket(self, environ: Environ) -> web.StreamResponse:
+        """A new WebSocket connection (``GET ?EIO=4&transport=websocket`` with no
+        ``sid``, the commonest request), handled in this one frame: the chain of
+        calls Engine.IO makes for it would each stay suspended, holding memory,
+        for the connection's whole life."""
+        self._start_service_task()
+        sid = self.generate_id()
+        socket = self.sockets[sid] = FastSocket(self, sid)
+        await socket.send(self._open_packet(sid, []))
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            del self.sockets[sid]
+            self.logger.warning("Application rejected connection")
+            return await self._respond(self._unauthorized(accepted or None), environ)
         socket.schedule_ping()
         ws = PlainWebSocket(socket._websocket_handler, self)
         try:
@@ -142,8 +398,9 @@ class FastEngineServer(engineio.AsyncServer):
         await socket._websocket_handler(ws)
         if socket.closed and sid in self.sockets:
             del self.sockets[sid]
-        return ws._sock
+        sock: web.WebSocketResponse = ws._sock
+        return sock
 
-    async def shutdown(self):
+    async def shutdown(self) -> None:
         await self.ping_wheel.close()
         await super().shutdown()

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
+from typing import TYPE_CHECKING
 
-import engineio
+import engineio  # type: ignore[import-untyped]
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 
 from .background import in_background
+from .light_queue import LightQueue
 from .websocket_frames import BINARY, websocket_frame
+
+if TYPE_CHECKING:
+    from asyncio import Transport
+
+    from engineio.async_drivers.aiohttp import WebSocket  # type: ignore[import-untyped]
+
+    from .engine_server import FastEngineServer
 
 log = logging.getLogger(__name__)
 
 MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
+BUDGET_WINDOW_S = 10.0  # the inbound frame budget is counted over windows this long
+UNLIMITED = sys.maxsize
 
-
-class FastSocket(engineio.async_socket.AsyncSocket):
+class FastSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
     """An Engine.IO socket that, once on WebSocket, writes its packets straight
     to the transport, and that waits without a task per wake-up.
 
@@ -34,13 +46,66 @@ class FastSocket(engineio.async_socket.AsyncSocket):
     - plain client events go straight to ``FastSocketServer.start_plain_event``;
     - pings come from the engine's ``PingWheel`` rather than a sleeping task
       per connection, and polling's ``poll`` waits under ``asyncio.timeout``.
+
+    As the reference (Node.js) server does, and python-engineio does not: a
+    CLOSE packet or anything that is not a valid Engine.IO packet ends the
+    session at once (a client's PING too: in v4 the heartbeat goes from the
+    server); a client that sends more frames than its budget is closed.
     """
 
-    websocket = None  # engineio's aiohttp WebSocket wrapper, while frames go straight to it
-    transport = None  # and its asyncio transport
+    server: FastEngineServer
+    sid: str
+    queue: LightQueue
+    connected: bool
+    upgraded: bool
+    upgrading: bool
+    closed: bool
+    closing: bool
+    last_ping: float | None
+    websocket: WebSocket | None = None  # engineio's aiohttp WebSocket wrapper, while frames go straight to it
+    transport: Transport | None = None  # and its asyncio transport
     dropping = False  # closed for not keeping up: nothing more is written to it
+    polling = False  # a long-polling GET is waiting for packets
 
-    async def _websocket_handler(self, ws):
+    def __init__(self, server: FastEngineServer, sid: str) -> None:
+        super().__init__(server, sid)
+        # Set here, for every socket in the same order, so that instances keep sharing one key table.
+        self.frames_left = server.frame_budget or UNLIMITED
+        self.budget_since = time.monotonic()
+
+    def spend(self, frames: int) -> bool:
+        """Count ``frames`` inbound frames (or polling packets) against the
+        connection's budget; ``False`` when it is over it."""
+        self.frames_left -= frames
+        return self.frames_left >= 0 or self._renew_budget()
+
+    def _renew_budget(self) -> bool:
+        """Start a new budget window if the current one is over, else refuse."""
+        now = time.monotonic()
+        if now - self.budget_since < BUDGET_WINDOW_S:
+            log.warning("closing connection %s: over its budget of inbound frames", self.sid)
+            return False
+        self.budget_since = now
+        self.frames_left += self.server.frame_budget or UNLIMITED
+        return self.frames_left >= 0
+
+    async def receive(self, pkt: eio_packet.Packet) -> None:
+        """Engine.IO's, as the reference server: OPEN, UPGRADE and NOOP are
+        ignored, a CLOSE ends a waiting poll with a NOOP, and a PING or an
+        unknown type is refused (``UnknownPacketError``: the session ends)."""
+        kind = pkt.packet_type
+        if kind == eio_packet.MESSAGE:
+            await self.server._trigger_event("message", self.sid, pkt.data, run_async=self.server.async_handlers)
+        elif kind == eio_packet.PONG:
+            self.schedule_ping()
+        elif kind == eio_packet.CLOSE:
+            if self.polling:
+                self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+            await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
+        elif kind not in (eio_packet.OPEN, eio_packet.UPGRADE, eio_packet.NOOP):
+            raise eio_exceptions.UnknownPacketError()
+
+    async def _websocket_handler(self, ws: WebSocket) -> None:
         if self.connected:
             if not await self._upgrade_from_polling(ws):
                 return
@@ -57,21 +122,32 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             while True:
                 try:
                     frame = (await receive()).data
-                except BaseException:  # aborted as silent, or cancelled
+                except BaseException:  # noqa: BLE001 -- aborted as silent, or cancelled: the session ends either way
                     break
                 if (type(frame) is not str and type(frame) is not bytes) or len(frame) > limit:
                     break  # closed by the client, a transport error, or too large
+                self.frames_left -= 1
+                if self.frames_left < 0 and not self._renew_budget():
+                    break
                 if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
                     continue
                 try:
-                    await self.receive(eio_packet.Packet(encoded_packet=frame))
+                    pkt = eio_packet.Packet(encoded_packet=frame)
+                except ValueError:  # not an Engine.IO packet (bad type, empty, bad base64)
+                    self.server.logger.info("%s: invalid packet, closing", self.sid)
+                    break
+                try:
+                    await self.receive(pkt)
                 except eio_exceptions.UnknownPacketError:
-                    pass
+                    self.server.logger.info("%s: unexpected packet type, closing", self.sid)
+                    break
                 except eio_exceptions.SocketIsClosedError:
                     self.server.logger.info("Receive error -- socket is closed")
                     break
                 except Exception:
                     self.server.logger.exception("Unknown receive error")
+                if self.closed:
+                    break  # the client's CLOSE packet
         finally:
             self.websocket = self.transport = None
             try:
@@ -80,41 +156,74 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             finally:
                 await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
-    def _go_direct(self, ws, transport) -> None:
+    def _go_direct(self, ws: WebSocket, transport: Transport) -> None:
         """Write what was queued during the upgrade, then send straight to
-        ``transport`` from now on (no await in between: order is kept)."""
+        ``transport`` from now on (no await in between: order is kept). A NOOP
+        queued to end a poll is not written: it belongs to polling."""
         queue = self.queue
         while not queue.empty():
             pkt = queue.get_nowait()
             queue.task_done()
-            if pkt is not None:
+            if pkt is not None and pkt.packet_type != eio_packet.NOOP:
                 self._write(transport, pkt)
+        if self.polling:  # a poll still waits: end it
+            queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         self.websocket, self.transport = ws, transport
 
-    async def send(self, pkt):
+    async def send(self, pkt: eio_packet.Packet) -> None:
         transport = self.transport
         if transport is None:  # long-polling, or mid-upgrade: the queue
             return await super().send(pkt)
         if await self.check_ping_timeout():
             self._write(transport, pkt)
 
-    async def close(self, wait=True, abort=False, reason=None):
+    async def close(self, wait: bool = True, abort: bool = False, reason: str | None = None) -> None:
         """Engine.IO's; on WebSocket, a CLOSE packet sent to the client is followed
-        by the WebSocket's own closing handshake, as Engine.IO servers do."""
-        ws, closing = self.websocket, self.closing
-        await super().close(wait=wait, abort=abort, reason=reason)
-        if ws is not None and not abort and not closing and self.websocket is ws:
+        by the WebSocket's own closing handshake, as Engine.IO servers do. With
+        ``wait``, the wait for a polling client to fetch the CLOSE packet lasts
+        at most ``pingInterval + pingTimeout`` (Engine.IO's has no end)."""
+        ws, closing, was_open = self.websocket, self.closing, not (self.closing or self.closed)
+        await super().close(wait=False, abort=abort, reason=reason)
+        if wait and was_open:
+            await self._drained()
+        if abort or closing or ws is None or self.websocket is not ws:  # or the reader already ended
+            return
+        if self.transport is not None:
             self.server.flush(self.transport)
-            in_background(ws.close())
+        in_background(self._close_websocket())
 
-    def _write(self, transport, pkt) -> None:
+    async def _drained(self) -> None:
+        """Wait until the queue has been fetched, for at most ``pingInterval + pingTimeout``."""
+        try:
+            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                await self.queue.join()
+        except TimeoutError:  # the client is gone: so is the session
+            if self.server.sockets.get(self.sid) is self:
+                del self.server.sockets[self.sid]
+
+    def take_queued(self) -> list[eio_packet.Packet]:
+        """The packets waiting in the queue, taken without waiting."""
+        packets = []
+        queue = self.queue
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is not None:
+                packets.append(pkt)
+        return packets
+
+    async def _close_websocket(self) -> None:
+        if self.websocket is not None:
+            await self.websocket.close()
+
+    def _write(self, transport: Transport, pkt: eio_packet.Packet) -> None:
         encoded = pkt.encode()
         if type(encoded) is str:
             self.write_frame(transport, websocket_frame(encoded.encode()))
         else:
             self.write_frame(transport, websocket_frame(encoded, BINARY))
 
-    def write_frame(self, transport, frame: bytes) -> None:
+    def write_frame(self, transport: Transport, frame: bytes) -> None:
         """Hand one frame to ``transport``, or drop a connection that cannot keep up."""
         if self.dropping or transport.is_closing():
             return  # the client is gone; the reader ends the session
@@ -133,18 +242,20 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             return
         in_background(self.close(wait=False, abort=True, reason="slow client"))
 
-    def direct_transport(self):
+    def direct_transport(self) -> Transport | None:
         """The transport to hand frames to (``write_frame``), or ``None`` to use
         the queue. ``write_frame`` itself skips a dropped connection or a
         transport that is closing."""
         return None if self.closing else self.transport
 
-    async def _upgrade_from_polling(self, ws) -> bool:
-        """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``)."""
+    async def _upgrade_from_polling(self, ws: WebSocket) -> bool:
+        """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``). As
+        the reference server, a NOOP ends the poll only if one is waiting (a
+        poll that comes later during the upgrade is answered NOOP at once)."""
         limit = self.server.max_http_buffer_size
 
-        async def next_frame():
-            data = await ws.wait()
+        async def next_frame() -> str | bytes:
+            data: str | bytes = await ws.wait()
             if data and len(data) > limit:
                 raise ValueError("packet is too large")
             return data
@@ -152,17 +263,19 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         self.upgrading = True  # hold packet sends during the upgrade
         try:
             pkt = eio_packet.Packet(encoded_packet=await next_frame())
-        except OSError:
+        except (OSError, ValueError):
+            self.upgrading = False
             return False
         if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
             self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
             self.upgrading = False
             return False
         await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-        await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
+        if self.polling:
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
         try:
             pkt = eio_packet.Packet(encoded_packet=await next_frame())
-        except OSError:
+        except (OSError, ValueError):
             self.upgrading = False
             return False
         if pkt.packet_type != eio_packet.UPGRADE:
@@ -174,7 +287,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         self.upgrading = False
         return True
 
-    async def poll(self):
+    async def poll(self) -> list[eio_packet.Packet]:
         """Engine.IO's ``poll`` (long-polling), waiting under ``asyncio.timeout``
         instead of a task and ``asyncio.wait_for``."""
         queue = self.queue
@@ -195,13 +308,31 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             packets.append(pkt)
         return packets
 
-    def schedule_ping(self):
+    async def handle_poll(self) -> list[eio_packet.Packet]:
+        """A long-polling GET: the packets waiting, or the next ones to come; a
+        NOOP at once while upgrading. ``QueueEmpty`` (the session is closed)
+        when nothing came for ``pingInterval + pingTimeout``."""
+        if self.upgrading:
+            return [eio_packet.Packet(eio_packet.NOOP)]
+        self.polling = True
+        try:
+            return await self.poll()
+        except eio_exceptions.QueueEmpty:
+            await self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
+            raise
+        finally:
+            self.polling = False
+
+    def schedule_ping(self) -> None:
         if self.last_ping:  # the previous ping was answered (or this is the first)
             self.last_ping = None
             self.server.ping_wheel.add(self)
 
-    async def check_ping_timeout(self):
-        alive = await super().check_ping_timeout()
-        if not alive and self.transport is not None:
-            self.transport.abort()  # ends the reader
+    async def check_ping_timeout(self) -> bool:
+        alive: bool = await super().check_ping_timeout()
+        if not alive:
+            if self.transport is not None:
+                self.transport.abort()  # ends the reader
+            elif self.server.sockets.get(self.sid) is self:
+                del self.server.sockets[self.sid]  # as the reference server: a poll now is 400
         return alive

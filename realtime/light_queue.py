@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Any
 
 
 class LightQueue:
@@ -12,11 +13,11 @@ class LightQueue:
     created on first use and dropped when empty, so an idle connection holds
     none."""
 
-    __slots__ = ("_items", "_getters", "_unfinished", "_finished")
+    __slots__ = ("_finished", "_getters", "_items", "_unfinished")
 
     def __init__(self) -> None:
-        self._items: collections.deque | None = None
-        self._getters: collections.deque | None = None
+        self._items: collections.deque[Any] | None = None
+        self._getters: collections.deque[asyncio.Future[None]] | None = None
         self._unfinished = 0
         self._finished: asyncio.Event | None = None
 
@@ -26,7 +27,7 @@ class LightQueue:
     def empty(self) -> bool:
         return not self._items
 
-    def put_nowait(self, item) -> None:
+    def put_nowait(self, item: Any) -> None:
         if self._items is None:
             self._items = collections.deque()
         self._items.append(item)
@@ -35,10 +36,10 @@ class LightQueue:
             self._finished.clear()
         self._wake_one()
 
-    async def put(self, item) -> None:
+    async def put(self, item: Any) -> None:
         self.put_nowait(item)
 
-    def get_nowait(self):
+    def get_nowait(self) -> Any:
         items = self._items
         if not items:
             raise asyncio.QueueEmpty
@@ -47,7 +48,7 @@ class LightQueue:
             self._items = None
         return item
 
-    async def get(self):
+    async def get(self) -> Any:
         while not self._items:
             waiter = asyncio.get_running_loop().create_future()
             if self._getters is None:

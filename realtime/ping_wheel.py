@@ -8,10 +8,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from engineio import packet as eio_packet
+from engineio import packet as eio_packet  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:
     from .engine_server import FastEngineServer
+    from .engine_socket import FastSocket
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,12 @@ class PingWheel:
     Every connection waits the same ``ping_interval`` after its previous pong,
     so a FIFO of ``(due, socket)`` is already sorted by due time."""
 
-    def __init__(self, server: "FastEngineServer") -> None:
+    def __init__(self, server: FastEngineServer) -> None:
         self._server = server
-        self._due: collections.deque = collections.deque()
-        self._task: asyncio.Task | None = None
+        self._due: collections.deque[tuple[float, FastSocket]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
 
-    def add(self, socket) -> None:
+    def add(self, socket: FastSocket) -> None:
         self._due.append((time.monotonic() + self._server.ping_interval, socket))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())

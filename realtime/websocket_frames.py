@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncio import Transport
 
 TEXT, BINARY = 0x81, 0x82  # first header byte: final frame, opcode
 
@@ -19,7 +20,7 @@ def websocket_frame(payload: bytes, first: int = TEXT) -> bytes:
     return header + payload
 
 
-def write_frames(transport, frames: list[bytes]) -> None:
+def write_frames(transport: Transport, frames: list[bytes]) -> None:
     """One write with every frame waiting for ``transport``, unless it is closing."""
     if not transport.is_closing():
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))

@@ -122,6 +122,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         logger=library_logger("socketio.server"),
         engineio_logger=library_logger("engineio.server"),
     )
+    sio.eio.set_frame_budget(settings.frame_budget_per_s)
 
     verifier = TokenVerifier(
         TokenConfig(

@@ -57,6 +57,13 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "connections per client address not signed in yet; the next handshake is refused (0 turns the cap off)",
         "`50`",
     ),
+    "FRAME_BUDGET_PER_S": (
+        (
+            "Engine.IO frames (WebSocket) or packets (polling) one connection may send per second, "
+            "averaged over 10 s; a connection over it is closed (0 turns the budget off)"
+        ),
+        "`5000`",
+    ),
 }
 
 
@@ -109,6 +116,7 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 10.0
     max_pending_per_ip: int = 50
+    frame_budget_per_s: float = 5000.0
 
     @property
     def jwt_key(self) -> str:
@@ -148,6 +156,7 @@ class Settings:
             ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
             ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
             ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("CONNECT_TIMEOUT_S", 10.0),
+            ("FRAME_BUDGET_PER_S", 5000.0),
         ):
             try:
                 numbers[name] = float(env.get(name, default))
@@ -182,6 +191,7 @@ class Settings:
             presence_ttl_s=max(1.0, numbers["PRESENCE_TTL_S"]),
             connect_timeout_s=numbers["CONNECT_TIMEOUT_S"],
             max_pending_per_ip=max_pending,
+            frame_budget_per_s=numbers["FRAME_BUDGET_PER_S"],
             port=port,
             redis_url=env.get("REDIS_URL"),
             cors_origins=_split(env.get("CORS_ORIGINS")),
