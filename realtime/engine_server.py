@@ -42,11 +42,11 @@ import asyncio
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-import engineio  # type: ignore[import-untyped]
+import engineio
 from aiohttp import web
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from engineio.async_drivers import aiohttp as eio_aiohttp  # type: ignore[import-untyped]
+from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from .engine_socket import BUDGET_WINDOW_S, FastSocket
 from .light_queue import LightQueue
@@ -60,7 +60,7 @@ Environ = dict[str, Any]
 Response = dict[str, Any]  # Engine.IO's response description: status, headers, response
 
 
-class PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
+class PlainWebSocket(eio_aiohttp.WebSocket):
     """engineio's aiohttp WebSocket, accepted without permessage-deflate, whose
     message limit is ``maxPayload`` bytes inclusive (aiohttp's ``max_msg_size``
     refuses a message of exactly that size)."""
@@ -93,7 +93,7 @@ def _payload_packets(body: bytes) -> list[eio_packet.Packet]:
     return packets
 
 
-class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
+class FastEngineServer(engineio.AsyncServer):
     start_plain_event = None  # set by FastSocketServer: what FastSocket's reader hands plain events to
     frame_budget = 0  # inbound frames per connection per BUDGET_WINDOW_S; 0: no budget
     _async: dict[str, Any]
@@ -244,7 +244,7 @@ class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
         if socket is not None and socket.closed:  # closed by the server: the next poll gets what waits
             self._forget_if_closed(socket)
             if transport == "polling" and not socket.upgraded and not socket.queue.empty():
-                return self._ok(socket.take_queued(), jsonp_index=jsonp_index)  # type: ignore[no-any-return]
+                return self._ok(socket.take_queued(), jsonp_index=jsonp_index)
             socket = None
         if socket is None:
             self._log_error_once(f"Invalid session {sid}", "bad-sid")
@@ -400,6 +400,14 @@ class FastEngineServer(engineio.AsyncServer):  # type: ignore[misc]
             del self.sockets[sid]
         sock: web.WebSocketResponse = ws._sock
         return sock
+
+    def _unauthorized(self, message: Any = None) -> dict[str, Any]:
+        """Engine.IO's refusal of a handshake: 401, or 403 for the reference server's
+        "Forbidden" (code 4), which the per-address cap of not-signed-in connections answers."""
+        response: dict[str, Any] = super()._unauthorized(message)
+        if isinstance(message, dict) and message.get("code") == 4:
+            response["status"] = "403 FORBIDDEN"
+        return response
 
     async def shutdown(self) -> None:
         await self.ping_wheel.close()

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import engineio  # type: ignore[import-untyped]
+import engineio
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 
@@ -19,7 +19,7 @@ from .websocket_frames import BINARY, websocket_frame
 if TYPE_CHECKING:
     from asyncio import Transport
 
-    from engineio.async_drivers.aiohttp import WebSocket  # type: ignore[import-untyped]
+    from engineio.async_drivers.aiohttp import WebSocket
 
     from .engine_server import FastEngineServer
 
@@ -29,7 +29,7 @@ MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
 BUDGET_WINDOW_S = 10.0  # the inbound frame budget is counted over windows this long
 UNLIMITED = sys.maxsize
 
-class FastSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
+class FastSocket(engineio.async_socket.AsyncSocket):
     """An Engine.IO socket that, once on WebSocket, writes its packets straight
     to the transport, and that waits without a task per wake-up.
 
@@ -122,7 +122,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
             while True:
                 try:
                     frame = (await receive()).data
-                except BaseException:  # noqa: BLE001 -- aborted as silent, or cancelled: the session ends either way
+                except BaseException:
                     break
                 if (type(frame) is not str and type(frame) is not bytes) or len(frame) > limit:
                     break  # closed by the client, a transport error, or too large

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from engineio import packet as eio_packet  # type: ignore[import-untyped]
+from engineio import packet as eio_packet
 
 if TYPE_CHECKING:
     from .engine_server import FastEngineServer

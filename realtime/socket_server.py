@@ -22,7 +22,6 @@ import inspect
 import logging
 from typing import Any
 
-import engineio
 import socketio
 from socketio import packet as sio_packet
 
@@ -30,7 +29,6 @@ from .admission import Admission, ClientAddress, peer_address
 from .background import in_background
 from .codec import UNDECODABLE_EVENT, binary_header, encode_plain
 from .engine_server import FastEngineServer
-from .engine_socket import FastSocket
 from .manager import FastManager
 
 log = logging.getLogger(__name__)
@@ -112,9 +110,6 @@ class FastSocketServer(socketio.AsyncServer):
             self.admission.refused(address)
             # The body of the reference server's refusal (Engine.IO error 4, "Forbidden").
             return {"code": 4, "message": "Too many connections from this address have not signed in yet"}
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is not None and type(socket) is engineio.async_socket.AsyncSocket:
-            socket.__class__ = FastSocket
         self.admission.add(eio_sid, address)
         return await super()._handle_eio_connect(eio_sid, environ)
 

@@ -23,9 +23,16 @@ PINS: dict[str, str] = {"python-engineio": "4.15.1", "python-socketio": "5.18.1"
 
 # "module:Qualified.name" -> first 16 hex digits of the SHA-256 of its source.
 FINGERPRINTS: dict[str, str] = {
-    # FastEngineServer: the websocket connect path copies _handle_connect; calls
-    # start_service_task/_service_task, _trigger_event, _make_response,
-    # _unauthorized, _cors_allowed_origins; replaces _async["websocket"].
+    # FastEngineServer: handle_request and _handle_connect copied (answers every
+    # request itself); attach overridden; calls start_service_task/_service_task,
+    # _trigger_event, _make_response, _unauthorized, _cors_allowed_origins,
+    # _log_error_once, _ok, _bad_request, _gzip/_deflate; replaces _async["websocket"].
+    "engineio.async_server:AsyncServer.attach": "7874d4dc1c319bc6",
+    "engineio.base_server:BaseServer._log_error_once": "dccbb5602dc46a09",
+    "engineio.base_server:BaseServer._ok": "b8f717402eac2b0d",
+    "engineio.base_server:BaseServer._bad_request": "af66afac6f6c67db",
+    "engineio.base_server:BaseServer._gzip": "c30d39224c48e677",
+    "engineio.base_server:BaseServer._deflate": "a0f1838bf7393936",
     "engineio.async_server:AsyncServer.handle_request": "1a8c878e35166cfe",
     "engineio.async_server:AsyncServer._handle_connect": "5bd7edc1d1ae115a",
     "engineio.async_server:AsyncServer._service_task": "b6358bda51d0b34b",
@@ -38,8 +45,9 @@ FINGERPRINTS: dict[str, str] = {
     "engineio.base_server:BaseServer._cors_allowed_origins": "d0cad0c66d5333cb",
     "engineio.async_drivers.aiohttp:WebSocket": "96fbcb0d1f45694a",
     "engineio.async_drivers.aiohttp:translate_request": "20aa782740060790",
-    # FastSocket: overrides _websocket_handler (its upgrade probe copied),
-    # send, close, poll, schedule_ping, check_ping_timeout.
+    # FastSocket: overrides __init__, _websocket_handler (its upgrade probe
+    # copied), receive, send, close, poll, schedule_ping, check_ping_timeout.
+    "engineio.base_socket:BaseSocket.__init__": "8532b631a4dc815f",
     "engineio.async_socket:AsyncSocket._websocket_handler": "27f120df4d717a24",
     "engineio.async_socket:AsyncSocket.send": "0437276ccba7ab09",
     "engineio.async_socket:AsyncSocket.close": "faa2e93902543244",
@@ -48,8 +56,6 @@ FINGERPRINTS: dict[str, str] = {
     "engineio.async_socket:AsyncSocket._send_ping": "67db82a704ea49d0",
     "engineio.async_socket:AsyncSocket.check_ping_timeout": "77616d5ca7809257",
     "engineio.async_socket:AsyncSocket.receive": "a91ae36ec2fb5340",
-    "engineio.async_socket:AsyncSocket.handle_get_request": "05eaae9f0a60d9be",
-    "engineio.async_socket:AsyncSocket.handle_post_request": "82dca119a261a959",
     # FastSocketServer: overrides _engineio_server_class, _send_packet, emit,
     # shutdown, _handle_eio_connect/_disconnect/_message, _handle_connect/
     # _disconnect/_event/_ack (admission, namespace errors, binary refusal);

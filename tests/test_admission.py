@@ -94,9 +94,9 @@ async def test_the_next_handshake_from_an_address_over_the_cap_is_refused(server
         pending = [await engine_open(session, server_url) for _ in range(4)]
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{server_url}/socket.io/?EIO=4&transport=websocket")
-        assert refused.value.status == 401
+        assert refused.value.status == 403
         async with session.get(f"{server_url}/socket.io/?EIO=4&transport=polling") as response:
-            assert response.status == 401
+            assert response.status == 403
             body = await response.json()
             assert body["code"] == 4 and "not signed in" in body["message"]
         # One of them signs in: it no longer counts, and a new handshake is accepted.

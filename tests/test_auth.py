@@ -16,8 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.support.chat import refused
-from tests.support.chat import ANA, BEN, EVE, MATHS, SECRET, make_settings, make_token
+from tests.support.chat import ANA, BEN, EVE, MATHS, SECRET, make_settings, make_token, refused
 
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256"
 

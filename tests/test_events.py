@@ -12,7 +12,7 @@ MESSAGE_FIELDS = {
     "type", "id", "seq", "group_id", "sender_id", "sender", "sender_name",
     "content", "timestamp", "client_msg_id", "edited_at", "deleted",
 }
-from tests.support.chat import both_stores as backend  # noqa: E402,F401  (every test on both stores)
+from tests.support.chat import both_stores as backend  # noqa: E402  (every test on both stores)
 
 
 async def send(client, content, group=MATHS, **extra):

@@ -14,7 +14,16 @@ from server.config import Settings
 from server.demo import GROUPS as DEMO_GROUPS
 from server.demo import USERS as DEMO_USERS
 from tests.support.chat import (
-    ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, make_settings, make_token,
+    ANA,
+    BEN,
+    CAROL,
+    DAN,
+    EVE,
+    MATHS,
+    NOWHERE,
+    PHYSICS,
+    make_settings,
+    make_token,
 )
 
 MAX_SAFE = 2**53 - 1

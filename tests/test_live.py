@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.support.chat import ANA, BEN, CAROL, MATHS, PHYSICS
-from tests.support.chat import both_stores as backend  # noqa: E402,F401  (every test on both stores)
+from tests.support.chat import both_stores as backend
 
 
 async def send(client, content, group=MATHS):

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.chat import ANA, BEN, MATHS
 from tests.support.redis import free_port
-from tests.test_multinode import seeded_db, start_nodes  # noqa: F401  (fixtures)
+from tests.test_multinode import seeded_db, start_nodes
 
 CONF = Path(__file__).resolve().parents[1] / "docs" / "nginx.conf"
 
@@ -79,7 +79,7 @@ async def polling_handshake(url: str, headers: dict[str, str]) -> int:
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
-async def test_chat_through_nginx_and_fail_over(start_nodes, clients, nginx, transport):  # noqa: F811
+async def test_chat_through_nginx_and_fail_over(start_nodes, clients, nginx, transport):
     n1, n2 = start_nodes(2, TRUST_PROXY="true")
     lb = Via(nginx([n1.port, n2.port]))
     # The page's own origin through the proxy is allowed; a client's own X-Forwarded-Host is replaced.
