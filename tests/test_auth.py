@@ -131,7 +131,9 @@ async def test_bad_tokens_are_refused_with_unauthorized(connect, server_url, han
 
 
 async def test_a_refused_client_gets_no_event_handled(connect, server_url):
-    """Events sent on a refused connection are dropped, acked or not."""
+    """Events sent on a refused connection are never handled nor answered: the server
+    closes the connection (as the reference server does for a namespace the client is
+    not connected to)."""
     sneaky = json.dumps(["send_message", {"group_id": MATHS, "content": "sneaky"}])
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"{server_url}/socket.io/?EIO=4&transport=websocket")
@@ -143,13 +145,8 @@ async def test_a_refused_client_gets_no_event_handled(connect, server_url):
             assert_unauthorized(json.loads(reply[2:]))
             await ws.send_str("42" + sneaky)
             await ws.send_str("421" + sneaky)
-            # Now sign in properly on the same Engine.IO connection and look.
-            await ws.send_str("40" + json.dumps({"token": make_token(ANA)}))
-            assert (await ws.receive_str(timeout=10)).startswith("40{")
-            await ws.send_str("422" + json.dumps(["get_history", {"group_id": MATHS}]))
-            reply = await ws.receive_str(timeout=10)
-            assert reply.startswith("432"), reply  # no ack ever came for id 1
-            assert json.loads(reply[3:]) == [{"ok": True, "messages": [], "has_more": False}]
+            after = await ws.receive(timeout=10)
+            assert after.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), after  # no ack
         finally:
             await ws.close()
     ana = await connect(ANA)
