@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/"
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection:
     sid: str
     user_id: str
@@ -68,10 +68,10 @@ class ChatEvents:
         self.typing = TypingThrottle()
         self.refusals = RefusalLog(log)  # repeatable refusals: a line per user and code per interval
         self.connections: dict[str, Connection] = {}
-        # user id -> sids holding one of its connection slots on this node
+        # user id -> connections (slots) it holds on this node
         # (handshakes in progress included, so simultaneous ones cannot overshoot).
         self.max_connections_per_user = max_connections_per_user
-        self._slots: dict[str, set[str]] = {}
+        self._slots: dict[str, int] = {}
         self._handling = 0  # events being handled now
         self._idle = asyncio.Event()
         self._idle.set()
@@ -106,10 +106,11 @@ class ChatEvents:
             # A client-sent event named "connect"; the real handshake is done.
             return invalid({"_event": ["Reserved event name."]}).envelope()
         environ, auth = args[0], args[1] if len(args) > 1 else None
-        user_id = None
+        user_id = slot = None
         try:
             user_id = self.verifier.verify(token_from_handshake(auth, environ))
-            self._take_slot(user_id, sid)
+            self._take_slot(user_id)
+            slot = user_id
             conn = Connection(sid, user_id, None)
             await self._resolve_name(conn)
             if self.sio.get_environ(sid) is None:
@@ -117,11 +118,11 @@ class ChatEvents:
                 # does not call the disconnect handler of a pending handshake.
                 raise ChatError("unauthorized", "The connection closed during the handshake.")
         except (ChatError, _Refused) as exc:
-            self._free_slot(user_id, sid)
+            self._free_slot(slot)
             self.refusals.refused(user_id, exc.code, "handshake", sid=sid, reason=exc.message)
             raise _refusal(exc.code, exc.message) from None
         except Exception:
-            self._free_slot(user_id, sid)
+            self._free_slot(slot)
             log.exception("handshake failed sid=%s", sid)
             raise _refusal("internal", ChatError("internal").message) from None
         self.connections[sid] = conn
@@ -129,22 +130,24 @@ class ChatEvents:
         log.debug("connected sid=%s user=%s", sid, user_id)
         return True
 
-    def _take_slot(self, user_id: str, sid: str) -> None:
-        """Count ``sid`` against the user's connections on this node, or refuse it."""
-        sids = self._slots.setdefault(user_id, set())
-        if len(sids) >= self.max_connections_per_user:
+    def _take_slot(self, user_id: str) -> None:
+        """Count one more connection of the user on this node, or refuse it."""
+        held = self._slots.get(user_id, 0)
+        if held >= self.max_connections_per_user:
             raise _Refused(
                 "too_many_connections",
-                f"This user already has {len(sids)} connections open on this server; close one first.",
+                f"This user already has {held} connections open on this server; close one first.",
             )
-        sids.add(sid)
+        self._slots[user_id] = held + 1
 
-    def _free_slot(self, user_id: str | None, sid: str) -> None:
-        if user_id is None or user_id not in self._slots:
+    def _free_slot(self, user_id: str | None) -> None:
+        """Give back a slot ``_take_slot`` counted (nothing for ``None``)."""
+        if user_id is None:
             return
-        sids = self._slots[user_id]
-        sids.discard(sid)
-        if not sids:
+        left = self._slots[user_id] - 1
+        if left:
+            self._slots[user_id] = left
+        else:
             del self._slots[user_id]
 
     async def disconnect(self, sid: str, *args: Any) -> Any:
@@ -155,7 +158,7 @@ class ChatEvents:
         if conn is None:
             return
         conn.closed = True
-        self._free_slot(conn.user_id, sid)
+        self._free_slot(conn.user_id)
         self.observer.connections(-1)
         for group_id in list(conn.groups):
             await self._leave_room(conn, group_id)
