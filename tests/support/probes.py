@@ -35,20 +35,7 @@ MB = 1024 * 1024
 class HostileNode(Node):
     """A server process started through ``tests.support.seeded_server`` (see its docstring)."""
 
-    def start(self, timeout: float = 30) -> HostileNode:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.seeded_server"],
-                cwd=Path(__file__).resolve().parents[2], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log()[-3000:]}")
-            if self.status("/readyz") == 200:
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready: {self.log()[-3000:]}")
+    module = "tests.support.seeded_server"
 
     @property
     def pid(self) -> int:
