@@ -48,7 +48,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 
-from .engine_socket import BUDGET_WINDOW_S, FastSocket
+from .engine_socket import BUDGET_WINDOW_S, UPGRADE_TIMEOUT_S, FastSocket, decode_packet
 from .light_queue import LightQueue
 from .ping_wheel import PingWheel
 from .websocket_frames import write_frames
@@ -86,7 +86,7 @@ def _payload_packets(body: bytes) -> list[eio_packet.Packet]:
         text = urllib.parse.parse_qs(text).get("d", [""])[0]
     packets = []
     for encoded in text.split("\x1e"):
-        pkt = eio_packet.Packet(encoded_packet=encoded)
+        pkt = decode_packet(encoded)
         if not 0 <= pkt.packet_type <= eio_packet.NOOP:
             raise ValueError(f"unknown packet type {pkt.packet_type}")
         packets.append(pkt)
@@ -96,6 +96,7 @@ def _payload_packets(body: bytes) -> list[eio_packet.Packet]:
 class FastEngineServer(engineio.AsyncServer):
     start_plain_event = None  # set by FastSocketServer: what FastSocket's reader hands plain events to
     frame_budget = 0  # inbound frames per connection per BUDGET_WINDOW_S; 0: no budget
+    upgrade_timeout = UPGRADE_TIMEOUT_S  # seconds an upgrading WebSocket may take for its probe and UPGRADE
     _async: dict[str, Any]
     start_service_task: bool
     sockets: dict[str, FastSocket]

@@ -28,6 +28,16 @@ log = logging.getLogger(__name__)
 MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
 BUDGET_WINDOW_S = 10.0  # the inbound frame budget is counted over windows this long
 UNLIMITED = sys.maxsize
+UPGRADE_TIMEOUT_S = 10.0  # for the probe and UPGRADE packets of an upgrade, as the reference server's upgradeTimeout
+
+
+def decode_packet(encoded: str | bytes) -> eio_packet.Packet:
+    """One Engine.IO packet; ``ValueError`` for anything that is not one, including
+    JSON nested too deep for Python's parser (which raises ``RecursionError``)."""
+    try:
+        return eio_packet.Packet(encoded_packet=encoded)
+    except RecursionError:
+        raise ValueError("packet nested too deep") from None
 
 class FastSocket(engineio.async_socket.AsyncSocket):
     """An Engine.IO socket that, once on WebSocket, writes its packets straight
@@ -132,7 +142,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):
                 if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
                     continue
                 try:
-                    pkt = eio_packet.Packet(encoded_packet=frame)
+                    pkt = decode_packet(frame)
                 except ValueError:  # not an Engine.IO packet (bad type, empty, bad base64)
                     self.server.logger.info("%s: invalid packet, closing", self.sid)
                     break
@@ -254,16 +264,19 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         poll that comes later during the upgrade is answered NOOP at once)."""
         limit = self.server.max_http_buffer_size
 
-        async def next_frame() -> str | bytes:
-            data: str | bytes = await ws.wait()
+        async def next_packet() -> eio_packet.Packet:
+            """The next packet; ``ValueError`` for one that is too large or not a
+            packet, ``TimeoutError`` when none comes within ``UPGRADE_TIMEOUT_S``."""
+            async with asyncio.timeout(self.server.upgrade_timeout):
+                data: str | bytes = await ws.wait()
             if data and len(data) > limit:
                 raise ValueError("packet is too large")
-            return data
+            return decode_packet(data)
 
         self.upgrading = True  # hold packet sends during the upgrade
         try:
-            pkt = eio_packet.Packet(encoded_packet=await next_frame())
-        except (OSError, ValueError):
+            pkt = await next_packet()
+        except (OSError, ValueError, TimeoutError):
             self.upgrading = False
             return False
         if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
@@ -274,8 +287,8 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         if self.polling:
             self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
         try:
-            pkt = eio_packet.Packet(encoded_packet=await next_frame())
-        except (OSError, ValueError):
+            pkt = await next_packet()
+        except (OSError, ValueError, TimeoutError):
             self.upgrading = False
             return False
         if pkt.packet_type != eio_packet.UPGRADE:

@@ -172,9 +172,10 @@ async def test_binary_goes_base64_over_polling_and_as_a_binary_frame_over_websoc
     await ws.close()
 
 
-async def test_an_invalid_polling_payload_is_400_and_ends_the_session(http, server_url):
+@pytest.mark.parametrize("payload", ["abc", "4" + "[" * 5000], ids=["not-a-packet", "json-too-deep"])
+async def test_an_invalid_polling_payload_is_400_and_ends_the_session(http, server_url, payload):
     session = await Polling(http, server_url).open()
-    assert (await session.post("abc"))[0] == 400
+    assert (await session.post(payload))[0] == 400
     assert (await session.get())[0] == 400
 
 
@@ -212,7 +213,7 @@ async def test_a_close_packet_over_websocket_closes_it_at_once(http, server, ser
     assert opened["sid"] not in server.app[SIO].eio.sockets
 
 
-@pytest.mark.parametrize("frame", ["abc", "9", "", "2"])
+@pytest.mark.parametrize("frame", ["abc", "9", "", "2", "4" + "[" * 5000], ids=["abc", "9", "empty", "ping", "deep"])
 async def test_an_invalid_packet_over_websocket_ends_the_session_at_once(http, server_url, frame):
     """Anything that is not an Engine.IO packet a client may send (a client's PING too: the
     heartbeat goes from the server in v4) ends the session, not the ping timeout later."""
@@ -271,6 +272,26 @@ async def test_upgrade_from_polling_to_websocket(http, server_url):
     assert reply.startswith("40{"), reply
     assert (await session.get())[0] == 400  # no HTTP request after the upgrade
     await ws.close()
+
+
+@pytest.mark.parametrize("sent", [[], ["2probe"]], ids=["silent", "probe-only"])
+async def test_an_upgrade_websocket_that_goes_quiet_is_closed_and_the_session_keeps_polling(
+    http, server, server_url, sent
+):
+    """A WebSocket opened to upgrade a polling session has ``upgrade_timeout`` (10 s, as the
+    reference server's upgradeTimeout; 0.5 s here) for its probe and UPGRADE packets: then it
+    is closed, and the session goes on over polling."""
+    server.app[SIO].eio.upgrade_timeout = 0.5
+    session = await Polling(http, server_url).open()
+    ws = await http.ws_connect(ws_url(server_url, sid=session.sid))
+    for frame in sent:
+        await ws.send_str(frame)
+    if sent:
+        assert await ws.receive_str(timeout=10) == "3probe"
+    assert await closed_within(ws, 5), "the upgrading WebSocket stayed open"
+    assert await session.post(connect_packet()) == (200, "ok")
+    status, text = await session.get()
+    assert status == 200 and "40{" in text, text
 
 
 async def test_no_stray_noop_after_an_upgrade_with_no_poll_waiting(http, server_url):
