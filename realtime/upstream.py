@@ -48,6 +48,8 @@ FINGERPRINTS: dict[str, str] = {
     # FastSocket: overrides __init__, _websocket_handler (its upgrade probe
     # copied), receive, send, close, poll, schedule_ping, check_ping_timeout.
     "engineio.base_socket:BaseSocket.__init__": "8532b631a4dc815f",
+    "engineio.packet:Packet.decode": "18e27ff7fd56addd",
+    "engineio.packet:Packet.__init__": "26559aaf4a6f4ddd",
     "engineio.async_socket:AsyncSocket._websocket_handler": "27f120df4d717a24",
     "engineio.async_socket:AsyncSocket.send": "0437276ccba7ab09",
     "engineio.async_socket:AsyncSocket.close": "faa2e93902543244",
@@ -75,6 +77,10 @@ FINGERPRINTS: dict[str, str] = {
     "socketio.async_server:AsyncServer._handle_event_internal": "472e8b723a12d507",
     # FastManager: room index beside basic_enter_room/basic_leave_room,
     # basic_disconnect and get_rooms replaced, emit's plain path.
+    "socketio.base_manager:BaseManager.__init__": "bfee992d912fe9a4",
+    "socketio.base_manager:BaseManager.is_connected": "d37721466718b4f4",
+    "socketio.base_manager:BaseManager.sid_from_eio_sid": "15467098a36bcd71",
+    "socketio.base_manager:BaseManager.pre_disconnect": "18a8d01ed87a9682",
     "socketio.base_manager:BaseManager.basic_enter_room": "3f509586d2d7f47e",
     "socketio.base_manager:BaseManager.basic_leave_room": "e27f3eea06d1c6a6",
     "socketio.base_manager:BaseManager.basic_disconnect": "2933b50bc4b2ea7b",
@@ -90,6 +96,8 @@ FINGERPRINTS: dict[str, str] = {
     "socketio.async_pubsub_manager:AsyncPubSubManager.emit": "6cc46e0ff9b6d7cf",
     "socketio.async_pubsub_manager:AsyncPubSubManager._handle_emit": "4284671be955f644",
     "socketio.async_pubsub_manager:AsyncPubSubManager._thread": "fa8d075729aac64d",
+    "socketio.async_pubsub_manager:AsyncPubSubManager.initialize": "e8a2b026ecea320f",
+    "socketio.async_redis_manager:AsyncRedisManager.__init__": "3360cfacd7923313",
     "socketio.async_redis_manager:AsyncRedisManager._redis_connect": "da4530c936323c25",
     "socketio.async_redis_manager:AsyncRedisManager._publish": "033e4da7cc8768b4",
     "socketio.async_redis_manager:AsyncRedisManager._listen": "3e74fdd1084b4e13",

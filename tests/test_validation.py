@@ -422,3 +422,13 @@ async def test_a_spoofed_sender_id_is_forbidden_before_not_member(connect):
     assert ack["ok"] is False and ack["error"]["code"] == "forbidden", ack
     ana = await connect(ANA)
     assert (await ana.call("get_history", {"group_id": MATHS}))["messages"] == []
+
+
+def test_event_schemas_declare_no_hook_of_their_own():
+    """The plain loader (``handlers.schemas._plain_loader``) runs no marshmallow hook but
+    ``EventSchema._drop_nulls``: a schema with another hook would load differently there."""
+    from handlers.schemas import SCHEMAS
+
+    for event, schema in SCHEMAS.items():
+        hooks = {kind: [name for name, *_ in entries] for kind, entries in schema._hooks.items() if entries}
+        assert hooks == {"pre_load": ["_drop_nulls"]}, (event, hooks)
