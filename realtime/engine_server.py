@@ -287,6 +287,18 @@ class FastEngineServer(engineio.AsyncServer):
         if socket.upgraded:
             self._log_error_once(f"Unexpected HTTP request for session {sid}", "unexpected-http")
             return self._bad_request("Unexpected HTTP request")
+        if socket.posting:  # as the reference server: a second POST while one is read ends the session
+            self._log_error_once(f"Overlapping POST for session {sid}", "post-overlap")
+            await self._end(socket)
+            return self._bad_request("Overlapping POST")
+        socket.posting = True
+        try:
+            return await self._receive_post(socket, sid, request)
+        finally:
+            socket.posting = False
+
+    async def _receive_post(self, socket: FastSocket, sid: str | None, request: web.Request) -> Response:
+        """Read a POST's packets (at most ``maxPayload`` bytes) and hand them to ``socket``."""
         try:
             async with asyncio.timeout(self.ping_timeout):
                 body = await self._read_body(request)

@@ -76,6 +76,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):
     transport: Transport | None = None  # and its asyncio transport
     dropping = False  # closed for not keeping up: nothing more is written to it
     polling = False  # a long-polling GET is waiting for packets
+    posting = False  # a polling POST is being read
 
     def __init__(self, server: FastEngineServer, sid: str) -> None:
         super().__init__(server, sid)

@@ -189,6 +189,22 @@ async def test_a_second_concurrent_poll_ends_the_session(http, server_url):
     assert (await session.get())[0] == 400
 
 
+async def test_a_second_post_while_one_is_being_read_ends_the_session(http, server_url):
+    """As the reference server ("data request overlap"): 400, and the session is gone."""
+    session = await Polling(http, server_url).open()
+
+    async def slow_body():
+        yield b"4"
+        await asyncio.sleep(1.0)
+        yield b"2hello"
+
+    first = asyncio.ensure_future(session.post(slow_body()))
+    await asyncio.sleep(0.3)
+    assert (await session.post("3"))[0] == 400
+    await first
+    assert (await session.get())[0] == 400
+
+
 async def test_a_close_packet_over_polling_answers_the_waiting_poll_with_a_noop(http, server_url):
     session = await Polling(http, server_url).open()
     waiting = asyncio.ensure_future(session.get(timeout=10))
