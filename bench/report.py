@@ -301,10 +301,10 @@ def update_readme(readme: Path, table_md: str) -> None:
 def plot(results: dict[str, Any], path: Path) -> str | None:
     """Three panels: throughput per CPU-s by room, latency vs load, storage cost vs history."""
     try:
-        import matplotlib  # type: ignore[import-not-found]
+        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+        import matplotlib.pyplot as plt
     except ImportError as exc:
         return f"matplotlib missing ({exc}); no plot"
     peers = [(k, p) for k, p in _peers(results) if "skipped" not in p]
