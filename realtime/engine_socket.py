@@ -171,14 +171,11 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         """Write what was queued during the upgrade, then send straight to
         ``transport`` from now on (no await in between: order is kept). A NOOP
         queued to end a poll is not written: it belongs to polling."""
-        queue = self.queue
-        while not queue.empty():
-            pkt = queue.get_nowait()
-            queue.task_done()
-            if pkt is not None and pkt.packet_type != eio_packet.NOOP:
+        for pkt in self.take_queued():
+            if pkt.packet_type != eio_packet.NOOP:
                 self._write(transport, pkt)
         if self.polling:  # a poll still waits: end it
-            queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         self.websocket, self.transport = ws, transport
 
     async def send(self, pkt: eio_packet.Packet) -> None:

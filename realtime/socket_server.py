@@ -148,10 +148,7 @@ class FastSocketServer(socketio.AsyncServer):
         if header is None or data[0] == "6" or header.ack_id is None or self._binary_refusal is None:
             await self._close_session(eio_sid, "binary packet")
             return
-        sid = self.manager.sid_from_eio_sid(eio_sid, header.namespace)
-        if sid is None or not self.manager.is_connected(sid, header.namespace):
-            await self._close_session(eio_sid, f"binary packet for namespace {header.namespace[:64]!r} "
-                                               "it is not connected to")
+        if not await self._connected_or_closed(eio_sid, header.namespace, "binary packet"):
             return
         if header.attachments:
             self._skipping[eio_sid] = self._skipping.get(eio_sid, 0) + header.attachments
@@ -208,9 +205,7 @@ class FastSocketServer(socketio.AsyncServer):
         connected to closes it, and a payload that is not a non-empty array is
         the undecodable event (answered ``invalid_payload`` when it has an ack id)."""
         namespace = namespace or NAMESPACE
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if sid is None or not self.manager.is_connected(sid, namespace):
-            await self._close_session(eio_sid, f"event for namespace {namespace[:64]!r} it is not connected to")
+        if not await self._connected_or_closed(eio_sid, namespace, "event"):
             return
         if type(data) is not list or not data or isinstance(data[0], (dict, list)):
             data = [UNDECODABLE_EVENT]
@@ -219,11 +214,18 @@ class FastSocketServer(socketio.AsyncServer):
     async def _handle_ack(self, eio_sid, namespace, id, data):
         """python-socketio's; an ack for a namespace the connection is not connected to closes it."""
         namespace = namespace or NAMESPACE
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if sid is None or not self.manager.is_connected(sid, namespace):
-            await self._close_session(eio_sid, f"ack for namespace {namespace[:64]!r} it is not connected to")
+        if not await self._connected_or_closed(eio_sid, namespace, "ack"):
             return
         await super()._handle_ack(eio_sid, namespace, id, data)
+
+    async def _connected_or_closed(self, eio_sid: str, namespace: str, what: str) -> bool:
+        """Whether the connection is connected to ``namespace``; a packet for a
+        namespace it is not connected to is a protocol violation that closes it."""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is not None and self.manager.is_connected(sid, namespace):
+            return True
+        await self._close_session(eio_sid, f"{what} for namespace {namespace[:64]!r} it is not connected to")
+        return False
 
     async def _close_session(self, eio_sid: str, why: str) -> None:
         """End an Engine.IO session for a protocol violation (a CLOSE packet, then the transport)."""
