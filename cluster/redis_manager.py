@@ -1,17 +1,20 @@
-"""Cross-node fan-out on python-socketio's Redis manager, in ``seq`` order.
+"""Cross-node fan-out on python-socketio's Redis manager, in ``rev`` order.
 
 ``AsyncRedisManager`` delivers an emit to this node's clients first and then
 publishes it for the other nodes. Two things are added here:
 
 - Publishes leave in the order the emits were made (one publisher task), so a
-  node's own messages reach other nodes in ``seq`` order.
-- Every node passes a group's ``message`` events through a small reorder
-  buffer: when ``seq`` N+2 arrives before N+1 (sent by another node a moment
-  earlier), it waits up to ``REORDER_WAIT_S`` for N+1. If N+1 never comes (a
-  queue fault), the later messages go out anyway and clients see a ``seq``
-  jump, which they fill from history. A ``seq`` at or below the last one this
-  node delivered for the group is dropped, so no connection ever sees a
-  group's ``seq`` go backwards.
+  node's own changes reach other nodes in ``rev`` order.
+- Every node passes a group's message broadcasts (``message``,
+  ``message_updated``, ``message_deleted``: each carries the message's new
+  ``rev``) through a small reorder buffer: when ``rev`` N+2 arrives before N+1
+  (made on another node a moment earlier), it waits up to ``REORDER_WAIT_S``
+  for N+1. If N+1 never comes (a queue fault), the later changes go out anyway
+  and clients see a ``rev`` jump, which they fill with ``get_changes``. A
+  ``rev`` at or below the last one this node delivered for the group is
+  dropped, so no connection ever sees a group's ``rev`` go backwards. New
+  messages take ``seq`` and ``rev`` together, so ``message`` events stay in
+  ``seq`` order as before.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from realtime.manager import FastManager
 from storage.base import StorageUnavailable
 
 from .redis_scripts import PUBLISH_ALL, RedisConnection
-from .seq_order import SeqOrder
+from .rev_order import RevOrder
 
 log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 10_000
+ORDERED_EVENTS = frozenset({"message", "message_updated", "message_deleted"})
 PUBLISH_BATCH = 500  # publishes per script call
 
 
@@ -49,7 +53,7 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         self._outbox: asyncio.Queue | None = None
         self._publisher: asyncio.Task | None = None
         self._deliveries: set[asyncio.Task] = set()
-        self._order = SeqOrder(self._deliver_now)
+        self._order = RevOrder(self._deliver_now)
         # The application's Redis connection (set by the cluster): publishes
         # share its pipelines with the other script calls of the same moment.
         self.scripts: RedisConnection | None = None
@@ -176,13 +180,14 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         data = message.get("data")
         payload = data[0] if isinstance(data, list) and len(data) == 1 else None
         if (
-            message.get("event") == "message"
+            message.get("event") in ORDERED_EVENTS
             and not message.get("binary")
             and isinstance(payload, dict)
-            and isinstance(payload.get("seq"), int)
+            and isinstance(rev := payload.get("rev"), int)
+            and rev > 0
             and isinstance(message.get("room"), str)
         ):
-            self._order.offer(message["room"], payload["seq"], message)
+            self._order.offer(message["room"], rev, message)
             return
         await super()._handle_emit(message)
 

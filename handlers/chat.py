@@ -15,13 +15,15 @@ from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError
 
+Publish = Callable[[Message], Awaitable[None]]
+
 
 class ChatService:
     """Every chat rule: the events and routes call this, never the store."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        # One writer per group in this process: seq order is broadcast order.
+        # One writer per group in this process: rev (and seq) order is broadcast order.
         self._writer = KeyedLock()
 
     async def user_name(self, user_id: str) -> str | None:
@@ -57,13 +59,31 @@ class ChatService:
         )
         return {"ok": True, "messages": messages, "has_more": has_more}
 
-    async def join_page(self, group_id: str, data: dict[str, Any]) -> dict[str, Any]:
-        """What ``join_group`` returns about messages: latest page, or catch-up after ``since_seq``."""
-        messages, has_more = await self.store.get_messages(
-            group_id, limit=data["limit"], after_seq=data.get("since_seq")
+    async def changes(self, user_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """``get_changes``: the messages changed after ``after_rev``, in ``rev`` order."""
+        await self.group_for(user_id, data["group_id"])
+        changes, has_more, latest_rev = await self.store.get_changes(
+            data["group_id"], after_rev=data["after_rev"], limit=data["limit"]
         )
-        latest = await self.store.latest_seq(group_id)
-        return {"messages": messages, "has_more": has_more, "latest_seq": latest}
+        return {"ok": True, "changes": changes, "has_more": has_more, "latest_rev": latest_rev}
+
+    async def join_page(self, group_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """What ``join_group`` returns about messages: the latest page, the messages
+        after ``since_seq``, or the changes after ``since_rev``."""
+        if "since_rev" in data:
+            changes, has_more, latest_rev = await self.store.get_changes(
+                group_id, after_rev=data["since_rev"], limit=data["limit"]
+            )
+            page: dict[str, Any] = {"changes": changes, "has_more": has_more, "latest_rev": latest_rev}
+        else:
+            # The top first: whatever the page holds is at or below what is reported.
+            latest_rev = await self.store.latest_rev(group_id)
+            messages, has_more = await self.store.get_messages(
+                group_id, limit=data["limit"], after_seq=data.get("since_seq")
+            )
+            page = {"messages": messages, "has_more": has_more, "latest_rev": latest_rev}
+        page["latest_seq"] = await self.store.latest_seq(group_id)
+        return page
 
     async def read_state(self, user_id: str, group_id: str) -> ReadState:
         return await self.store.read_state(group_id, user_id)
@@ -76,7 +96,7 @@ class ChatService:
         name: str,
         content: str,
         client_msg_id: str | None,
-        publish: Callable[[Message], Awaitable[None]],
+        publish: Publish,
     ) -> tuple[Message, bool]:
         """Store a member's message and, unless it repeats an earlier send of the same
         ``client_msg_id``, ``publish`` it before the group's next message is stored."""
@@ -93,28 +113,37 @@ class ChatService:
         await self.group_for(user_id, group_id)
         return await self.store.mark_read(group_id, user_id, seq)
 
-    async def edit(self, user_id: str, group_id: str, message_id: str, content: str) -> Message:
-        """The sender's edit of a live message."""
+    async def edit(
+        self, user_id: str, group_id: str, message_id: str, content: str, *, publish: Publish
+    ) -> Message:
+        """The sender's edit of a live message, ``publish``-ed before the group's next change."""
         await self.group_for(user_id, group_id)
         current = await self.own_message(user_id, group_id, message_id)
         if current["deleted"]:
             raise ChatError("message_not_found", "This message was deleted.")
-        updated = await self.store.edit_message(group_id, message_id, user_id, content)
-        if updated is None:  # deleted meanwhile
-            raise ChatError("message_not_found", "This message was deleted.")
+        async with self._writer(group_id):
+            updated = await self.store.edit_message(group_id, message_id, user_id, content)
+            if updated is None:  # deleted meanwhile
+                raise ChatError("message_not_found", "This message was deleted.")
+            await publish(updated)
         return updated
 
-    async def delete(self, user_id: str, group_id: str, message_id: str) -> tuple[Message | None, bool]:
-        """The sender's delete: the message as it is now, and whether this call deleted it
-        (``False`` when it already was, by this or another connection)."""
+    async def delete(
+        self, user_id: str, group_id: str, message_id: str, *, publish: Publish
+    ) -> Message | None:
+        """The sender's delete: the message as it is now. Only the call that deleted
+        it ``publish``-es it (not one that found it deleted already, by this or
+        another connection)."""
         await self.group_for(user_id, group_id)
         current = await self.own_message(user_id, group_id, message_id)
         if current["deleted"]:
-            return current, False
-        deleted = await self.store.delete_message(group_id, message_id, user_id)
-        if deleted is None:
-            return await self.store.get_message(group_id, message_id), False
-        return deleted, True
+            return current
+        async with self._writer(group_id):
+            deleted = await self.store.delete_message(group_id, message_id, user_id)
+            if deleted is not None:
+                await publish(deleted)
+                return deleted
+        return await self.store.get_message(group_id, message_id)
 
     async def own_message(self, user_id: str, group_id: str, message_id: str) -> Message:
         """A message of ``group_id`` that ``user_id`` sent (``message_not_found`` before ``forbidden``)."""

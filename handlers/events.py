@@ -86,6 +86,7 @@ class ChatEvents:
             "leave_group": self.leave_group,
             "send_message": self.send_message,
             "get_history": self.get_history,
+            "get_changes": self.get_changes,
             "typing": self.typing_event,
             "mark_read": self.mark_read,
             "edit_message": self.edit_message,
@@ -318,6 +319,9 @@ class ChatEvents:
     async def get_history(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         return await self.chat.history(conn.user_id, data)
 
+    async def get_changes(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        return await self.chat.changes(conn.user_id, data)
+
     async def typing_event(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id, is_typing = data["group_id"], data["is_typing"]
         await self.chat.group_for(conn.user_id, group_id)
@@ -337,22 +341,29 @@ class ChatEvents:
 
     async def edit_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
-        updated = await self.chat.edit(conn.user_id, group_id, data["message_id"], data["content"])
-        await self._broadcast("message_updated", updated, group_id)
+
+        async def publish(message: Message) -> None:
+            await self._broadcast("message_updated", message, group_id)
+
+        updated = await self.chat.edit(
+            conn.user_id, group_id, data["message_id"], data["content"], publish=publish
+        )
         return {"ok": True, "message": updated}
 
     async def delete_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
-        message, deleted = await self.chat.delete(conn.user_id, group_id, data["message_id"])
-        if deleted and message is not None:
+
+        async def publish(message: Message) -> None:
             await self._broadcast("message_deleted", message, group_id)
+
+        message = await self.chat.delete(conn.user_id, group_id, data["message_id"], publish=publish)
         return {"ok": True, "message": message}
 
     # -- helpers --
 
     async def _broadcast(self, event: str, message: Message, group_id: str, received: float | None = None) -> None:
         """Emit to the room. The fan-out hands the frame to every local connection
-        before it returns, so emits made in seq order are delivered in seq order."""
+        before it returns, so emits made in rev order are delivered in rev order."""
         await self.sio.emit(event, message, room=group_id)
         if received is not None:
             self.observer.send_broadcast(time.perf_counter() - received)

@@ -126,6 +126,7 @@ class GroupRef(EventSchema):
 
 class JoinGroup(GroupRef):
     since_seq = StrictInteger(minimum=0)
+    since_rev = StrictInteger(minimum=0)
     limit = StrictInteger(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT)
 
 
@@ -141,6 +142,11 @@ class SendMessage(GroupRef):
 class GetHistory(GroupRef):
     before_seq = StrictInteger(minimum=1)
     after_seq = StrictInteger(minimum=0)
+    limit = StrictInteger(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT)
+
+
+class GetChanges(GroupRef):
+    after_rev = StrictInteger(minimum=0, required=True)
     limit = StrictInteger(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT)
 
 
@@ -167,6 +173,7 @@ SCHEMAS: dict[str, Schema] = {
     "leave_group": LeaveGroup(),
     "send_message": SendMessage(),
     "get_history": GetHistory(),
+    "get_changes": GetChanges(),
     "typing": Typing(),
     "mark_read": MarkRead(),
     "edit_message": EditMessage(),
@@ -241,10 +248,18 @@ def load(event: str, args: tuple[Any, ...]) -> dict[str, Any]:
     data = _plain_load(event, payload)
     if data is None:
         data = SCHEMAS[event].load(payload)
-    if event == "get_history" and "before_seq" in data and "after_seq" in data:
-        raise ValidationError({"before_seq": ["Give at most one of before_seq and after_seq."],
-                               "after_seq": ["Give at most one of before_seq and after_seq."]})
+    for one, other in _EXCLUSIVE.get(event, ()):
+        if one in data and other in data:
+            text = f"Give at most one of {one} and {other}."
+            raise ValidationError({one: [text], other: [text]})
     return data
+
+
+# Fields of an event that cannot be given together.
+_EXCLUSIVE = {
+    "get_history": [("before_seq", "after_seq")],
+    "join_group": [("since_seq", "since_rev")],
+}
 
 
 def history_query(group_id: str, query: Mapping[str, str]) -> dict[str, Any]:

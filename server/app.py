@@ -21,6 +21,8 @@ from realtime.codec import StrictPacket
 from realtime.manager import FastManager
 from realtime.socket_server import FastSocketServer
 from storage import Store, make_store
+from storage.mongo import MongoStore
+from storage.mongo_revisions import backfill_in_background
 
 from . import http
 from .config import Settings
@@ -165,6 +167,10 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
 async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.open()
+    backfill = None
+    if isinstance(store, MongoStore):
+        # Messages stored before revisions existed get theirs while the server serves.
+        backfill = asyncio.ensure_future(backfill_in_background(store.uri, store.db_name))
     try:
         if CLUSTER in app:
             async for _ in app[CLUSTER].lifecycle(app[EVENTS]):
@@ -172,6 +178,9 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
         else:
             yield
     finally:
+        if backfill is not None:
+            backfill.cancel()
+            await asyncio.gather(backfill, return_exceptions=True)
         await store.close()
 
 

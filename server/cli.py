@@ -1,4 +1,5 @@
-"""The operator interface: serve, ``--demo``, ``token``, ``migrate-legacy-chat``."""
+"""The operator interface: serve, ``--demo``, ``token``, ``migrate-legacy-chat``,
+``migrate-revisions``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ REQUIRES = {
     None: frozenset({"storage", "auth"}),
     "token": frozenset({"auth"}),
     "migrate-legacy-chat": frozenset({"storage"}),
+    "migrate-revisions": frozenset({"storage"}),
 }
 
 
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--group", help="only this group id")
     migrate.add_argument("--append", action="store_true",
                          help="number legacy messages after a group's existing server messages")
+    revisions = sub.add_parser("migrate-revisions",
+                               help="give a revision to messages stored before revisions existed")
+    revisions.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    revisions.add_argument("--group", help="only this group id")
     return parser
 
 
@@ -67,6 +73,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from .migrate import run_migration
 
         return asyncio.run(run_migration(settings, dry_run=args.dry_run, group=args.group, append=args.append))
+    if args.command == "migrate-revisions":
+        return asyncio.run(_migrate_revisions(settings, dry_run=args.dry_run, group=args.group))
     return serve(settings)
 
 
@@ -85,6 +93,32 @@ def _token(settings: Settings, user_id: str, ttl: int) -> int:
     verifier = TokenVerifier(TokenConfig(settings.jwt_secret, settings.jwt_algorithms,
                                          settings.jwt_issuer, settings.jwt_audience))
     print(verifier.issue(user_id, ttl))
+    return 0
+
+
+async def _migrate_revisions(settings: Settings, *, dry_run: bool, group: str | None) -> int:
+    from storage.base import ID_RE
+    from storage.mongo_revisions import RevisionBackfill
+
+    if not settings.mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
+        print("error: MONGODB_URI must name a MongoDB server (the embedded store keeps nothing)",
+              file=sys.stderr)
+        return 2
+    if group is not None and not ID_RE.fullmatch(group):
+        print("error: --group must be a 24-hex group id", file=sys.stderr)
+        return 2
+    store = RevisionBackfill(settings.mongodb_uri, settings.mongodb_db)
+    try:
+        await store.open(create_indexes=not dry_run)
+        result = await store.run(group=group and group.lower(), dry_run=dry_run,
+                                 report=lambda line: print(line, flush=True))
+    except StorageUnavailable as exc:
+        print(f"error: {exc} (run again to resume)", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    verb = "would get" if dry_run else "got"
+    print(f"total: {result.assigned} messages in {result.groups} groups {verb} a revision")
     return 0
 
 

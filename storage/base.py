@@ -21,6 +21,7 @@ class Message(TypedDict):
     type: str
     id: str
     seq: int
+    rev: int  # the revision of the message's latest change (0: stored before revisions)
     group_id: str
     sender_id: str | None
     sender: str
@@ -53,12 +54,14 @@ class GroupSummary:
     name: str
     latest_seq: int
     unread_count: int
+    latest_rev: int
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "latest_seq": self.latest_seq,
+            "latest_rev": self.latest_rev,
             "unread_count": self.unread_count,
         }
 
@@ -102,7 +105,7 @@ class Store(Protocol):
         content: str,
         client_msg_id: str | None,
     ) -> tuple[Message, bool]:
-        """Store a message with the group's next ``seq``.
+        """Store a message with the group's next ``seq`` and next ``rev``.
 
         Returns ``(message, duplicate)``: when ``(sender, group, client_msg_id)``
         was stored before, the first stored message and ``True``.
@@ -125,17 +128,31 @@ class Store(Protocol):
 
     async def latest_seq(self, group_id: str) -> int: ...
 
+    async def latest_rev(self, group_id: str) -> int:
+        """The group's latest revision (0 when nothing has one yet)."""
+
+    async def get_changes(
+        self, group_id: str, *, after_rev: int, limit: int
+    ) -> tuple[list[Message], bool, int]:
+        """The current state of the messages whose ``rev`` is above ``after_rev``,
+        in increasing ``rev``, at most ``limit``; whether more follow; and the
+        latest ``rev`` when the page was read (a change above it may be missing
+        from the page even if it changed a message in the page's range: its
+        message comes again at its newer ``rev``)."""
+
     async def get_message(self, group_id: str, message_id: str) -> Message | None: ...
 
     async def edit_message(
         self, group_id: str, message_id: str, sender_id: str, content: str
     ) -> Message | None:
-        """Replace the content of a live message of ``sender_id``; ``None`` if none matched."""
+        """Replace the content of a live message of ``sender_id`` (taking the group's
+        next ``rev``); ``None`` if none matched."""
 
     async def delete_message(
         self, group_id: str, message_id: str, sender_id: str
     ) -> Message | None:
-        """Tombstone a live message of ``sender_id``; ``None`` if none matched."""
+        """Tombstone a live message of ``sender_id`` (taking the group's next ``rev``);
+        ``None`` if none matched."""
 
     async def read_state(self, group_id: str, user_id: str) -> ReadState: ...
 

@@ -2,7 +2,7 @@
 
 Nothing survives a restart. All operations run on the event loop without
 awaiting in the middle, so each one is atomic with respect to the others and
-per-group ``seq`` allocation is contiguous without a lock.
+per-group ``seq`` and ``rev`` allocation is contiguous without a lock.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ class _Group:
     # Messages of each sender that count as unread for others, kept sorted by seq.
     live_seqs_by_sender: dict[str, list[int]] = field(default_factory=dict)
     live_count: int = 0
+    rev: int = 0  # the latest revision
+    # (rev, message id) of every change, in rev order; an entry whose message
+    # has changed since is skipped when read.
+    changes: list[tuple[int, str]] = field(default_factory=list)
+    superseded: int = 0  # entries of ``changes`` whose message changed again
 
 
 class MemoryStore:
@@ -89,6 +94,7 @@ class MemoryStore:
                 group.name,
                 len(group.messages),
                 self._unread(group, user_id, self._read.get((gid, user_id), 0)),
+                group.rev,
             )
             for gid, group in self._groups.items()
             if user_id in group.members
@@ -126,10 +132,12 @@ class MemoryStore:
     ) -> Message:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
+        message_id = str(ObjectId())
         message: Message = {
             "type": "message",
-            "id": str(ObjectId()),
+            "id": message_id,
             "seq": len(group.messages) + 1,
+            "rev": self._next_rev(group, message_id),
             "group_id": group_id,
             "sender_id": sender_id,
             "sender": sender_name,
@@ -167,6 +175,25 @@ class MemoryStore:
     async def latest_seq(self, group_id: str) -> int:
         return len(self._groups[group_id].messages)
 
+    async def latest_rev(self, group_id: str) -> int:
+        return self._groups[group_id].rev
+
+    async def get_changes(
+        self, group_id: str, *, after_rev: int, limit: int
+    ) -> tuple[list[Message], bool, int]:
+        group = self._groups[group_id]
+        page: list[Message] = []
+        changes = group.changes
+        for i in range(bisect.bisect_right(changes, (after_rev, "\uffff")), len(changes)):
+            rev, message_id = changes[i]
+            message = group.by_id[message_id]
+            if message["rev"] != rev:
+                continue  # changed again later: it comes at its latest rev
+            if len(page) == limit:
+                return page, True, group.rev
+            page.append(message)
+        return page, False, group.rev
+
     async def get_message(self, group_id: str, message_id: str) -> Message | None:
         group = self._groups.get(group_id)
         return None if group is None else group.by_id.get(message_id)
@@ -178,7 +205,12 @@ class MemoryStore:
         current = group.by_id.get(message_id)
         if current is None or current["deleted"] or current["sender_id"] != sender_id:
             return None
-        updated: Message = {**current, "content": content, "edited_at": iso_timestamp(now_ms())}
+        updated: Message = {
+            **current,
+            "content": content,
+            "edited_at": iso_timestamp(now_ms()),
+            "rev": self._next_rev(group, message_id),
+        }
         self._replace(group, updated)
         return updated
 
@@ -190,6 +222,7 @@ class MemoryStore:
         if current is None or current["deleted"] or current["sender_id"] != sender_id:
             return None
         updated = tombstone(current)
+        updated["rev"] = self._next_rev(group, message_id)
         self._replace(group, updated)
         seqs = group.live_seqs_by_sender[sender_id]
         del seqs[bisect.bisect_left(seqs, updated["seq"])]
@@ -209,6 +242,23 @@ class MemoryStore:
         return ReadState(last, self._unread(group, user_id, last))
 
     # -- helpers --
+
+    @staticmethod
+    def _next_rev(group: _Group, message_id: str) -> int:
+        """Take the group's next revision for a change of ``message_id``."""
+        group.rev += 1
+        group.changes.append((group.rev, message_id))
+        if message_id in group.by_id:
+            group.superseded += 1
+            if group.superseded > len(group.changes) // 2 and len(group.changes) > 1024:
+                # Keep the log proportional to the messages: drop superseded entries.
+                by_id = group.by_id
+                group.changes = [
+                    (rev, mid) for rev, mid in group.changes
+                    if mid == message_id or by_id[mid]["rev"] == rev
+                ]
+                group.superseded = 0
+        return group.rev
 
     @staticmethod
     def _replace(group: _Group, updated: Message) -> None:

@@ -12,6 +12,10 @@ The store's own collections are:
     edited_at: date | null, deleted: bool}``. Anything else that writes here
     (``migrate-legacy-chat``) must write the same shape, ``deleted: false``
     included: the unread counts read it through an index.
+    Revisions add ``rev: int`` (the latest change's) and ``revs: [int]``
+    (every revision the message ever took); messages stored before
+    revisions existed have neither until ``storage.mongo_revisions`` gives
+    them one.
 ``read_markers``
     ``{user_id: ObjectId, group_id: ObjectId, seq: int}``.
 
@@ -27,7 +31,18 @@ same whatever the group's size; the group's top is found from a per-process
 lower bound and a bounded range probe (galloping with point probes when far
 behind), which also works on servers that cannot stop an index walk at a
 ``limit``. This assumes messages are never removed from the collection
-(deletion is a tombstone).
+(deletion is a tombstone). The search itself is ``storage.mongo_counter``.
+
+Revisions. Every change (a new message, an edit, a delete) takes the group's
+next ``rev`` the same way, in the same single-document write that makes the
+change: the number is pushed onto the message's ``revs`` array, and a unique
+multikey index on ``(group_id, revs)`` arbitrates. Because a message keeps
+every number it took, a number is never freed by a later change of the same
+message, so ``revs`` is contiguous like ``seq`` and its top is found the same
+way; and a writer only takes ``top + 1`` once ``top`` is stored, so changes
+become visible in ``rev`` order. Catch-up reads the current ``rev`` through
+``(group_id, rev)`` in bounded windows (superseded numbers leave holes there,
+so a window grows until it holds a page).
 
 The legacy migration's reads and writes are in ``storage.mongo_legacy``.
 """
@@ -38,7 +53,6 @@ import asyncio
 import functools
 import random
 import re
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -62,14 +76,15 @@ from .base import (
     now_ms,
 )
 from .keyed_lock import KeyedLock
+from .mongo_counter import GroupCounter
 
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 2.0
-PROBE = 64  # seqs a single range probe for the group's top may walk
 MAX_INSERT_ATTEMPTS = 200
-SEQ_HINTS_KEPT = 10_000
 
 SEQ_INDEX = "group_seq"
+REVS_INDEX = "group_revs"
+REV_INDEX = "group_rev"
 CLIENT_MSG_INDEX = "group_sender_client_msg"
 LIVE_INDEX = "group_deleted_seq"
 OWN_LIVE_INDEX = "group_sender_deleted_seq"
@@ -77,6 +92,15 @@ MARKER_INDEX = "user_group"
 
 MESSAGE_INDEXES = [
     IndexModel([("group_id", ASCENDING), ("seq", ASCENDING)], name=SEQ_INDEX, unique=True),
+    # Every revision a message took. Partial: messages stored before revisions
+    # have no `revs` and must not collide on a missing value.
+    IndexModel(
+        [("group_id", ASCENDING), ("revs", ASCENDING)],
+        name=REVS_INDEX,
+        unique=True,
+        partialFilterExpression={"revs": {"$gt": 0}},
+    ),
+    IndexModel([("group_id", ASCENDING), ("rev", ASCENDING)], name=REV_INDEX),
     # `$gt: ""` is "a non-empty string" (comparisons are type-bracketed) and is
     # what SecantusDB can prove a `client_msg_id: "x"` query implies; with
     # `$type: "string"` it scans the collection instead.
@@ -138,8 +162,16 @@ class MongoStore:
         self._db_name = db_name
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._writer = KeyedLock()  # one writer per group in this process
-        # Per group, a seq known to be stored: where the search for the top starts.
-        self._seq_hints: OrderedDict[ObjectId, int] = OrderedDict()
+        self._seqs = GroupCounter("seq")
+        self._revs = GroupCounter("revs", multikey=True)
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def db_name(self) -> str:
+        return self._db_name
 
     # -- lifecycle --
 
@@ -227,10 +259,10 @@ class MongoStore:
 
         async def summary(group: dict[str, Any]) -> GroupSummary:
             gid = group["_id"]
-            latest = await self._top_seq(gid)
+            latest, rev = await _both(self._top_seq(gid), self._top_rev(gid))
             last = markers.get(gid, 0)
             unread = 0 if last >= latest else await self._unread(gid, uid, last)
-            return GroupSummary(str(gid), _name(group), latest, unread)
+            return GroupSummary(str(gid), _name(group), latest, unread, rev)
 
         results = await asyncio.gather(*(summary(g) for g in groups), return_exceptions=True)
         for result in results:
@@ -269,19 +301,14 @@ class MongoStore:
                 "deleted": False,
             }
             for attempt in range(MAX_INSERT_ATTEMPTS):
-                doc["seq"] = await self._top_seq(gid) + 1
-                doc["timestamp"] = now_ms()
+                seq, rev = await _both(self._top_seq(gid), self._top_rev(gid))
+                doc.update(seq=seq + 1, rev=rev + 1, revs=[rev + 1], timestamp=now_ms())
                 try:
                     await self._messages.insert_one(doc)
                 except DuplicateKeyError as exc:
-                    index = _duplicate_index(exc)
-                    if index == SEQ_INDEX:
-                        # Another process took this seq: it is stored, so start above it.
-                        self._remember_seq(gid, doc["seq"])
-                        if attempt >= 2:
-                            await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
+                    if await self._lost_race(gid, exc, doc["seq"], doc["rev"], attempt):
                         continue
-                    if index == CLIENT_MSG_INDEX and client_msg_id is not None:
+                    if _duplicate_index(exc) == CLIENT_MSG_INDEX and client_msg_id is not None:
                         # Another process stored the same send first.
                         first = await self._messages.find_one(
                             _client_msg_filter(gid, sid, client_msg_id)
@@ -289,9 +316,24 @@ class MongoStore:
                         if first is not None:
                             return _to_wire(first), True
                     raise StorageUnavailable(f"unexpected duplicate key: {exc}") from exc
-                self._remember_seq(gid, doc["seq"])
+                self._seqs.remember(gid, doc["seq"])
+                self._revs.remember(gid, doc["rev"])
                 return _to_wire(doc), False
         raise StorageUnavailable(f"no free seq after {MAX_INSERT_ATTEMPTS} attempts")
+
+    async def _lost_race(self, gid: ObjectId, exc: DuplicateKeyError, seq: int, rev: int, attempt: int) -> bool:
+        """Whether a write lost a ``seq`` or ``rev`` race (that number is stored now:
+        the next try starts above it, after a short random pause once it keeps losing)."""
+        index = _duplicate_index(exc)
+        if index == SEQ_INDEX:
+            self._seqs.remember(gid, seq)
+        elif index == REVS_INDEX:
+            self._revs.remember(gid, rev)
+        else:
+            return False
+        if attempt >= 2:
+            await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
+        return True
 
     @_unavailable
     async def get_messages(
@@ -319,6 +361,30 @@ class MongoStore:
     async def latest_seq(self, group_id: str) -> int:
         gid = _oid_or_none(group_id)
         return 0 if gid is None else await self._top_seq(gid)
+
+    @_unavailable
+    async def latest_rev(self, group_id: str) -> int:
+        gid = _oid_or_none(group_id)
+        return 0 if gid is None else await self._top_rev(gid)
+
+    @_unavailable
+    async def get_changes(
+        self, group_id: str, *, after_rev: int, limit: int
+    ) -> tuple[list[Message], bool, int]:
+        gid = _oid(group_id)
+        top = await self._top_rev(gid)
+        found: dict[ObjectId, dict[str, Any]] = {}
+        above, width = after_rev, limit + 1
+        # Windows of the current-rev index, growing past superseded numbers,
+        # until one more row than a page is found or the top is reached.
+        while above < top and len(found) <= limit:
+            upto = min(top, above + width)
+            async for doc in self.changes_cursor(gid, above, upto):
+                found.pop(doc["_id"], None)  # changed again while paging: keep the later
+                found[doc["_id"]] = doc
+            above, width = upto, width * 2
+        docs = sorted(found.values(), key=lambda d: int(d["rev"]))
+        return [_to_wire(d) for d in docs[:limit]], len(docs) > limit, top
 
     @_unavailable
     async def get_message(self, group_id: str, message_id: str) -> Message | None:
@@ -389,7 +455,20 @@ class MongoStore:
 
     def seq_probe_cursor(self, gid: ObjectId, seq: int) -> AsyncCursor[dict[str, Any]]:
         """Whether ``seq`` is stored in the group: a point lookup in the seq index."""
-        return self._messages.find({"group_id": gid, "seq": seq}, {"seq": 1}).limit(1)
+        return self._seqs.point_cursor(self._messages, gid, seq)
+
+    def changes_cursor(self, gid: ObjectId, above: int, upto: int) -> AsyncCursor[dict[str, Any]]:
+        """Messages whose current ``rev`` is in ``(above, upto]``: one bounded walk of the rev index."""
+        query = {"group_id": gid, "rev": {"$gt": above, "$lte": upto}}
+        return self._messages.find(query).sort("rev", ASCENDING)
+
+    def rev_window_cursor(self, gid: ObjectId, above: int, upto: int) -> AsyncCursor[dict[str, Any]]:
+        """The range probe for the group's top ``rev`` (messages that took a number in the range)."""
+        return self._revs.window_cursor(self._messages, gid, above, upto)
+
+    def rev_probe_cursor(self, gid: ObjectId, rev: int) -> AsyncCursor[dict[str, Any]]:
+        """Whether ``rev`` was taken in the group: a point lookup in the revs index."""
+        return self._revs.point_cursor(self._messages, gid, rev)
 
     @staticmethod
     def unread_filters(gid: ObjectId, uid: ObjectId, last: int) -> tuple[dict, dict]:
@@ -429,48 +508,15 @@ class MongoStore:
             raise StorageUnavailable(f"MongoDB did not answer: {_short(exc)}") from exc
 
     def _remember_seq(self, gid: ObjectId, seq: int) -> None:
-        if seq <= 0:
-            return
-        self._seq_hints[gid] = max(seq, self._seq_hints.get(gid, 0))
-        self._seq_hints.move_to_end(gid)
-        while len(self._seq_hints) > SEQ_HINTS_KEPT:
-            self._seq_hints.popitem(last=False)
+        self._seqs.remember(gid, seq)
 
     async def _top_seq(self, gid: ObjectId) -> int:
-        """The group's highest stored seq (0 when empty), walking O(PROBE + log n) keys.
+        """The group's highest stored seq (0 when empty)."""
+        return await self._seqs.top(self._messages, gid)
 
-        Every answer is a seq seen stored (or 0), which is what makes
-        ``top + 1`` a safe number to try: it never leaves a hole.
-        """
-        start = low = self._seq_hints.get(gid, 0)
-        docs = await self.range_cursor(gid, low, low + PROBE, newest_first=True, limit=1).to_list(
-            None
-        )
-        if docs:
-            low = int(docs[0]["seq"])
-            if low == start + PROBE:
-                # Far behind (cold start, or other processes wrote a lot): gallop
-                # with point probes, bisect, then finish with one range probe.
-                step, high = PROBE, low + PROBE
-                while await self._seq_stored(gid, high):
-                    low, step = high, step * 2
-                    high = low + step
-                while high - low > PROBE:
-                    mid = (low + high) // 2
-                    if await self._seq_stored(gid, mid):
-                        low = mid
-                    else:
-                        high = mid
-                docs = await self.range_cursor(
-                    gid, low, high, newest_first=True, limit=1
-                ).to_list(None)
-                if docs:
-                    low = int(docs[0]["seq"])
-        self._remember_seq(gid, low)
-        return low
-
-    async def _seq_stored(self, gid: ObjectId, seq: int) -> bool:
-        return bool(await self.seq_probe_cursor(gid, seq).to_list(None))
+    async def _top_rev(self, gid: ObjectId) -> int:
+        """The group's latest revision (0 when none)."""
+        return await self._revs.top(self._messages, gid)
 
     async def _unread(self, gid: ObjectId, uid: ObjectId, last: int) -> int:
         live, own = self.unread_filters(gid, uid, last)
@@ -491,12 +537,32 @@ class MongoStore:
         gid, mid, sid = (_oid_or_none(x) for x in (group_id, message_id, sender_id))
         if gid is None or mid is None or sid is None:
             return None
-        doc = await self._messages.find_one_and_update(
-            _live_message_filter(mid, gid, sid),
-            {"$set": changes},
-            return_document=ReturnDocument.AFTER,
-        )
+        doc = await self.change(gid, _live_message_filter(mid, gid, sid), changes)
         return None if doc is None else _to_wire(doc)
+
+    async def change(
+        self, gid: ObjectId, selector: dict[str, Any], changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Apply ``changes`` to the one message ``selector`` matches, taking the
+        group's next ``rev`` in the same write; the stored document after, or
+        ``None`` when nothing matched."""
+        async with self._writer(str(gid)):
+            for attempt in range(MAX_INSERT_ATTEMPTS):
+                rev = await self._top_rev(gid) + 1
+                try:
+                    doc = await self._messages.find_one_and_update(
+                        selector,
+                        {"$set": {**changes, "rev": rev}, "$push": {"revs": rev}},
+                        return_document=ReturnDocument.AFTER,
+                    )
+                except DuplicateKeyError as exc:
+                    if await self._lost_race(gid, exc, 0, rev, attempt):
+                        continue
+                    raise StorageUnavailable(f"unexpected duplicate key: {exc}") from exc
+                if doc is not None:
+                    self._revs.remember(gid, rev)
+                return doc
+        raise StorageUnavailable(f"no free rev after {MAX_INSERT_ATTEMPTS} attempts")
 
 
 def _to_wire(doc: dict[str, Any]) -> Message:
@@ -510,6 +576,7 @@ def _to_wire(doc: dict[str, Any]) -> Message:
         "type": "message",
         "id": str(doc["_id"]),
         "seq": int(doc["seq"]),
+        "rev": int(doc.get("rev") or 0),
         "group_id": str(doc["group_id"]),
         "sender_id": sid,
         "sender": sender,
@@ -520,6 +587,15 @@ def _to_wire(doc: dict[str, Any]) -> Message:
         "edited_at": None if edited is None else iso_timestamp(edited),
         "deleted": deleted,
     }
+
+
+async def _both(first: Coroutine[Any, Any, int], second: Coroutine[Any, Any, int]) -> tuple[int, int]:
+    """Two store reads at once; the first failure is raised (after both finished)."""
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return int(results[0]), int(results[1])  # type: ignore[arg-type]
 
 
 def _client_msg_filter(gid: ObjectId, sid: ObjectId, client_msg_id: str) -> dict[str, Any]:
@@ -537,10 +613,12 @@ def _duplicate_index(exc: DuplicateKeyError) -> str | None:
     pattern = details.get("keyPattern") or {}
     if "client_msg_id" in pattern:
         return CLIENT_MSG_INDEX
+    if "revs" in pattern:
+        return REVS_INDEX
     if "seq" in pattern:
         return SEQ_INDEX
     message = str(details.get("errmsg") or exc)
-    for name in (CLIENT_MSG_INDEX, SEQ_INDEX):
+    for name in (CLIENT_MSG_INDEX, REVS_INDEX, SEQ_INDEX):
         if f"index: {name} " in message:
             return name
     return None

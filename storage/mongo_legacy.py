@@ -28,6 +28,7 @@ from pymongo.errors import BulkWriteError
 from .base import StorageUnavailable, User, display_name
 from .mongo import (
     MAX_INSERT_ATTEMPTS,
+    REVS_INDEX,
     SEQ_INDEX,
     MongoStore,
     _name,
@@ -169,7 +170,7 @@ class LegacyMongoStore(MongoStore):
     async def add_migrated_messages(
         self, group_id: str, messages: Sequence[LegacyMessage]
     ) -> tuple[int, list[int]]:
-        """Store legacy messages, in this order, with the group's next seqs.
+        """Store legacy messages, in this order, with the group's next seqs and revs.
 
         ``add_message``'s numbering (top + 1, the unique index arbitrates, retry
         above the winner) applied to an ordered batch. Returns how many were
@@ -180,9 +181,9 @@ class LegacyMongoStore(MongoStore):
         stored, present, stalled = 0, [], 0
         async with self._writer(str(gid)):
             while pending:
-                top = await self._top_seq(gid)
+                top, top_rev = await self._top_seq(gid), await self._top_rev(gid)
                 for offset, doc in enumerate(pending, start=1):
-                    doc["seq"] = top + offset
+                    doc.update(seq=top + offset, rev=top_rev + offset, revs=[top_rev + offset])
                 try:
                     await self._messages.insert_many(pending, ordered=True)
                     done, error = len(pending), None
@@ -191,15 +192,19 @@ class LegacyMongoStore(MongoStore):
                     error = (exc.details.get("writeErrors") or [{}])[0]
                 stored += done
                 self._remember_seq(gid, top + done)
+                self._revs.remember(gid, top_rev + done)
                 if error is None:
                     break
                 index = _write_error_index(error) if error.get("code") == 11000 else None
                 if index == LEGACY_INDEX:
                     present.append(int(pending[done]["legacy"]["index"]))
                     pending = pending[done + 1:]
-                elif index == SEQ_INDEX:
-                    # Another writer took this seq: it is stored, so start above it.
-                    self._remember_seq(gid, top + done + 1)
+                elif index in (SEQ_INDEX, REVS_INDEX):
+                    # Another writer took this seq (or rev): it is stored, so start above it.
+                    if index == SEQ_INDEX:
+                        self._remember_seq(gid, top + done + 1)
+                    else:
+                        self._revs.remember(gid, top_rev + done + 1)
                     pending = pending[done:]
                     stalled = 0 if done else stalled + 1
                     if stalled >= MAX_INSERT_ATTEMPTS:
@@ -236,10 +241,12 @@ def _write_error_index(error: Mapping[str, Any]) -> str | None:
     pattern = error.get("keyPattern") or {}
     if "legacy.index" in pattern:
         return LEGACY_INDEX
+    if "revs" in pattern:
+        return REVS_INDEX
     if "seq" in pattern:
         return SEQ_INDEX
     message = str(error.get("errmsg") or "")
-    for name in (LEGACY_INDEX, SEQ_INDEX):
+    for name in (LEGACY_INDEX, REVS_INDEX, SEQ_INDEX):
         if f"index: {name} " in message:
             return name
     return None

@@ -9,7 +9,7 @@ import aiohttp
 from tests.support.chat import ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, make_token
 
 MESSAGE_FIELDS = {
-    "type", "id", "seq", "group_id", "sender_id", "sender", "sender_name",
+    "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
     "content", "timestamp", "client_msg_id", "edited_at", "deleted",
 }
 from tests.support.chat import both_stores as backend  # noqa: E402  (every test on both stores)
@@ -27,8 +27,8 @@ async def test_list_groups_returns_the_callers_groups_by_name(connect):
     assert ack == {
         "ok": True,
         "groups": [
-            {"id": MATHS, "name": "Maths", "latest_seq": 0, "unread_count": 0},
-            {"id": PHYSICS, "name": "Physics", "latest_seq": 0, "unread_count": 0},
+            {"id": MATHS, "name": "Maths", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
+            {"id": PHYSICS, "name": "Physics", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
         ],
     }
     assert await ana.call("list_groups", {}) == ack

@@ -77,7 +77,7 @@ CODES = {
     "message_not_found", "rate_limited", "storage_unavailable", "internal",
 }
 MESSAGE_FIELDS = {
-    "type", "id", "seq", "group_id", "sender_id", "sender", "sender_name",
+    "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
     "content", "timestamp", "client_msg_id", "edited_at", "deleted",
 }
 SERVER_EVENTS = {"message", "message_updated", "message_deleted", "typing", "presence"}
@@ -539,14 +539,15 @@ class Rig:
             if ack != {"ok": True}:
                 self.problem(f"{event} success is not {{ok: true}}", call, show(ack))
         elif event == "join_group":
-            if want({"ok", "group", "messages", "has_more", "latest_seq", "last_read_seq", "unread_count", "online"}):
+            if want({"ok", "group", "messages", "has_more", "latest_seq", "latest_rev", "last_read_seq",
+                     "unread_count", "online"}):
                 if ack["group"] != {"id": group, "name": GROUP_NAMES[group]} or ANA not in ack["online"]:
                     self.problem("join_group names the wrong group or leaves Ana offline", call, show(ack))
                 since = payload.get("since_seq")
                 page = self._page(group, payload.get("limit") or 50, after=since, before=None)
                 self._check_page(call, ack, page, exact)
-                if exact and ack["latest_seq"] != self._latest(group):
-                    self.problem("join_group latest_seq is wrong", call, show(ack))
+                if exact and (ack["latest_seq"], ack["latest_rev"]) != (self._latest(group), self._latest_rev(group)):
+                    self.problem("join_group latest_seq or latest_rev is wrong", call, show(ack))
                 if exact and self.read[group] is not None and (ack["last_read_seq"], ack["unread_count"]) != (
                     self.read[group], self._unread(group, self.read[group])
                 ):
@@ -625,13 +626,16 @@ class Rig:
     def _latest(self, group: str) -> int:
         return max((m["seq"] for m in self._of(group)), default=0)
 
+    def _latest_rev(self, group: str) -> int:
+        return max((m["rev"] for m in self._of(group)), default=0)
+
     def _unread(self, group: str, marker: int) -> int:
         return sum(1 for m in self._of(group) if m["sender_id"] != ANA and not m["deleted"] and m["seq"] > marker)
 
     def _summary(self, group: str) -> dict[str, Any]:
         marker = self.read[group] or 0
         return {"id": group, "name": GROUP_NAMES[group], "latest_seq": self._latest(group),
-                "unread_count": self._unread(group, marker)}
+                "latest_rev": self._latest_rev(group), "unread_count": self._unread(group, marker)}
 
     def _page(self, group: str, limit: int, *, after: int | None, before: int | None) -> tuple[list, bool]:
         messages = self._of(group)

@@ -55,7 +55,7 @@ SEEDED = [  # Calculus I, seq 1..3
 ]
 
 MESSAGE_FIELDS = {
-    "type", "id", "seq", "group_id", "sender_id", "sender", "sender_name",
+    "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
     "content", "timestamp", "client_msg_id", "edited_at", "deleted",
 }
 HEX_ID = re.compile(r"[0-9a-f]{24}")
@@ -282,8 +282,8 @@ def seqs(page: dict[str, Any]) -> list[int]:
 
 
 ANA_GROUPS = [
-    {"id": CALCULUS, "name": "Calculus I", "latest_seq": 3, "unread_count": 2},
-    {"id": CHEMISTRY, "name": "Organic Chemistry", "latest_seq": 0, "unread_count": 0},
+    {"id": CALCULUS, "name": "Calculus I", "latest_seq": 3, "latest_rev": 3, "unread_count": 2},
+    {"id": CHEMISTRY, "name": "Organic Chemistry", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
 ]
 
 
@@ -655,9 +655,9 @@ def test_mark_read(node, demo_server, tokens, transport):
 
     ana_groups = seen["groups_after_sends"]["ana"]["groups"]
     # Juan's new message is unread for Ana; her own is not.
-    assert ana_groups[0] == {"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "unread_count": 1}
+    assert ana_groups[0] == {"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "latest_rev": 5, "unread_count": 1}
     juan_groups = seen["groups_after_sends"]["juan"]["groups"]
-    assert juan_groups == [{"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "unread_count": 3}]
+    assert juan_groups == [{"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "latest_rev": 5, "unread_count": 3}]
 
     assert seen["juan_delete"]["ok"] is True
     # A deleted message is no longer unread.
@@ -680,7 +680,8 @@ def test_edit_and_delete(node, demo_server, tokens, transports):
     assert edit["ok"] is True, edit
     edited = edit["message"]
     assert TIMESTAMP.fullmatch(edited["edited_at"] or ""), edited
-    assert edited == {**original, "content": "The exam is on Monday", "edited_at": edited["edited_at"]}
+    assert edited == {**original, "content": "The exam is on Monday", "edited_at": edited["edited_at"],
+                      "rev": original["rev"] + 1}
     assert seen["updated"] == {"ana": edited, "juan": edited}
     assert seen["history_after_edit"]["messages"][-1] == edited
 
@@ -688,7 +689,7 @@ def test_edit_and_delete(node, demo_server, tokens, transports):
     assert delete["ok"] is True, delete
     tombstone = delete["message"]
     # Identity and metadata stay; the text goes.
-    assert tombstone == {**edited, "content": "", "deleted": True}
+    assert tombstone == {**edited, "content": "", "deleted": True, "rev": edited["rev"] + 1}
     assert seen["deleted"] == {"ana": tombstone, "juan": tombstone}
     assert seen["delete_again"] == {"ok": True, "message": tombstone}
     assert_refused(seen["edit_deleted"], "message_not_found")

@@ -95,7 +95,7 @@ async def test_read_markers_and_unread_counts(connect):
     ack = await join(ben)
     assert (ack["last_read_seq"], ack["unread_count"]) == (0, 4)
     groups = (await ben.call("list_groups"))["groups"]
-    assert groups[0] == {"id": MATHS, "name": "Maths", "latest_seq": 5, "unread_count": 4}
+    assert groups[0] == {"id": MATHS, "name": "Maths", "latest_seq": 5, "latest_rev": 5, "unread_count": 4}
 
     assert await ben.call("mark_read", {"group_id": MATHS, "seq": 3}) == {
         "ok": True, "last_read_seq": 3, "unread_count": 1}
@@ -130,8 +130,9 @@ async def test_edit_is_broadcast_and_history_shows_the_current_version(connect):
     assert ack["ok"]
     edited = ack["message"]
     assert edited["content"] == "the answer is 42" and edited["edited_at"] is not None
-    assert {k: v for k, v in edited.items() if k not in ("content", "edited_at")} == {
-        k: v for k, v in original.items() if k not in ("content", "edited_at")}
+    assert {k: v for k, v in edited.items() if k not in ("content", "edited_at", "rev")} == {
+        k: v for k, v in original.items() if k not in ("content", "edited_at", "rev")}
+    assert edited["rev"] == original["rev"] + 1
     assert await ben.wait_event("message_updated") == [edited]
     history = await ben.call("get_history", {"group_id": MATHS})
     assert history["messages"] == [edited]

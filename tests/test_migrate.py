@@ -195,10 +195,10 @@ async def test_every_record_shape_is_copied_in_order_and_reads_back_like_any_mes
         (content, sender_id, sender, iso(moment)) for content, sender_id, sender, moment in expected
     ]
     for seq, message in enumerate(messages, start=1):
-        assert set(message) == {"type", "id", "seq", "group_id", "sender_id", "sender", "sender_name", "content",
+        assert set(message) == {"type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name", "content",
                                 "timestamp", "client_msg_id", "edited_at", "deleted"}
         assert re.fullmatch(r"[0-9a-f]{24}", message["id"])
-        assert (message["type"], message["seq"], message["group_id"]) == ("message", seq, MATHS)
+        assert (message["type"], message["seq"], message["rev"], message["group_id"]) == ("message", seq, seq, MATHS)
         assert message["sender_name"] == message["sender"]
         assert (message["client_msg_id"], message["edited_at"], message["deleted"]) == (None, None, False)
 
@@ -215,7 +215,8 @@ async def test_every_record_shape_is_copied_in_order_and_reads_back_like_any_mes
     own = sum(1 for m in messages if m["sender_id"] == ANA)
     groups = (await ana.call("list_groups"))["groups"]
     maths = next(g for g in groups if g["id"] == MATHS)
-    assert maths == {"id": MATHS, "name": "Maths", "latest_seq": GOOD, "unread_count": GOOD - own}
+    assert maths == {"id": MATHS, "name": "Maths", "latest_seq": GOOD, "latest_rev": GOOD,
+                     "unread_count": GOOD - own}
     # And the history goes on from there.
     sent = await ana.call("send_message", {"group_id": MATHS, "content": "first message on the new server"})
     assert sent["message"]["seq"] == GOOD + 1

@@ -28,12 +28,14 @@ from storage.mongo import (
     LIVE_INDEX,
     MARKER_INDEX,
     OWN_LIVE_INDEX,
-    PROBE,
+    REV_INDEX,
+    REVS_INDEX,
     SEQ_INDEX,
     MongoStore,
     _client_msg_filter,
     _live_message_filter,
 )
+from storage.mongo_counter import PROBE
 from tests.support.mongo import SecantusProcess, free_port, secantus_uri, seed_mongo
 
 ALICE = "65aaaaaaaaaaaaaaaaaaaa01"  # "  Alice " + " Liddell "
@@ -126,9 +128,9 @@ async def test_list_groups_by_name_with_counts(store: Store) -> None:
     await store.mark_read(ZOOLOGY, ALICE, 1)
     groups = [g.to_wire() for g in await store.list_groups(ALICE)]
     assert groups == [
-        {"id": ALGEBRA, "name": "Algebra", "latest_seq": 2, "unread_count": 1},
-        {"id": ALGEBRA_TOO, "name": "Algebra", "latest_seq": 0, "unread_count": 0},
-        {"id": ZOOLOGY, "name": "Zoology", "latest_seq": 1, "unread_count": 0},
+        {"id": ALGEBRA, "name": "Algebra", "latest_seq": 2, "latest_rev": 2, "unread_count": 1},
+        {"id": ALGEBRA_TOO, "name": "Algebra", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
+        {"id": ZOOLOGY, "name": "Zoology", "latest_seq": 1, "latest_rev": 1, "unread_count": 0},
     ]
     assert [g.id for g in await store.list_groups(BOB)] == [ALGEBRA, CHEMISTRY, ZOOLOGY]
     assert await store.list_groups(EVE) == []
@@ -213,7 +215,8 @@ async def test_edit_changes_content_for_the_sender_only(store: Store) -> None:
     edited = await store.edit_message(ZOOLOGY, message["id"], ALICE, "final")
     assert edited is not None
     assert edited["content"] == "final" and ISO_MS.match(edited["edited_at"] or "")
-    assert {**edited, "content": "draft", "edited_at": None} == message
+    assert {**edited, "content": "draft", "edited_at": None, "rev": 1} == message
+    assert edited["rev"] == 2  # the edit is the group's second change
     assert await store.get_message(ZOOLOGY, message["id"]) == edited
     assert await store.get_message(ALGEBRA, message["id"]) is None
     assert (await store.get_messages(ZOOLOGY, limit=10))[0] == [edited]
@@ -226,7 +229,7 @@ async def test_delete_leaves_a_tombstone(store: Store) -> None:
     assert await store.delete_message(ZOOLOGY, message["id"], BOB) is None
     assert await store.delete_message(ALGEBRA, message["id"], ALICE) is None
     deleted = await store.delete_message(ZOOLOGY, message["id"], ALICE)
-    assert deleted == {**edited, "content": "", "deleted": True}
+    assert deleted == {**edited, "content": "", "deleted": True, "rev": 3}
     assert deleted["client_msg_id"] == "c-2" and deleted["edited_at"] == edited["edited_at"]
     assert await store.delete_message(ZOOLOGY, message["id"], ALICE) is None
     assert await store.edit_message(ZOOLOGY, message["id"], ALICE, "back") is None
@@ -359,7 +362,7 @@ async def test_indexes_are_created_idempotently(mongo_uri: str, mongo_db_name: s
             return {ix["name"] async for ix in await db[collection].list_indexes()}
 
         assert await names("messages") == {
-            "_id_", SEQ_INDEX, CLIENT_MSG_INDEX, LIVE_INDEX, OWN_LIVE_INDEX}
+            "_id_", SEQ_INDEX, REVS_INDEX, REV_INDEX, CLIENT_MSG_INDEX, LIVE_INDEX, OWN_LIVE_INDEX}
         assert await names("read_markers") == {"_id_", MARKER_INDEX}
         # The wider application's collections are only read.
         assert await names("users") == await names("study_groups") == {"_id_"}

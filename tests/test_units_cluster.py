@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 from cluster.presence import RedisPresence
 from cluster.redis_manager import OrderedRedisManager
 from cluster.redis_scripts import RedisConnection
-from cluster.seq_order import SeqOrder
+from cluster.rev_order import RevOrder
 from realtime.codec import SafeJSON
 from tests.support.redis import RedisProcess
 
-# -- SeqOrder --
+# -- RevOrder --
 
 
 def _msg(seq: int) -> dict[str, Any]:
@@ -29,9 +29,9 @@ class _Delivered(list):
         self.append(message["seq"])
 
 
-async def test_seq_order_delivers_in_order_and_holds_a_gap_until_it_fills():
+async def test_rev_order_delivers_in_order_and_holds_a_gap_until_it_fills():
     got = _Delivered()
-    order = SeqOrder(got, wait_s=5.0)
+    order = RevOrder(got, wait_s=5.0)
     order.offer("g", 1, _msg(1))
     order.offer("g", 3, _msg(3))
     order.offer("g", 4, _msg(4))
@@ -45,9 +45,9 @@ async def test_seq_order_delivers_in_order_and_holds_a_gap_until_it_fills():
     order.close()
 
 
-async def test_seq_order_gives_up_on_a_missing_seq_after_its_wait():
+async def test_rev_order_gives_up_on_a_missing_seq_after_its_wait():
     got = _Delivered()
-    order = SeqOrder(got, wait_s=0.05)
+    order = RevOrder(got, wait_s=0.05)
     order.offer("g", 10, _msg(10))
     order.offer("g", 12, _msg(12))
     order.offer("g", 14, _msg(14))
@@ -61,10 +61,10 @@ async def test_seq_order_gives_up_on_a_missing_seq_after_its_wait():
     order.close()
 
 
-async def test_seq_order_forgets_idle_groups_but_not_waiting_ones():
+async def test_rev_order_forgets_idle_groups_but_not_waiting_ones():
     """The per-group table used to keep every group ever seen."""
     got = _Delivered()
-    order = SeqOrder(got, wait_s=10.0, idle_s=0.1)
+    order = RevOrder(got, wait_s=10.0, idle_s=0.1)
     for i in range(1000):
         order.offer(f"g{i}", 1, _msg(1))
     order.offer("waiting", 1, _msg(1))
@@ -78,9 +78,9 @@ async def test_seq_order_forgets_idle_groups_but_not_waiting_ones():
     order.close()
 
 
-async def test_seq_order_close_cancels_its_timers():
+async def test_rev_order_close_cancels_its_timers():
     got = _Delivered()
-    order = SeqOrder(got, wait_s=0.05)
+    order = RevOrder(got, wait_s=0.05)
     order.offer("g", 1, _msg(1))
     order.offer("g", 3, _msg(3))
     order.close()

@@ -1,5 +1,7 @@
-"""``SeqOrder``: a small reorder buffer that delivers each group's ``message``
-emits in ``seq`` order (see ``redis_manager``)."""
+"""``RevOrder``: a small reorder buffer that delivers each group's message
+broadcasts (``message``, ``message_updated``, ``message_deleted``) in ``rev``
+order (see ``redis_manager``). New messages take ``seq`` and ``rev`` together,
+so ``message`` events are in ``seq`` order too."""
 
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ class _GroupOrder:
     timer: asyncio.TimerHandle | None = None
 
 
-class SeqOrder:
-    """Decides when each group's ``message`` emits may be delivered."""
+class RevOrder:
+    """Decides when each group's message broadcasts may be delivered."""
 
     def __init__(self, deliver: Callable[[dict[str, Any]], None], wait_s: float = REORDER_WAIT_S,
                  idle_s: float = IDLE_S) -> None:
@@ -40,24 +42,24 @@ class SeqOrder:
         """How many groups' order is kept now."""
         return len(self._groups)
 
-    def offer(self, group_id: str, seq: int, message: dict[str, Any]) -> None:
+    def offer(self, group_id: str, rev: int, message: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._prune(now)
         state = self._groups.get(group_id)
         if state is None:
-            state = self._groups[group_id] = _GroupOrder(seq - 1, now)
+            state = self._groups[group_id] = _GroupOrder(rev - 1, now)
         state.at = now
-        if seq <= state.last or seq in state.pending:
-            log.debug("dropping late or repeated seq %s of %s (last %s)", seq, group_id, state.last)
+        if rev <= state.last or rev in state.pending:
+            log.debug("dropping late or repeated rev %s of %s (last %s)", rev, group_id, state.last)
             return
-        if seq != state.last + 1:
-            state.pending[seq] = message
+        if rev != state.last + 1:
+            state.pending[rev] = message
             if state.timer is None:
                 state.timer = loop.call_later(self._wait_s, self._give_up, group_id)
             return
         self._deliver(message)
-        state.last = seq
+        state.last = rev
         while state.last + 1 in state.pending:
             state.last += 1
             self._deliver(state.pending.pop(state.last))
@@ -70,9 +72,9 @@ class SeqOrder:
         if state is None:
             return
         state.timer = None
-        for seq in sorted(state.pending):
-            self._deliver(state.pending.pop(seq))
-            state.last = seq
+        for rev in sorted(state.pending):
+            self._deliver(state.pending.pop(rev))
+            state.last = rev
 
     def _prune(self, now: float) -> None:
         """At most once per ``idle_s``: forget groups idle that long with nothing waiting."""

@@ -1,0 +1,120 @@
+"""Revisions for messages stored before revisions existed (``migrate-revisions``).
+
+A message without ``rev`` is left out of ``get_changes`` until it has one.
+``RevisionBackfill`` gives every such message, group by group in ``seq``
+order, the group's next ``rev``, through the same write path as an edit
+(``MongoStore.change``: the unique ``revs`` index arbitrates), so it runs
+while servers serve the group: a message that a live edit reaches first
+already has its revision and is skipped. It only ever touches messages that
+have no ``rev``, so a run can be stopped at any point and run again; a
+finished run is recorded in ``schema_migrations`` and the server's own run at
+start skips everything then (``migrate-revisions`` always walks every group,
+for messages written by servers of an older version during a rolling
+upgrade).
+
+Cost: per group, one lookup through ``(group_id, rev)`` tells whether any
+message lacks a revision; a group that has some is walked in ``seq`` windows
+of ``WINDOW`` (bounded index scans) and written one message at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING
+
+from .base import StorageUnavailable
+from .mongo import MongoStore, _oid, _unavailable
+
+log = logging.getLogger(__name__)
+
+WINDOW = 500
+MARKER = {"_id": "message_revisions"}
+UNREVISED = {"$in": [None]}  # no `rev` field (or null)
+
+
+@dataclass
+class BackfillResult:
+    groups: int = 0  # groups that had messages without a revision
+    assigned: int = 0  # revisions given
+
+
+class RevisionBackfill(MongoStore):
+    """A ``MongoStore`` that can give revisions to messages stored without one."""
+
+    @_unavailable
+    async def finished(self) -> bool:
+        """Whether a run has completed on this database."""
+        return await self._db.schema_migrations.find_one({**MARKER, "done": True}) is not None
+
+    @_unavailable
+    async def groups_with_messages(self) -> list[ObjectId]:
+        return sorted(await self._messages.distinct("group_id"))
+
+    @_unavailable
+    async def unrevised_count(self, gid: ObjectId) -> int:
+        return int(await self._messages.count_documents({"group_id": gid, "rev": UNREVISED}))
+
+    async def run(
+        self,
+        *,
+        group: str | None = None,
+        dry_run: bool = False,
+        report: Callable[[str], Any] = log.info,
+    ) -> BackfillResult:
+        """Give a revision to every message that has none (in one group, or all)."""
+        result = BackfillResult()
+        gids = [_oid(group)] if group is not None else await self.groups_with_messages()
+        for gid in gids:
+            missing = await self.unrevised_count(gid)
+            if not missing:
+                continue
+            result.groups += 1
+            if dry_run:
+                result.assigned += missing
+                report(f"group {gid}: {missing} messages would get a revision")
+                continue
+            done = await self._backfill_group(gid)
+            result.assigned += done
+            report(f"group {gid}: {done} messages got a revision")
+        if group is None and not dry_run:
+            await self._mark_finished()
+        return result
+
+    @_unavailable
+    async def _backfill_group(self, gid: ObjectId) -> int:
+        done, above = 0, 0
+        top = await self._top_seq(gid)
+        while above < top:
+            upto = above + WINDOW
+            query = {"group_id": gid, "seq": {"$gt": above, "$lte": upto}, "rev": UNREVISED}
+            ids = [d["_id"] async for d in self._messages.find(query, {"_id": 1, "seq": 1}).sort("seq", ASCENDING)]
+            for message_id in ids:
+                if await self.change(gid, {"_id": message_id, "rev": UNREVISED}, {}) is not None:
+                    done += 1
+            above = upto
+        return done
+
+    @_unavailable
+    async def _mark_finished(self) -> None:
+        await self._db.schema_migrations.update_one(MARKER, {"$set": {"done": True}}, upsert=True)
+
+
+async def backfill_in_background(uri: str, db_name: str) -> None:
+    """The server's own run at start: nothing when a run finished before."""
+    store = RevisionBackfill(uri, db_name)
+    try:
+        await store.open(create_indexes=False)
+        if await store.finished():
+            return
+        result = await store.run()
+        if result.assigned:
+            log.info("revisions given to %d older messages in %d groups", result.assigned, result.groups)
+    except StorageUnavailable as exc:
+        log.warning("older messages could not get revisions yet (%s); the next start tries again", exc)
+    finally:
+        await store.close()
