@@ -118,7 +118,8 @@ async def _migrate_revisions(settings: Settings, *, dry_run: bool, group: str | 
     finally:
         await store.close()
     verb = "would get" if dry_run else "got"
-    print(f"total: {result.assigned} messages in {result.groups} groups {verb} a revision")
+    groups = f"{result.groups} group{'' if result.groups == 1 else 's'}"
+    print(f"total: {result.assigned} messages in {groups} {verb} a revision")
     return 0
 
 

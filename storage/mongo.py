@@ -205,6 +205,9 @@ class MongoStore:
             raise StorageUnavailable(
                 f"MongoDB at MONGODB_URI ({where}) could not be opened: {_short(exc)}"
             ) from exc
+        except BaseException:  # cancelled while opening
+            await client.close()
+            raise
         self._client = client
 
     async def close(self) -> None:
