@@ -13,9 +13,9 @@ import socketio
 from pymongo import AsyncMongoClient
 
 from tests.support.chat import ANA, BEN, CAROL, DAN, MATHS, ChatClient, make_token
-from tests.support.chat import both_stores as backend  # noqa: F401  (every test on both stores)
+from tests.support.chat import both_stores as backend
 from tests.support.nodes import Node
-from tests.test_multinode import seeded_db, start_nodes  # noqa: F401  (fixtures)
+from tests.test_multinode import seeded_db, start_nodes
 
 BROADCASTS = ("message", "message_updated", "message_deleted")
 NO_LIMITS = {"RATE_LIMIT_SEND_PER_S": "0", "RATE_LIMIT_EVENTS_PER_S": "0"}

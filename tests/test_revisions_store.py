@@ -27,7 +27,7 @@ from tests.test_store_contract import (
     ZOOLOGY,
     _index_scan,
     send,
-    store,  # noqa: F401  (fixture)
+    store,
 )
 
 
@@ -207,8 +207,9 @@ async def test_older_messages_get_revisions_while_the_group_is_used(mongo_uri: s
         assert await all_changes(store) == []
 
         env = {"MONGODB_URI": mongo_uri, "MONGODB_DB": mongo_db_name, "PATH": "/usr/bin:/bin"}
-        dry = subprocess.run([sys.executable, "-m", "server", "migrate-revisions", "--dry-run"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        dry = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server", "migrate-revisions",
+                                                       "--dry-run"],
+                                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert dry.returncode == 0, dry.stderr
         assert "total: 1200 messages in 1 group would get a revision" in dry.stdout
         assert await store.latest_rev(ZOOLOGY) == 0
@@ -234,8 +235,8 @@ async def test_older_messages_get_revisions_while_the_group_is_used(mongo_uri: s
         # Old messages took their numbers in seq order (the live ones interleave).
         old_revs = [by_id[str(d["_id"])]["rev"] for d in old if d["_id"] != old[5]["_id"]]
         assert old_revs == sorted(old_revs)
-        again = subprocess.run([sys.executable, "-m", "server", "migrate-revisions"],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        again = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "server", "migrate-revisions"],
+                                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and "total: 0 messages in 0 groups got a revision" in again.stdout
         assert await store.latest_rev(ZOOLOGY) == len(revs)
         # A finished run is recorded: the server's own run at start does nothing.
