@@ -14,7 +14,8 @@ publishes it for the other nodes. Two things are added here:
   ``rev`` at or below the last one this node delivered for the group is
   dropped, so no connection ever sees a group's ``rev`` go backwards. New
   messages take ``seq`` and ``rev`` together, so ``message`` events stay in
-  ``seq`` order as before.
+  ``seq`` order as before. With ``fill_gaps_from``, a ``rev`` still missing
+  after the wait is read from storage first (``rev_order``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -175,6 +177,21 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
             log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
             for message in batch:
                 await self._publish(message)
+
+    def fill_gaps_from(
+        self, changes: Callable[[str, int, int], Awaitable[list[tuple[str, dict[str, Any]]]]]
+    ) -> None:
+        """Where missed changes are read from: ``changes(group, after_rev, before_rev)``
+        gives ``(event, message)`` for each message whose ``rev`` lies strictly between."""
+
+        async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+            return [
+                (payload["rev"], {"method": "emit", "event": event, **_wire_data(payload), "namespace": "/",
+                                  "room": group_id, "skip_sid": None, "callback": None, "host_id": self.host_id})
+                for event, payload in await changes(group_id, after, before)
+            ]
+
+        self._order.fill = fill
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         data = message.get("data")

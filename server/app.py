@@ -109,6 +109,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     cluster = None
     if settings.redis_url:
         cluster = Cluster(settings.redis_url, settings.rate_limits, settings.presence_ttl_s)
+        cluster.fill_gaps_from(storage)
     sio = FastSocketServer(
         async_mode="aiohttp",
         # Socket.IO packets decode with SafeJSON (StrictPacket.json); Engine.IO's
@@ -170,7 +171,7 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
     backfill = None
     if isinstance(store, MongoStore):
         # Messages stored before revisions existed get theirs while the server serves.
-        backfill = asyncio.ensure_future(backfill_in_background(store.uri, store.db_name))
+        backfill = asyncio.ensure_future(backfill_in_background(store))
     try:
         if CLUSTER in app:
             async for _ in app[CLUSTER].lifecycle(app[EVENTS]):

@@ -98,6 +98,7 @@ def _token(settings: Settings, user_id: str, ttl: int) -> int:
 
 async def _migrate_revisions(settings: Settings, *, dry_run: bool, group: str | None) -> int:
     from storage.base import ID_RE
+    from storage.mongo import MongoStore
     from storage.mongo_revisions import RevisionBackfill
 
     if not settings.mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
@@ -107,11 +108,11 @@ async def _migrate_revisions(settings: Settings, *, dry_run: bool, group: str | 
     if group is not None and not ID_RE.fullmatch(group):
         print("error: --group must be a 24-hex group id", file=sys.stderr)
         return 2
-    store = RevisionBackfill(settings.mongodb_uri, settings.mongodb_db)
+    store = MongoStore(settings.mongodb_uri, settings.mongodb_db)
     try:
         await store.open(create_indexes=not dry_run)
-        result = await store.run(group=group and group.lower(), dry_run=dry_run,
-                                 report=lambda line: print(line, flush=True))
+        result = await RevisionBackfill(store).run(group=group and group.lower(), dry_run=dry_run,
+                                                   report=lambda line: print(line, flush=True))
     except StorageUnavailable as exc:
         print(f"error: {exc} (run again to resume)", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from cluster.presence import RedisPresence
 from cluster.rate_limits import LocalLimiter, RateLimits, RedisLimiter
@@ -13,10 +14,14 @@ from cluster.redis_manager import OrderedRedisManager
 from cluster.redis_scripts import RedisConnection
 from handlers.events import ChatEvents
 from realtime.codec import SafeJSON
+from storage import Store
+from storage.base import Message
 
 from .logs import library_logger
 
 log = logging.getLogger(__name__)
+
+GAP_FILL_LIMIT = 100  # changes read per gap; clients fill what lies beyond
 
 
 class Cluster:
@@ -34,6 +39,17 @@ class Cluster:
         self.presence = RedisPresence(self.connection, self.manager.host_id, presence_ttl_s)
         self.limiter = RedisLimiter(self.connection, limits, LocalLimiter(limits))
         self.interval_s = presence_ttl_s / 3
+
+    def fill_gaps_from(self, store: Store) -> None:
+        """Changes a node missed on the queue are read from ``store`` (see ``cluster.rev_order``)."""
+
+        async def changes(group_id: str, after: int, before: int) -> list[tuple[str, dict[str, Any]]]:
+            found, _more, _latest = await store.get_changes(
+                group_id, after_rev=after, limit=min(GAP_FILL_LIMIT, before - after - 1)
+            )
+            return [(_broadcast_event(m), dict(m)) for m in found if m["rev"] < before]
+
+        self.manager.fill_gaps_from(changes)
 
     async def ping(self) -> None:
         await self.connection.ping()
@@ -69,6 +85,13 @@ class Cluster:
                 if healthy:
                     log.error("Redis unavailable for presence heartbeat: %s", exc)
                 healthy = False
+
+
+def _broadcast_event(message: Message) -> str:
+    """The event a change goes out as, judged from the message's current state."""
+    if message["deleted"]:
+        return "message_deleted"
+    return "message" if message["edited_at"] is None else "message_updated"
 
 
 class StartupError(Exception):

@@ -166,12 +166,9 @@ class MongoStore:
         self._revs = GroupCounter("revs", multikey=True)
 
     @property
-    def uri(self) -> str:
-        return self._uri
-
-    @property
-    def db_name(self) -> str:
-        return self._db_name
+    def database(self) -> Any:
+        """The open database (for the store's own maintenance, ``storage.mongo_revisions``)."""
+        return self._db
 
     # -- lifecycle --
 

@@ -3,7 +3,8 @@
 A message without ``rev`` is left out of ``get_changes`` until it has one.
 ``RevisionBackfill`` gives every such message, group by group in ``seq``
 order, the group's next ``rev``, through the same write path as an edit
-(``MongoStore.change``: the unique ``revs`` index arbitrates), so it runs
+(``MongoStore.change``: the unique ``revs`` index arbitrates, and the
+store's per-group lock orders it with this process's writers), so it runs
 while servers serve the group: a message that a live edit reaches first
 already has its revision and is skipped. It only ever touches messages that
 have no ``rev``, so a run can be stopped at any point and run again; a
@@ -20,17 +21,19 @@ of ``WINDOW`` (bounded index scans) and written one message at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from pymongo import ASCENDING
+from pymongo.errors import PyMongoError
 
 from .base import StorageUnavailable
-from .mongo import MongoStore, _oid, _unavailable
+from .mongo import MongoStore, _oid
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WINDOW = 500
 MARKER = {"_id": "message_revisions"}
@@ -43,21 +46,32 @@ class BackfillResult:
     assigned: int = 0  # revisions given
 
 
-class RevisionBackfill(MongoStore):
-    """A ``MongoStore`` that can give revisions to messages stored without one."""
+class RevisionBackfill:
+    """Gives revisions to messages stored without one, through an open ``MongoStore``
+    (the server's own, so its writers and this share one lock per group)."""
 
-    @_unavailable
+    def __init__(self, store: MongoStore) -> None:
+        self.store = store
+
+    @property
+    def _db(self) -> Any:
+        return self.store.database
+
     async def finished(self) -> bool:
         """Whether a run has completed on this database."""
-        return await self._db.schema_migrations.find_one({**MARKER, "done": True}) is not None
+        return await self._read(self._db.schema_migrations.find_one({**MARKER, "done": True})) is not None
 
-    @_unavailable
     async def groups_with_messages(self) -> list[ObjectId]:
-        return sorted(await self._messages.distinct("group_id"))
+        return sorted(await self._read(self._db.messages.distinct("group_id")))
 
-    @_unavailable
     async def unrevised_count(self, gid: ObjectId) -> int:
-        return int(await self._messages.count_documents({"group_id": gid, "rev": UNREVISED}))
+        return int(await self._read(self._db.messages.count_documents({"group_id": gid, "rev": UNREVISED})))
+
+    async def _read(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except PyMongoError as exc:
+            raise StorageUnavailable(f"MongoDB did not answer: {exc}") from exc
 
     async def run(
         self,
@@ -85,36 +99,31 @@ class RevisionBackfill(MongoStore):
             await self._mark_finished()
         return result
 
-    @_unavailable
     async def _backfill_group(self, gid: ObjectId) -> int:
         done, above = 0, 0
-        top = await self._top_seq(gid)
+        top = await self.store.latest_seq(str(gid))
         while above < top:
             upto = above + WINDOW
             query = {"group_id": gid, "seq": {"$gt": above, "$lte": upto}, "rev": UNREVISED}
-            ids = [d["_id"] async for d in self._messages.find(query, {"_id": 1, "seq": 1}).sort("seq", ASCENDING)]
-            for message_id in ids:
-                if await self.change(gid, {"_id": message_id, "rev": UNREVISED}, {}) is not None:
+            cursor = self._db.messages.find(query, {"_id": 1, "seq": 1}).sort("seq", ASCENDING)
+            for doc in await self._read(cursor.to_list(None)):
+                if await self._read(self.store.change(gid, {"_id": doc["_id"], "rev": UNREVISED}, {})):
                     done += 1
             above = upto
         return done
 
-    @_unavailable
     async def _mark_finished(self) -> None:
-        await self._db.schema_migrations.update_one(MARKER, {"$set": {"done": True}}, upsert=True)
+        await self._read(self._db.schema_migrations.update_one(MARKER, {"$set": {"done": True}}, upsert=True))
 
 
-async def backfill_in_background(uri: str, db_name: str) -> None:
-    """The server's own run at start: nothing when a run finished before."""
-    store = RevisionBackfill(uri, db_name)
+async def backfill_in_background(store: MongoStore) -> None:
+    """The server's own run at start, on its open store: nothing when a run finished before."""
+    backfill = RevisionBackfill(store)
     try:
-        await store.open(create_indexes=False)
-        if await store.finished():
+        if await backfill.finished():
             return
-        result = await store.run()
+        result = await backfill.run()
         if result.assigned:
             log.info("revisions given to %d older messages in %d groups", result.assigned, result.groups)
     except StorageUnavailable as exc:
         log.warning("older messages could not get revisions yet (%s); the next start tries again", exc)
-    finally:
-        await store.close()

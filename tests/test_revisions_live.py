@@ -263,3 +263,28 @@ async def test_a_node_killed_mid_changes_leaves_revisions_exact(start_nodes, cli
         assert truth[message["id"]]["rev"] >= message["rev"]
         if truth[message["id"]]["rev"] == message["rev"]:
             assert truth[message["id"]] == message
+
+
+async def test_a_change_no_node_broadcast_is_filled_from_storage(start_nodes, clients, seeded_db):
+    """A change stored but never published (its node died in between) reaches the
+    rooms from storage before the next change, so nobody sees a rev jump."""
+    from storage.mongo import MongoStore
+
+    nodes = start_nodes(2)
+    ana, ben = await clients(nodes[0], ANA), await clients(nodes[1], BEN)
+    for client in (ana, ben):
+        await call_ok(client, "join_group", {"group_id": MATHS})
+    first = (await call_ok(ana, "send_message", {"group_id": MATHS, "content": "first"}))["message"]
+    store = MongoStore(seeded_db["MONGODB_URI"], seeded_db["MONGODB_DB"])
+    await store.open()
+    try:
+        silent = await store.edit_message(MATHS, first["id"], ANA, "edited where nobody saw")
+    finally:
+        await store.close()
+    assert silent is not None and silent["rev"] == 2
+    after = (await call_ok(ben, "send_message", {"group_id": MATHS, "content": "after"}))["message"]
+    assert after["rev"] == 3
+    for client in (ana, ben):
+        await client.wait_for(lambda client=client: live_revs(client)[-1:] == [3])
+        assert live_revs(client) == [1, 2, 3]
+        assert client.events("message_updated") == [silent]

@@ -240,10 +240,7 @@ async def test_older_messages_get_revisions_while_the_group_is_used(mongo_uri: s
         assert again.returncode == 0 and "total: 0 messages in 0 groups got a revision" in again.stdout
         assert await store.latest_rev(ZOOLOGY) == len(revs)
         # A finished run is recorded: the server's own run at start does nothing.
-        backfill = RevisionBackfill(mongo_uri, mongo_db_name)
-        await backfill.open()
-        assert await backfill.finished()
-        await backfill.close()
+        assert await RevisionBackfill(store).finished()
     finally:
         await store.close()
         await client.close()

@@ -20,13 +20,13 @@ from tests.support.redis import RedisProcess
 # -- RevOrder --
 
 
-def _msg(seq: int) -> dict[str, Any]:
-    return {"seq": seq}
+def _msg(rev: int) -> dict[str, Any]:
+    return {"rev": rev}
 
 
 class _Delivered(list):
     def __call__(self, message: dict[str, Any]) -> None:
-        self.append(message["seq"])
+        self.append(message["rev"])
 
 
 async def test_rev_order_delivers_in_order_and_holds_a_gap_until_it_fills():
@@ -40,12 +40,12 @@ async def test_rev_order_delivers_in_order_and_holds_a_gap_until_it_fills():
     assert got == [1, 2, 3, 4]
     order.offer("g", 3, _msg(3))  # repeated
     order.offer("g", 1, _msg(1))  # late
-    order.offer("other", 7, _msg(7))  # each group on its own; its first seq starts it
+    order.offer("other", 7, _msg(7))  # each group on its own; its first rev starts it
     assert got == [1, 2, 3, 4, 7]
     order.close()
 
 
-async def test_rev_order_gives_up_on_a_missing_seq_after_its_wait():
+async def test_rev_order_gives_up_on_a_missing_rev_after_its_wait():
     got = _Delivered()
     order = RevOrder(got, wait_s=0.05)
     order.offer("g", 10, _msg(10))
@@ -53,11 +53,48 @@ async def test_rev_order_gives_up_on_a_missing_seq_after_its_wait():
     order.offer("g", 14, _msg(14))
     assert got == [10]
     await asyncio.sleep(0.3)
-    assert got == [10, 12, 14]  # a seq jump the clients fill from history
+    assert got == [10, 12, 14]  # a rev jump the clients fill with get_changes
     order.offer("g", 11, _msg(11))  # too late: never backwards
     order.offer("g", 13, _msg(13))
     order.offer("g", 15, _msg(15))
     assert got == [10, 12, 14, 15]
+    order.close()
+
+
+async def test_rev_order_fills_a_missing_rev_from_storage_before_going_on():
+    got = _Delivered()
+    asked: list[tuple[str, int, int]] = []
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append((group_id, after, before))
+        await asyncio.sleep(0.05)
+        return [(11, _msg(11)), (13, _msg(13))]  # 12 changed again later: not there any more
+
+    order = RevOrder(got, wait_s=0.05, fill=fill)
+    order.offer("g", 10, _msg(10))
+    order.offer("g", 14, _msg(14))
+    await asyncio.sleep(0.08)
+    order.offer("g", 15, _msg(15))  # arrives while the fill reads: waits behind it
+    assert got == [10]
+    await asyncio.sleep(0.1)
+    assert asked == [("g", 10, 14)]
+    assert got == [10, 11, 13, 14, 15]
+    order.offer("g", 16, _msg(16))
+    assert got[-1] == 16
+    order.close()
+
+
+async def test_rev_order_goes_on_when_the_fill_fails():
+    got = _Delivered()
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        raise ConnectionError("storage is down")
+
+    order = RevOrder(got, wait_s=0.02, fill=fill)
+    order.offer("g", 1, _msg(1))
+    order.offer("g", 3, _msg(3))
+    await asyncio.sleep(0.1)
+    assert got == [1, 3]  # clients fill the jump themselves
     order.close()
 
 
