@@ -61,6 +61,7 @@ def message(group_id: str, seq: int, sender_id: str, content: str) -> dict[str, 
         "type": "message",
         "id": new_id(),
         "seq": seq,
+        "rev": seq,  # peers only send: every change is a new message
         "group_id": group_id,
         "sender_id": sender_id,
         "sender": name,
