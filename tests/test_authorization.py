@@ -62,7 +62,7 @@ IDENTITIES = [
 ]
 EVENTS = [
     "list_groups", "join_group", "leave_group", "send_message", "get_history",
-    "typing", "mark_read", "edit_message", "delete_message",
+    "typing", "mark_read", "edit_message", "delete_message", "get_changes",
 ]
 ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages"]
 
@@ -90,6 +90,7 @@ def payload(identity: str, event: str, scene: Scene) -> Any:
         "leave_group": {"group_id": group},
         "send_message": {"group_id": group, "content": "let me in", "client_msg_id": "intruder-1"},
         "get_history": {"group_id": group},
+        "get_changes": {"group_id": group, "after_rev": 0},
         "typing": {"group_id": group, "is_typing": True},
         "mark_read": {"group_id": group, "seq": 3},
         "edit_message": {"group_id": group, "message_id": message_id, "content": "rewritten"},
@@ -314,6 +315,7 @@ async def test_members_can_still_do_all_of_it_after_the_refusals(scene):
     maths_id = scene.ana_message[MATHS]
     for event, data in [
         ("get_history", {"group_id": NOTES}),
+        ("get_changes", {"group_id": NOTES, "after_rev": 0}),
         ("typing", {"group_id": MATHS, "is_typing": True}),
         ("mark_read", {"group_id": MATHS, "seq": 3}),
         ("send_message", {"group_id": MATHS, "content": "hello", "sender_id": ANA}),
