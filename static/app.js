@@ -144,50 +144,63 @@ async function onConnected() {
   state.outbox.flush(); // resend unacked messages, with their client_msg_id: never doubled
 }
 
-/** Rejoin the open group and fetch everything after the last contiguous seq held. */
+/**
+ * Rejoin the open group and apply every change made while we were away: new
+ * messages, edits and deletes alike. The view holds every change up to
+ * `view.rev`; `join_group {since_rev}` and `get_changes` return the current
+ * state of each message changed after it, in rev order.
+ */
 async function catchUp(view) {
   view.catchingUp = true; // fillGap() stands aside: this loop fetches the same pages
   try {
-    let ack = await state.conn.request("join_group", { group_id: view.groupId, since_seq: view.top, limit: CATCH_UP_PAGE });
-    if (ack.latest_seq < view.top) {
+    const ack = await state.conn.request("join_group", { group_id: view.groupId, since_rev: view.rev, limit: CATCH_UP_PAGE });
+    if (ack.latest_rev < view.rev || ack.latest_seq < view.top) {
       // Not the history we hold (a --demo server restarted with a fresh store): start over.
       showGroup(null);
       await openGroup(view.groupId);
       return;
     }
     people.setOnline(ack.online);
-    while (state.view === view) {
-      mergeIntoView(view, ack.messages, ack.latest_seq);
-      if (!ack.has_more) break; // with since_seq, has_more means newer messages follow
-      ack = await state.conn.request("get_history", { group_id: view.groupId, after_seq: view.top, limit: CATCH_UP_PAGE });
-    }
+    await applyChanges(view, ack);
   } finally {
     view.catchingUp = false;
   }
   fillGap(view); // events that arrived meanwhile may have left a gap
 }
 
-/** A seq more than one above the last contiguous one was seen: fill in with `after_seq`. */
+/** Apply a `changes` answer, then page on with `get_changes` until nothing more is missing. */
+async function applyChanges(view, ack) {
+  while (state.view === view) {
+    mergeIntoView(view, ack.changes, { onlyHeld: true });
+    const lastRev = ack.changes.length ? ack.changes[ack.changes.length - 1].rev : view.rev;
+    // A full page may end before `latest_rev`; the last page reaches it.
+    view.applyUpTo(ack.has_more ? lastRev : Math.max(lastRev, ack.latest_rev));
+    if (!ack.has_more) break;
+    ack = await state.conn.request("get_changes", { group_id: view.groupId, after_rev: view.rev, limit: CATCH_UP_PAGE });
+  }
+}
+
+/** A rev more than one above the last applied one was seen: ask for the changes in between. */
 function fillGap(view) {
   if (view.filling || view.catchingUp || !view.hasGap || !state.conn.connected) return;
   view.filling = (async () => {
     try {
-      while (view.hasGap && state.conn.connected) {
-        const before = view.top;
-        const ack = await state.conn.request("get_history", { group_id: view.groupId, after_seq: view.top, limit: CATCH_UP_PAGE });
-        mergeIntoView(view, ack.messages);
-        if (view.top === before) break; // nothing more to be had now
+      while (view.hasGap && state.conn.connected && state.view === view) {
+        const before = view.rev;
+        const ack = await state.conn.request("get_changes", { group_id: view.groupId, after_rev: view.rev, limit: CATCH_UP_PAGE });
+        await applyChanges(view, ack);
+        if (view.rev === before) break; // nothing more to be had now
       }
     } catch (err) {
-      if (err.code !== "disconnected") showError(`Could not load missing messages: ${describe(err)}`);
+      if (err.code !== "disconnected") showError(`Could not load missing changes: ${describe(err)}`);
     } finally {
       view.filling = null;
     }
   })();
 }
 
-/** Messages from acks, events or history into a timeline, whatever their order or overlap. */
-function mergeIntoView(view, messages, latestSeq = 0) {
+/** Messages from acks, events, history or changes into a timeline, whatever their order or overlap. */
+function mergeIntoView(view, messages, options = {}) {
   for (const m of messages) {
     people.learn(m.sender_id, m.sender_name);
     // One of our sends came back (possibly from before a reconnect): stop resending it.
@@ -195,8 +208,7 @@ function mergeIntoView(view, messages, latestSeq = 0) {
   }
   const shown = view === state.view;
   const stick = shown && nearBottom();
-  const added = view.merge(messages);
-  view.noteLatest(latestSeq);
+  const added = view.merge(messages, options);
   if (!shown) return;
   if (added && stick) scrollToBottom();
   fillGap(view);
@@ -261,7 +273,8 @@ async function openGroup(groupId) {
   people.setOnline(ack.online);
   showGroup(next, ack.group.name);
   next.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
-  mergeIntoView(next, ack.messages, ack.latest_seq);
+  next.applyUpTo(ack.latest_rev); // read before the page: every change up to it is in the page
+  mergeIntoView(next, ack.messages);
   for (const entry of state.outbox.forGroup(groupId)) next.addPending(entry, people.nameOf(state.me));
   updateHistoryTop();
   scrollToBottom();
@@ -367,7 +380,7 @@ function onServerEvent(event, payload) {
     if (!view) return;
     if (event === "message" && view === state.view) people.typing(payload.sender_id, false);
     if (event === "message_deleted" && state.editing?.id === payload.id) cancelEdit();
-    mergeIntoView(view, [payload]); // may arrive before or after our ack: merged by seq
+    mergeIntoView(view, [payload]); // may arrive before or after our ack: merged by seq and rev
   } else if (event === "typing") {
     people.learn(payload.user_id, payload.name);
     if (view && view === state.view && payload.user_id !== state.me) people.typing(payload.user_id, payload.is_typing);

@@ -2,8 +2,13 @@
 // then our own sends that wait for their ack. Everything the server sends is
 // put on the page with textContent, never parsed as HTML.
 
-/** Should `incoming` replace `current` (same seq)? Tombstones are final; later edits win. */
+/**
+ * Should `incoming` replace `current` (same seq)? The state with the higher
+ * `rev` is the later one. Messages stored before revisions existed carry rev 0
+ * until the server has given them one: then tombstones are final and later edits win.
+ */
 function supersedes(incoming, current) {
+  if (incoming.rev > 0 && current.rev > 0) return incoming.rev > current.rev;
   if (current.deleted) return false;
   if (incoming.deleted) return true;
   return (incoming.edited_at || "") > (current.edited_at || "");
@@ -35,7 +40,12 @@ export class Timeline {
     this.seqs = []; // sorted
     this.pending = new Map(); // client_msg_id -> <li>
     this.top = 0; // every seq from the oldest held up to `top` is held
-    this.latestKnown = 0; // the highest seq the server told us about
+    // Revisions: every change to the group up to `rev` is applied here. A change
+    // with rev R shows as a message whose `rev` is R; the ones seen above `rev`
+    // wait in `revsAbove` until the revisions between have been seen too.
+    this.rev = 0;
+    this.revsAbove = new Set();
+    this.revKnown = 0; // the highest rev seen
     this.hasOlder = false;
     this.loadingOlder = false;
     this.filling = null; // the running gap fill, if any
@@ -51,21 +61,41 @@ export class Timeline {
     return this.seqs.length ? this.seqs[this.seqs.length - 1] : 0;
   }
 
-  /** True when a seq above `top` is known to exist: fetch `get_history {after_seq: top}`. */
+  /** True when a change above `rev` is known to exist: fetch `get_changes {after_rev: rev}`. */
   get hasGap() {
-    return this.latestKnown > this.top;
+    return this.revKnown > this.rev;
   }
 
-  noteLatest(seq) {
-    this.latestKnown = Math.max(this.latestKnown, seq || 0);
+  /** Every change up to `rev` is applied (a join or a page of changes said so). */
+  applyUpTo(rev) {
+    if (rev > this.rev) this.rev = rev;
+    for (const seen of this.revsAbove) if (seen <= this.rev) this.revsAbove.delete(seen);
+    this._advanceRev();
   }
 
-  /** Add or update messages; returns how many were new. Order of arrival does not matter. */
-  merge(messages) {
+  _noteRev(rev) {
+    if (!(rev > this.rev)) return; // 0 (not revised yet) or already counted
+    this.revsAbove.add(rev);
+    this.revKnown = Math.max(this.revKnown, rev);
+  }
+
+  _advanceRev() {
+    while (this.revsAbove.delete(this.rev + 1)) this.rev += 1;
+    this.revKnown = Math.max(this.revKnown, this.rev);
+  }
+
+  /**
+   * Add or update messages; returns how many were new. Order of arrival does not
+   * matter. With `onlyHeld`, a message older than the oldest one held is left
+   * out (a change caught up on: loading older history fetches its current state).
+   */
+  merge(messages, { onlyHeld = false } = {}) {
     let added = 0;
     for (const message of messages) {
       if (message.group_id !== this.groupId) continue;
+      this._noteRev(message.rev); // the state a change produced: that change is applied
       const current = this.bySeq.get(message.seq);
+      if (!current && onlyHeld && message.seq < this.oldest) continue;
       if (current && !supersedes(message, current)) continue;
       if (!current) added += 1;
       this.bySeq.set(message.seq, message);
@@ -73,13 +103,13 @@ export class Timeline {
       if (message.sender_id === this.me && message.client_msg_id) this.removePending(message.client_msg_id);
     }
     if (added) this._advanceTop();
+    this._advanceRev();
     return added;
   }
 
   _advanceTop() {
     if (this.top < this.oldest - 1) this.top = this.oldest - 1;
     while (this.bySeq.has(this.top + 1)) this.top += 1;
-    this.noteLatest(this.newest);
   }
 
   _place(message) {
@@ -110,6 +140,7 @@ export class Timeline {
       class: "message" + (own ? " own" : "") + (message.deleted ? " deleted" : ""),
       "data-testid": "message",
       "data-seq": String(message.seq),
+      "data-rev": String(message.rev ?? 0),
       "data-id": message.id,
       "data-sender-id": message.sender_id ?? "",
       "data-pending": "false",

@@ -214,6 +214,58 @@ async def test_forced_disconnect_catches_up_without_gaps_or_doubles(browser, dem
     assert not ana.errors and not juan.errors
 
 
+async def test_edits_and_deletes_made_while_offline_show_after_the_reconnect(browser, demo_server, demo_store):
+    """Catch-up is by revision: changes to messages the page already shows
+    arrive too, without a reload, and a change whose event never came is fetched."""
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    juan = await sign_in_demo(browser, demo_server, JUAN)
+    await ana.open_group(CALCULUS)
+    await juan.open_group(CALCULUS)
+    for text in ("draft one", "draft two", "draft three"):
+        await juan.send(text)
+    await expect(ana.message(6)).to_contain_text("draft three")
+    messages, _ = await demo_store.get_messages(CALCULUS, limit=10, after_seq=0)
+    by_seq = {m["seq"]: m["id"] for m in messages}
+
+    await ana.context.set_offline(True)
+    await ana.page.evaluate("studyChat.socket.io.engine.close()")
+    await expect(ana.hook("connection-state")).to_have_text("reconnecting")
+
+    # While Ana is away Juan edits an old message and a new one, and deletes another.
+    await edit_on_page(juan, 3, "I do, and here they are: notes.pdf")
+    await edit_on_page(juan, 4, "draft one, corrected")
+    delete = juan.message(5).get_by_test_id("message-delete")
+    await delete.click()
+    await delete.click()
+    await expect(juan.message(5).get_by_test_id("message-content")).to_have_text("message deleted")
+
+    await ana.context.set_offline(False)
+    await expect(ana.hook("connection-state")).to_have_text("connected", timeout=30_000)
+    await expect(ana.message(3).get_by_test_id("message-content")).to_have_text("I do, and here they are: notes.pdf")
+    await expect(ana.message(3)).to_contain_text("(edited)")
+    await expect(ana.message(4).get_by_test_id("message-content")).to_have_text("draft one, corrected")
+    await expect(ana.message(5).get_by_test_id("message-content")).to_have_text("message deleted")
+    await expect(ana.message(6).get_by_test_id("message-content")).to_have_text("draft three")
+
+    # A change no connection was told about (as if its node died before publishing):
+    # the next change's revision is two ahead, and the page asks for the one between.
+    await demo_store.edit_message(CALCULUS, by_seq[6], JUAN, "draft three, edited quietly")
+    await juan.send("after the quiet edit")
+    await expect(ana.message(7)).to_contain_text("after the quiet edit")
+    await expect(ana.message(6).get_by_test_id("message-content")).to_have_text("draft three, edited quietly")
+    latest = await demo_store.latest_rev(CALCULUS)
+    assert await ana.page.evaluate("studyChat.state.view.rev") == latest
+    assert not ana.errors and not juan.errors
+
+
+async def edit_on_page(chat, seq: int, text: str) -> None:
+    await chat.message(seq).get_by_test_id("message-edit").click()
+    box = chat.hook("message-input")
+    await box.fill(text)
+    await box.press("Enter")
+    await expect(chat.message(seq).get_by_test_id("message-content")).to_have_text(text)
+
+
 async def test_a_send_is_resent_with_its_id_until_stored_and_shown_once(browser, demo_server, demo_store):
     # The store fails the first attempt, and is slower than the page's ack timeout
     # on the second: the page must resend (same client_msg_id) and show one message.
