@@ -27,6 +27,10 @@ from typing import Any
 import jwt
 import pytest
 
+from tests.support.chat import ANA as MATHS_ANA
+from tests.support.chat import BEN, CAROL, MATHS, make_token
+from tests.test_multinode import seeded_db, start_nodes  # fixtures
+
 # Generous limits that only keep a silent server from hanging the run.
 pytestmark = [pytest.mark.node, pytest.mark.timeout(300)]
 
@@ -698,3 +702,31 @@ def test_edit_and_delete(node, demo_server, tokens, transports):
     # One broadcast each: the repeated delete and the refused edit sent nothing.
     for who in ("ana", "juan"):
         assert seen["seen"][who] == {"updated": [edited], "deleted": [tombstone]}, who
+
+
+# ---------------------------------------------------------------- revisions on several nodes
+
+
+@pytest.fixture
+def two_nodes(start_nodes):
+    return start_nodes(2, RATE_LIMIT_SEND_PER_S="0", RATE_LIMIT_EVENTS_PER_S="0")
+
+
+def test_mixed_changes_on_two_nodes_and_a_reader_that_keeps_reconnecting(node, two_nodes):
+    """1,000 sends, edits and deletes by three socket.io-client writers on two
+    nodes; a fourth client that leaves and comes back on either node, over any
+    transport, holds exactly what the server holds by following revisions."""
+
+    total = 1000
+    tokens = {"ana": make_token(MATHS_ANA), "ben": make_token(BEN), "carol": make_token(CAROL), "reader": make_token(MATHS_ANA)}
+    seen = run_scenario(node, two_nodes[0], "revisions", urls=[n.url for n in two_nodes], group=MATHS,
+                        total=total, writers=["ana", "ben", "carol"], reader="reader", tokens=tokens)
+    assert seen["refused"] == []
+    assert seen["acked_revs"] == list(range(1, total + 1))  # each change its own rev, none skipped
+    assert seen["disorder"] == [], "a connection saw revisions go backwards or repeat"
+    assert seen["visits"] >= 3
+    assert seen["truth_mark"] == seen["replica_mark"] == total
+    assert seen["replica"] == seen["truth"]
+    assert all(m["rev"] >= 1 for m in seen["truth"])
+    for revs in seen["writers_live_revs"]:
+        assert revs == list(range(1, total + 1))

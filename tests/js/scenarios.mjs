@@ -442,6 +442,142 @@ const scenarios = {
       },
     };
   },
+
+  /**
+   * Mixed sends, edits and deletes by three writers spread over the nodes in
+   * `ctx.urls`, while a fourth client keeps leaving and coming back (on any
+   * node) and keeps its copy of the group by `rev` only: since_rev on each
+   * join, get_changes to page on and to fill a jump in the live revisions.
+   */
+  async revisions(ctx) {
+    const { urls, group, total, writers: writerNames, reader: readerName } = ctx;
+    let seed = 2026;
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+    const pick = (list) => list[Math.floor(random() * list.length)];
+    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+    const connectTo = async (url, name, transport) => {
+      const client = new Client(name, url, { auth: { token: ctx.tokens[name] }, ...transportOptions(transport) });
+      const state = await client.connected();
+      if (state.outcome !== "connected") throw new Error(`${name} could not connect to ${url}: ${JSON.stringify(state)}`);
+      return client;
+    };
+    const BROADCASTS = new Set(["message", "message_updated", "message_deleted"]);
+    const liveRevs = (client) => client.events.filter((e) => BROADCASTS.has(e.event)).map((e) => e.payload.rev);
+
+    const writers = [];
+    for (const [i, name] of writerNames.entries()) {
+      const writer = await connectTo(urls[i % urls.length], name, "websocket");
+      await writer.call("join_group", { group_id: group });
+      writers.push(writer);
+    }
+    let done = 0;
+    const ackedRevs = [];
+    const refused = [];
+    const write = async (client) => {
+      const own = [];
+      while (done < total) {
+        done += 1;
+        const roll = random();
+        let ack;
+        if (roll < 0.45 || own.length === 0) {
+          ack = await client.call("send_message", { group_id: group, content: `${client.label} ${done}` });
+          if (ack?.ok) own.push(ack.message.id);
+        } else if (roll < 0.8) {
+          ack = await client.call("edit_message", { group_id: group, message_id: pick(own), content: `edit ${done}` });
+        } else {
+          const target = own.splice(Math.floor(random() * own.length), 1)[0];
+          ack = await client.call("delete_message", { group_id: group, message_id: target });
+        }
+        if (ack?.ok) ackedRevs.push(ack.message.rev);
+        else refused.push(ack);
+      }
+    };
+
+    class Replica {
+      constructor() {
+        this.state = new Map();
+        this.mark = 0; // every change up to here is held
+        this.above = new Set(); // revs seen above the mark
+      }
+
+      apply(message) {
+        const held = this.state.get(message.id);
+        if (!held || held.rev < message.rev) this.state.set(message.id, message);
+        if (message.rev > this.mark) this.above.add(message.rev);
+        this.upTo(this.mark);
+      }
+
+      upTo(rev) {
+        this.mark = Math.max(this.mark, rev);
+        for (const seen of this.above) if (seen <= this.mark) this.above.delete(seen);
+        while (this.above.delete(this.mark + 1)) this.mark += 1;
+      }
+
+      get gap() {
+        for (const seen of this.above) if (seen > this.mark) return true;
+        return false;
+      }
+
+      async page(client, ack) {
+        for (;;) {
+          if (!ack?.ok) throw new Error(`catch-up refused: ${JSON.stringify(ack)}`);
+          for (const message of ack.changes) this.apply(message);
+          const last = ack.changes.length ? ack.changes[ack.changes.length - 1].rev : this.mark;
+          this.upTo(ack.has_more ? last : Math.max(last, ack.latest_rev));
+          if (!ack.has_more) return;
+          ack = await client.call("get_changes", { group_id: group, after_rev: this.mark, limit: 37 });
+        }
+      }
+    }
+
+    const replica = new Replica();
+    let visits = 0;
+    let gapFills = 0;
+    const disorder = [];
+    const wander = async () => {
+      while (done < total) {
+        const client = await connectTo(pick(urls), readerName, pick(["websocket", "polling", "default"]));
+        client.socket.onAny((event, message) => {
+          if (BROADCASTS.has(event)) replica.apply(message);
+        });
+        await replica.page(client, await client.call("join_group", { group_id: group, since_rev: replica.mark, limit: 37 }));
+        await sleep(50 + random() * 350);
+        if (replica.gap) {
+          gapFills += 1;
+          await replica.page(client, await client.call("get_changes", { group_id: group, after_rev: replica.mark, limit: 37 }));
+        }
+        const revs = liveRevs(client);
+        if (revs.some((rev, i) => i > 0 && rev <= revs[i - 1])) disorder.push(revs);
+        await client.close();
+        visits += 1;
+        await sleep(random() * 300);
+      }
+    };
+
+    await Promise.all([wander(), ...writers.map(write)]);
+    const final = await connectTo(urls[urls.length - 1], readerName, "websocket");
+    await replica.page(final, await final.call("join_group", { group_id: group, since_rev: replica.mark, limit: 37 }));
+    const truth = new Replica();
+    await truth.page(final, await final.call("get_changes", { group_id: group, after_rev: 0, limit: 100 }));
+    await final.close();
+    // The writers stayed connected: their broadcasts alone end at the last rev.
+    const lastRev = Math.max(0, ...ackedRevs);
+    const deadline = Date.now() + WAIT_TIMEOUT_MS;
+    while (Date.now() < deadline && writers.some((w) => liveRevs(w).at(-1) !== lastRev)) await sleep(50);
+    const sortById = (map) => [...map.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
+    return {
+      acked_revs: ackedRevs.sort((a, b) => a - b),
+      refused,
+      visits,
+      gap_fills: gapFills,
+      disorder,
+      replica_mark: replica.mark,
+      truth_mark: truth.mark,
+      replica: sortById(replica.state),
+      truth: sortById(truth.state),
+      writers_live_revs: writers.map(liveRevs),
+    };
+  },
 };
 
 // ---------------------------------------------------------------- main
