@@ -301,7 +301,7 @@ class MongoStore:
                 "deleted": False,
             }
             for attempt in range(MAX_INSERT_ATTEMPTS):
-                seq, rev = await _both(self._top_seq(gid), self._top_rev(gid))
+                seq, rev = await self._tops(gid, probe=attempt > 0)
                 doc.update(seq=seq + 1, rev=rev + 1, revs=[rev + 1], timestamp=now_ms())
                 try:
                     await self._messages.insert_one(doc)
@@ -518,6 +518,16 @@ class MongoStore:
         """The group's latest revision (0 when none)."""
         return await self._revs.top(self._messages, gid)
 
+    async def _tops(self, gid: ObjectId, *, probe: bool) -> tuple[int, int]:
+        """The group's top ``seq`` and ``rev`` for a writer: the highest ones this
+        process has seen stored, with no read (a first try, which the unique
+        indexes refuse if another process wrote since), or, with ``probe`` or
+        when this process has not written here yet, read from the indexes."""
+        seq, rev = self._seqs.known(gid), self._revs.known(gid)
+        if probe or seq is None or rev is None:
+            return await _both(self._top_seq(gid), self._top_rev(gid))
+        return seq, rev
+
     async def _unread(self, gid: ObjectId, uid: ObjectId, last: int) -> int:
         live, own = self.unread_filters(gid, uid, last)
         counts = await asyncio.gather(
@@ -548,7 +558,8 @@ class MongoStore:
         ``None`` when nothing matched."""
         async with self._writer(str(gid)):
             for attempt in range(MAX_INSERT_ATTEMPTS):
-                rev = await self._top_rev(gid) + 1
+                known = self._revs.known(gid)
+                rev = (known if known is not None and attempt == 0 else await self._top_rev(gid)) + 1
                 try:
                     doc = await self._messages.find_one_and_update(
                         selector,

@@ -48,6 +48,12 @@ class GroupCounter:
         """Whether ``value`` is taken in the group: a point lookup in the index."""
         return collection.find({"group_id": gid, self.field: value}, {"_id": 1}).limit(1)
 
+    def known(self, gid: ObjectId) -> int | None:
+        """The highest number this process has seen stored in the group, if any:
+        ``known + 1`` is a safe first try for a writer (the unique index turns it
+        down if another process took it meanwhile), with no read before it."""
+        return self._hints.get(gid)
+
     def remember(self, gid: ObjectId, value: int) -> None:
         """``value`` was seen stored: no later search starts below it."""
         if value <= 0:
