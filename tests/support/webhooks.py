@@ -124,4 +124,4 @@ def _plan(body: bytes) -> list[str]:
         return []
     if not isinstance(content, str) or not content.startswith("plan:"):
         return []
-    return content[len("plan:"):].split(",")
+    return content[len("plan:"):].split(" ", 1)[0].split(",")  # what follows a space is a label
