@@ -110,8 +110,9 @@ class Store(Protocol):
     ) -> tuple[Message, bool]:
         """Store a message with the group's next ``seq`` and next ``rev``.
 
-        Returns ``(message, duplicate)``: when ``(sender, group, client_msg_id)``
-        was stored before, the first stored message and ``True``.
+        ``mentions`` (lowercase ids, distinct, members: checked by the caller)
+        is stored as given. Returns ``(message, duplicate)``: when ``(sender,
+        group, client_msg_id)`` was stored before, the first stored message and ``True``.
         """
 
     async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:

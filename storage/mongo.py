@@ -19,6 +19,8 @@ The store's own collections are:
     them one.
 ``read_markers``
     ``{user_id: ObjectId, group_id: ObjectId, seq: int}``.
+``webhook_outbox``
+    webhook events waiting to be sent: ``storage.mongo_outbox``.
 
 Sequence numbers. A message gets ``max(seq) + 1`` of its group and the unique
 ``(group_id, seq)`` index arbitrates between writers: the loser of a race gets

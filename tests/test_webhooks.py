@@ -10,6 +10,7 @@ import re
 import aiohttp
 import pytest
 
+from server.config import ConfigError, Settings
 from server.keys import WEBHOOKS
 from tests.support.chat import ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, make_settings
 from tests.support.chat import both_stores as backend  # every test on both stores
@@ -201,3 +202,21 @@ async def test_no_webhooks_without_url_and_secret(connect, receiver, server):
     assert message["mentions"] == [BEN]
     await asyncio.sleep(0.5)
     assert receiver.deliveries == []
+
+
+def test_webhook_settings_come_together_and_are_checked():
+    base = {"MONGODB_URI": "memory://", "JWT_SECRET": "x" * 48}
+    s = Settings.from_env({**base, "WEBHOOK_URL": "https://platform.example/hooks", "WEBHOOK_SECRET": WEBHOOK_SECRET})
+    assert s.webhooks and (s.webhook_max_age_s, s.webhook_timeout_s) == (86400, 10)
+    assert WEBHOOK_SECRET not in repr(s) and "platform.example" not in repr(s)
+    assert not Settings.from_env(base).webhooks
+    for env, named in (
+        ({"WEBHOOK_URL": "https://platform.example/hooks"}, "WEBHOOK_SECRET is required"),
+        ({"WEBHOOK_SECRET": WEBHOOK_SECRET}, "WEBHOOK_URL is required"),
+        ({"WEBHOOK_URL": "platform.example", "WEBHOOK_SECRET": WEBHOOK_SECRET}, "WEBHOOK_URL must be"),
+        ({"WEBHOOK_URL": "http://h/", "WEBHOOK_SECRET": "whsec_x"}, "WEBHOOK_SECRET must be"),
+        ({"WEBHOOK_URL": "http://h/", "WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_MAX_AGE_S": "0"}, "WEBHOOK_MAX_AGE_S"),
+        ({"WEBHOOK_URL": "http://h/", "WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_TIMEOUT_S": "x"}, "WEBHOOK_TIMEOUT_S"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            Settings.from_env({**base, **env})
