@@ -7,13 +7,14 @@ protocol fixes and turns store answers into success payloads.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from storage.base import GroupAccess, Message, ReadState, Store
 from storage.keyed_lock import KeyedLock
 
-from .errors import ChatError
+from .errors import ChatError, invalid
+from .notifications import Notifier
 
 Publish = Callable[[Message], Awaitable[None]]
 
@@ -21,8 +22,9 @@ Publish = Callable[[Message], Awaitable[None]]
 class ChatService:
     """Every chat rule: the events and routes call this, never the store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, notifier: Notifier | None = None) -> None:
         self.store = store
+        self.notifier = notifier  # webhooks; None when they are not configured
         # One writer per group in this process: rev (and seq) order is broadcast order.
         self._writer = KeyedLock()
 
@@ -97,17 +99,34 @@ class ChatService:
         content: str,
         client_msg_id: str | None,
         publish: Publish,
+        mentions: Sequence[str] = (),
     ) -> tuple[Message, bool]:
         """Store a member's message and, unless it repeats an earlier send of the same
-        ``client_msg_id``, ``publish`` it before the group's next message is stored."""
-        await self.group_for(user_id, group_id)
+        ``client_msg_id``, ``publish`` it before the group's next message is stored.
+        The webhook events it causes are written before this returns (the ack),
+        for a repeated send too: the first one may have stopped short of them."""
+        group = await self.group_for(user_id, group_id)
+        if mentions:
+            await self._check_mentions(group_id, mentions)
         async with self._writer(group_id):
             message, duplicate = await self.store.add_message(
-                group_id, sender_id=user_id, sender_name=name, content=content, client_msg_id=client_msg_id
+                group_id, sender_id=user_id, sender_name=name, content=content, client_msg_id=client_msg_id,
+                mentions=mentions,
             )
             if not duplicate:
                 await publish(message)
+        if self.notifier is not None:
+            await self.notifier.message_stored(message, group)
         return message, duplicate
+
+    async def _check_mentions(self, group_id: str, mentions: Sequence[str]) -> None:
+        """``invalid_payload`` naming the mentioned users who are not members of the group."""
+        outsiders = await self.store.non_members(group_id, mentions)
+        if outsiders:
+            raise invalid(
+                {"mentions": [f"Not members of this group: {', '.join(outsiders)}."]},
+                "Only members of the group can be mentioned.",
+            )
 
     async def mark_read(self, user_id: str, group_id: str, seq: int) -> ReadState:
         await self.group_for(user_id, group_id)

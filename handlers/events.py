@@ -312,7 +312,7 @@ class ChatEvents:
 
         message, duplicate = await self.chat.send(
             conn.user_id, group_id, name=name, content=data["content"],
-            client_msg_id=data.get("client_msg_id"), publish=publish,
+            client_msg_id=data.get("client_msg_id"), publish=publish, mentions=data.get("mentions", ()),
         )
         return {"ok": True, "message": message, "duplicate": duplicate}
 

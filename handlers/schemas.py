@@ -8,6 +8,7 @@ the fields below check JSON types exactly before anything else.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from storage.base import ID_RE
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_CONTENT = 4000
 MAX_CLIENT_MSG_ID = 64
+MAX_MENTIONS = 50
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 _INT_RE = re.compile(r"-?[0-9]{1,20}")
@@ -93,6 +95,24 @@ class ClientMsgId(fields.Field):
         return value
 
 
+class Mentions(fields.Field):
+    """At most ``MAX_MENTIONS`` distinct user ids (24-hex, either case), normalised to lowercase."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, list):
+            raise ValidationError("Must be a list of user ids.")
+        if len(value) > MAX_MENTIONS:
+            raise ValidationError(f"At most {MAX_MENTIONS} user ids, not {len(value)}.")
+        bad = [i for i, v in enumerate(value) if not isinstance(v, str) or not ID_RE.fullmatch(v)]
+        if bad:
+            raise ValidationError(f"Items {bad} are not 24-character hexadecimal ids.")
+        ids = [v.lower() for v in value]
+        repeated = [i for i, count in Counter(ids).items() if count > 1]
+        if repeated:
+            raise ValidationError(f"Each user id may be given once; repeated: {', '.join(repeated)}.")
+        return ids
+
+
 class EventSchema(Schema):
     """Base: unknown fields are refused; ``null`` for an optional field means absent.
 
@@ -137,6 +157,7 @@ class LeaveGroup(GroupRef):
 class SendMessage(GroupRef):
     content = Content(required=True)
     client_msg_id = ClientMsgId()
+    mentions = Mentions()
 
 
 class GetHistory(GroupRef):

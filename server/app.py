@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,21 +18,23 @@ from handlers.auth import TokenConfig, TokenVerifier
 from handlers.chat import ChatService
 from handlers.errors import invalid
 from handlers.events import ChatEvents
+from handlers.notifications import Notifier
 from realtime.codec import StrictPacket
 from realtime.manager import FastManager
 from realtime.socket_server import FastSocketServer
-from storage import Store, make_store
+from storage import Store, make_outbox, make_store
 from storage.mongo import MongoStore
 from storage.mongo_revisions import backfill_in_background
 
 from . import http
 from .config import Settings
 from .demo import seed_demo
-from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER
+from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER, WEBHOOKS
 from .logs import library_logger
 from .metrics import Metrics
 from .metrics import add_route as add_metrics_route
 from .scale_out import Cluster
+from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +138,16 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
             audience=settings.jwt_audience,
         )
     )
-    chat = ChatService(storage)
+    presence = cluster.presence if cluster else LocalPresence()
     metrics = Metrics()
+    sender = _webhook_sender(settings, storage, metrics)
+    notifier = None if sender is None else Notifier(sender.outbox, presence, written=sender.wake)
+    chat = ChatService(storage, notifier=notifier)
     events = ChatEvents(
         sio,
         chat,
         verifier,
-        presence=cluster.presence if cluster else LocalPresence(),
+        presence=presence,
         limiter=cluster.limiter if cluster else LocalLimiter(settings.rate_limits),
         observer=metrics,
         max_connections_per_user=settings.max_connections_per_user,
@@ -157,10 +163,13 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     app[VERIFIER] = verifier
     if cluster:
         app[CLUSTER] = cluster
+    if sender is not None:
+        app[WEBHOOKS] = sender
     sio.attach(app)
     http.setup_routes(app, STATIC_DIR)
     add_metrics_route(app, metrics, token=settings.metrics_token)
     app.cleanup_ctx.append(_storage_lifecycle)
+    app.cleanup_ctx.append(_webhook_lifecycle)  # inside the storage's: stops before the store closes
     app.on_shutdown.append(_close_transports)
     return app
 
@@ -183,6 +192,45 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
             backfill.cancel()
             await asyncio.gather(backfill, return_exceptions=True)
         await store.close()
+
+
+def _webhook_sender(settings: Settings, storage: Store, metrics: Metrics) -> WebhookSender | None:
+    """The webhook sender, its outbox beside ``storage``; ``None`` unless
+    ``WEBHOOK_URL`` and ``WEBHOOK_SECRET`` are set."""
+    if not settings.webhooks:
+        return None
+    assert settings.webhook_url is not None and settings.webhook_secret is not None
+    outbox = make_outbox(storage)
+    sender = WebhookSender(
+        outbox,
+        url=settings.webhook_url,
+        secret=settings.webhook_secret,
+        max_age_s=settings.webhook_max_age_s,
+        timeout_s=settings.webhook_timeout_s,
+        observer=metrics,
+    )
+
+    async def outbox_stats() -> None:
+        stats = await outbox.stats()
+        age = 0.0 if stats.oldest_created_at is None else max(0.0, time.time() - stats.oldest_created_at)
+        metrics.outbox(stats.depth, age)
+
+    metrics.before_scrape.append(outbox_stats)
+    return sender
+
+
+async def _webhook_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Deliver webhooks while the app serves (only when they are configured)."""
+    sender = app.get(WEBHOOKS)
+    if sender is None:
+        yield
+        return
+    await sender.outbox.open()
+    await sender.start()
+    try:
+        yield
+    finally:
+        await sender.stop()
 
 
 async def _close_transports(app: web.Application) -> None:

@@ -10,6 +10,9 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from standardwebhooks import Webhook
 
 from cluster.rate_limits import Bucket, RateLimits
 
@@ -64,6 +67,16 @@ SETTINGS: dict[str, tuple[str, str]] = {
         ),
         "`5000`",
     ),
+    "WEBHOOK_URL": (
+        "where to POST notifications for people not connected (Standard Webhooks); with `WEBHOOK_SECRET`",
+        "unset (no webhooks)",
+    ),
+    "WEBHOOK_SECRET": (
+        "Standard Webhooks signing secret: base64, optionally `whsec_`-prefixed; with `WEBHOOK_URL`",
+        "unset",
+    ),
+    "WEBHOOK_MAX_AGE_S": ("seconds an undelivered webhook is retried before it is kept as failed", "`86400`"),
+    "WEBHOOK_TIMEOUT_S": ("seconds one webhook request may take", "`10`"),
 }
 
 
@@ -117,6 +130,15 @@ class Settings:
     connect_timeout_s: float = 10.0
     max_pending_per_ip: int = 50
     frame_budget_per_s: float = 5000.0
+    webhook_url: str | None = field(default=None, repr=False)  # may carry a token of its own
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_max_age_s: float = 86400.0
+    webhook_timeout_s: float = 10.0
+
+    @property
+    def webhooks(self) -> bool:
+        """Whether webhooks are sent (both ``WEBHOOK_URL`` and ``WEBHOOK_SECRET`` set)."""
+        return bool(self.webhook_url and self.webhook_secret)
 
     @property
     def jwt_key(self) -> str:
@@ -200,6 +222,7 @@ class Settings:
             max_connections_per_user=max_per_user,
             trust_proxy=trust in _TRUE,
             metrics_token=env.get("METRICS_TOKEN"),
+            **_webhook_settings(env, problems),
         )
 
         if demo:
@@ -243,6 +266,34 @@ class Settings:
             jwt_audience=env.get("JWT_AUDIENCE"),
             **common,
         )
+
+
+def _webhook_settings(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """``WEBHOOK_*``: both the URL and the secret, or neither."""
+    url, secret = env.get("WEBHOOK_URL"), env.get("WEBHOOK_SECRET")
+    if (url is None) != (secret is None):
+        given, missing = ("WEBHOOK_URL", "WEBHOOK_SECRET") if secret is None else ("WEBHOOK_SECRET", "WEBHOOK_URL")
+        problems.append(f"{missing} is required when {given} is set")
+    if url is not None:
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            problems.append(f"WEBHOOK_URL must be an http:// or https:// URL, not {url!r}")
+    if secret is not None:
+        try:
+            Webhook(secret)
+        except Exception:  # the library raises binascii.Error, ValueError or its own errors
+            problems.append("WEBHOOK_SECRET must be a Standard Webhooks secret: base64, optionally whsec_-prefixed")
+    values: dict[str, Any] = {"webhook_url": url, "webhook_secret": secret}
+    for name, key, default in (("WEBHOOK_MAX_AGE_S", "webhook_max_age_s", 86400.0),
+                               ("WEBHOOK_TIMEOUT_S", "webhook_timeout_s", 10.0)):
+        try:
+            values[key] = float(env.get(name, default))
+            if not 0 < values[key] < 1e9:
+                raise ValueError
+        except ValueError:
+            problems.append(f"{name} must be a number of seconds above 0, not {env[name]!r}")
+            values[key] = default
+    return values
 
 
 def _db_from_uri(uri: str) -> str | None:

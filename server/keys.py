@@ -12,6 +12,7 @@ from storage import Store
 
 from .config import Settings
 from .scale_out import Cluster
+from .webhooks import WebhookSender
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -20,3 +21,4 @@ EVENTS = web.AppKey("events", ChatEvents)
 CHAT = web.AppKey("chat", ChatService)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 CLUSTER = web.AppKey("cluster", Cluster)
+WEBHOOKS = web.AppKey("webhooks", WebhookSender)

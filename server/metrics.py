@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -12,6 +16,10 @@ from handlers.auth import bearer
 from handlers.errors import ChatError
 from handlers.events import Observer
 
+log = logging.getLogger(__name__)
+
+REFRESH_TIMEOUT_S = 2.0
+REFRESH_INTERVAL_S = 1.0
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -34,6 +42,20 @@ class Metrics(Observer):
         self.storage_errors = Counter("chat_storage_errors", "Operations refused as storage_unavailable.",
                                       registry=r)
         self.rate_limited = Counter("chat_rate_limited", "Requests refused as rate_limited.", registry=r)
+        # Webhooks: counted by the node that settled each event; the outbox
+        # figures are the whole deployment's, read from storage at each scrape.
+        self.webhook_events = Counter("chat_webhook_events", "Webhook events by outcome: delivered, retried "
+                                      "(an attempt failed, another is scheduled) or failed (kept as failed).",
+                                      ["outcome"], registry=r)
+        self.outbox_depth = Gauge("chat_webhook_outbox_depth", "Webhook events waiting to be delivered.",
+                                  registry=r)
+        self.outbox_oldest_age = Gauge("chat_webhook_outbox_oldest_age_seconds",
+                                       "Age of the oldest webhook event waiting to be delivered (0 when none).",
+                                       registry=r)
+        for outcome in ("delivered", "retried", "failed"):
+            self.webhook_events.labels(outcome)
+        self.before_scrape: list[Callable[[], Awaitable[None]]] = []
+        self._refreshed_at = float("-inf")
 
     def event(self, event: str, outcome: str, seconds: float) -> None:
         children = self._children.get((event, outcome))
@@ -59,10 +81,35 @@ class Metrics(Observer):
     def send_broadcast(self, seconds: float) -> None:
         self.broadcast_seconds.observe(seconds)
 
+    def webhook(self, outcome: str) -> None:
+        self.webhook_events.labels(outcome).inc()
+
+    def outbox(self, depth: int, oldest_age_s: float) -> None:
+        self.outbox_depth.set(depth)
+        self.outbox_oldest_age.set(oldest_age_s)
+
+    async def refresh(self) -> None:
+        """Read what is measured at scrape time (each source at most ``REFRESH_TIMEOUT_S``;
+        at most once per ``REFRESH_INTERVAL_S``, however often ``/metrics`` is asked)."""
+        now = time.monotonic()
+        if now - self._refreshed_at < REFRESH_INTERVAL_S:
+            return
+        self._refreshed_at = now
+        for read in self.before_scrape:
+            try:
+                await asyncio.wait_for(read(), REFRESH_TIMEOUT_S)
+            except Exception as exc:  # the last values stay; the scrape still answers
+                log.warning("metrics: could not refresh: %s", exc)
+
 
 def add_route(app: web.Application, metrics: Metrics, *, token: str | None = None) -> None:
     """``GET /metrics``; with ``token`` (``METRICS_TOKEN``), only for ``Authorization: Bearer <token>``."""
-    serve = make_aiohttp_handler(metrics.registry)
+    export = make_aiohttp_handler(metrics.registry)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        await metrics.refresh()
+        return await export(request)
+
     if token is None:
         app.router.add_get("/metrics", serve)
         return

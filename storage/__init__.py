@@ -1,6 +1,7 @@
 """Persistence behind one interface (``storage.base.Store``)."""
 
 from .base import Message, StorageUnavailable, Store
+from .outbox import MemoryOutbox, Outbox
 
 
 def make_store(uri: str, db_name: str) -> Store:
@@ -14,4 +15,15 @@ def make_store(uri: str, db_name: str) -> Store:
     return MongoStore(uri, db_name)
 
 
-__all__ = ["Message", "Store", "StorageUnavailable", "make_store"]
+def make_outbox(store: Store) -> Outbox:
+    """The webhook outbox beside ``store``: a collection in its database, or in memory."""
+    from .mongo import MongoStore
+
+    if isinstance(store, MongoStore):
+        from .mongo_outbox import MongoOutbox
+
+        return MongoOutbox(store)
+    return MemoryOutbox()
+
+
+__all__ = ["Message", "Outbox", "Store", "StorageUnavailable", "make_outbox", "make_store"]

@@ -8,6 +8,7 @@ timestamps are ISO 8601 strings. Backends convert BSON at their own edge.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict
@@ -31,6 +32,7 @@ class Message(TypedDict):
     client_msg_id: str | None
     edited_at: str | None
     deleted: bool
+    mentions: list[str]  # user ids the sender mentioned ([] when none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +106,17 @@ class Store(Protocol):
         sender_name: str,
         content: str,
         client_msg_id: str | None,
+        mentions: Sequence[str] = (),
     ) -> tuple[Message, bool]:
         """Store a message with the group's next ``seq`` and next ``rev``.
 
-        Returns ``(message, duplicate)``: when ``(sender, group, client_msg_id)``
-        was stored before, the first stored message and ``True``.
+        ``mentions`` (lowercase ids, distinct, members: checked by the caller)
+        is stored as given. Returns ``(message, duplicate)``: when ``(sender,
+        group, client_msg_id)`` was stored before, the first stored message and ``True``.
         """
+
+    async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:
+        """Those of ``user_ids`` (lowercase hex) that are not members of the group, in the given order."""
 
     async def get_messages(
         self,

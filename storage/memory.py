@@ -8,6 +8,7 @@ per-group ``seq`` and ``rev`` allocation is contiguous without a lock.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bson import ObjectId
@@ -110,6 +111,7 @@ class MemoryStore:
         sender_name: str,
         content: str,
         client_msg_id: str | None,
+        mentions: Sequence[str] = (),
     ) -> tuple[Message, bool]:
         group = self._groups[group_id]
         if client_msg_id is not None:
@@ -118,7 +120,7 @@ class MemoryStore:
                 return group.by_id[first["id"]], True
         return self.seed_message(
             group_id, sender_id=sender_id, sender_name=sender_name,
-            content=content, client_msg_id=client_msg_id,
+            content=content, client_msg_id=client_msg_id, mentions=mentions,
         ), False
 
     def seed_message(
@@ -129,6 +131,7 @@ class MemoryStore:
         sender_name: str,
         content: str,
         client_msg_id: str | None = None,
+        mentions: Sequence[str] = (),
     ) -> Message:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
@@ -147,6 +150,7 @@ class MemoryStore:
             "client_msg_id": client_msg_id,
             "edited_at": None,
             "deleted": False,
+            "mentions": list(mentions),
         }
         group.messages.append(message)
         group.by_id[message["id"]] = message
@@ -155,6 +159,10 @@ class MemoryStore:
         group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
         group.live_count += 1
         return message
+
+    async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:
+        members = self._groups[group_id].members
+        return [user_id for user_id in user_ids if user_id not in members]
 
     async def get_messages(
         self,

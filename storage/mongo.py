@@ -9,7 +9,8 @@ The store's own collections are:
 ``messages``
     ``{_id: ObjectId, group_id: ObjectId, seq: int, sender_id: ObjectId | null,
     sender: str, content: str, timestamp: date, client_msg_id: str | null,
-    edited_at: date | null, deleted: bool}``. Anything else that writes here
+    edited_at: date | null, deleted: bool, mentions?: [ObjectId]}`` (``mentions``
+    is left out when the message mentions no one). Anything else that writes here
     (``migrate-legacy-chat``) must write the same shape, ``deleted: false``
     included: the unread counts read it through an index.
     Revisions add ``rev: int`` (the latest change's) and ``revs: [int]``
@@ -18,6 +19,8 @@ The store's own collections are:
     them one.
 ``read_markers``
     ``{user_id: ObjectId, group_id: ObjectId, seq: int}``.
+``webhook_outbox``
+    webhook events waiting to be sent: ``storage.mongo_outbox``.
 
 Sequence numbers. A message gets ``max(seq) + 1`` of its group and the unique
 ``(group_id, seq)`` index arbitrates between writers: the loser of a race gets
@@ -53,7 +56,7 @@ import asyncio
 import functools
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pymongo
@@ -283,6 +286,7 @@ class MongoStore:
         sender_name: str,
         content: str,
         client_msg_id: str | None,
+        mentions: Sequence[str] = (),
     ) -> tuple[Message, bool]:
         gid, sid = _oid(group_id), _oid(sender_id)
         async with self._writer(str(gid)):
@@ -300,6 +304,8 @@ class MongoStore:
                 "edited_at": None,
                 "deleted": False,
             }
+            if mentions:
+                doc["mentions"] = [_oid(user_id) for user_id in mentions]
             for attempt in range(MAX_INSERT_ATTEMPTS):
                 seq, rev = await self._tops(gid, probe=attempt > 0)
                 doc.update(seq=seq + 1, rev=rev + 1, revs=[rev + 1], timestamp=now_ms())
@@ -334,6 +340,17 @@ class MongoStore:
         if attempt >= 2:
             await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
         return True
+
+    @_unavailable
+    async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:
+        gid = _oid(group_id)
+        wanted = [_oid(user_id) for user_id in user_ids]
+        # Only the asked ids come back, never the whole members array.
+        keep = {"$filter": {"input": "$members", "cond": {"$in": ["$$this", wanted]}}}
+        doc = await self._db.study_groups.find_one({"_id": gid}, {"members": keep})
+        found = doc.get("members") if doc else None
+        members = {str(m) for m in found} if isinstance(found, list) else set()
+        return [user_id for user_id in user_ids if user_id not in members]
 
     @_unavailable
     async def get_messages(
@@ -597,6 +614,7 @@ def _to_wire(doc: dict[str, Any]) -> Message:
         "client_msg_id": doc.get("client_msg_id"),
         "edited_at": None if edited is None else iso_timestamp(edited),
         "deleted": deleted,
+        "mentions": [str(user_id) for user_id in doc.get("mentions") or ()],
     }
 
 

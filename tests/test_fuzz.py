@@ -78,7 +78,7 @@ CODES = {
 }
 MESSAGE_FIELDS = {
     "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
-    "content", "timestamp", "client_msg_id", "edited_at", "deleted",
+    "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
 }
 SERVER_EVENTS = {"message", "message_updated", "message_deleted", "typing", "presence"}
 GROUP_NAMES = {MATHS: "Maths", PHYSICS: "Physics"}

@@ -60,7 +60,7 @@ SEEDED = [  # Calculus I, seq 1..3
 
 MESSAGE_FIELDS = {
     "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
-    "content", "timestamp", "client_msg_id", "edited_at", "deleted",
+    "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
 }
 HEX_ID = re.compile(r"[0-9a-f]{24}")
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")

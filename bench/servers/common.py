@@ -71,6 +71,7 @@ def message(group_id: str, seq: int, sender_id: str, content: str) -> dict[str, 
         "client_msg_id": None,
         "edited_at": None,
         "deleted": False,
+        "mentions": [],
     }
 
 
