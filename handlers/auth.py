@@ -38,11 +38,25 @@ class TokenVerifier:
         hostile input (``UnicodeEncodeError`` for a lone surrogate,
         ``InvalidKeyError`` for an ``alg`` of another key family), and a client
         must not be able to turn a refusal into a server error."""
+        return self.identify(token)[0]
+
+    def identify(self, token: Any) -> tuple[str, int]:
+        """``verify``'s user id and the token's ``exp`` (whole seconds since the epoch),
+        for connections that end with their token; refusals as ``verify``'s."""
+        claims = self._decode(token)
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not ID_RE.fullmatch(sub):
+            raise ChatError("unauthorized", "The token's subject is not a user id.")
+        # PyJWT has checked int(exp) against the clock (so exp may also be a float
+        # or a numeric string): the same int() here, which cannot fail after it.
+        return sub.lower(), int(claims["exp"])
+
+    def _decode(self, token: Any) -> dict[str, Any]:
         if not isinstance(token, str) or not token:
             raise ChatError("unauthorized", "A token is required.")
         cfg = self._config
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 cfg.key,
                 algorithms=list(cfg.algorithms),
@@ -57,10 +71,7 @@ class TokenVerifier:
         except Exception as exc:
             log.debug("token refused by %s: %s", type(exc).__name__, _safe(exc))
             raise ChatError("unauthorized", "The token is not valid.") from None
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not ID_RE.fullmatch(sub):
-            raise ChatError("unauthorized", "The token's subject is not a user id.")
-        return sub.lower()
+        return claims
 
     def issue(self, user_id: str, ttl_seconds: int = 3600) -> str:
         """Sign a token for ``user_id`` with the shared secret (HS* only)."""

@@ -26,6 +26,7 @@ from .chat import ChatService
 from .errors import ChatError, invalid
 from .interfaces import Limiter, Observer, Presence
 from .refusal_log import RefusalLog
+from .session_expiry import SessionExpiry, expires_at_text
 from .typing_throttle import TypingThrottle
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class Connection:
     name: str | None  # None until the users document could be read
     groups: set[str] = field(default_factory=set)
     closed: bool = False  # set by the disconnect handler; an event still running undoes its effects
+    expires_at: int = 0  # the token's exp: the connection ends then (SessionExpiry)
+    warned: bool = False  # session_expiring was sent for expires_at
 
 
 Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -68,6 +71,7 @@ class ChatEvents:
         self.typing = TypingThrottle()
         self.refusals = RefusalLog(log)  # repeatable refusals: a line per user and code per interval
         self.connections: dict[str, Connection] = {}
+        self.expiry = SessionExpiry(sio, self.connections)
         # user id -> connections (slots) it holds on this node
         # (handshakes in progress included, so simultaneous ones cannot overshoot).
         self.max_connections_per_user = max_connections_per_user
@@ -91,6 +95,7 @@ class ChatEvents:
             "mark_read": self.mark_read,
             "edit_message": self.edit_message,
             "delete_message": self.delete_message,
+            "refresh_token": self.refresh_token,
         }.items():
             self.sio.on(event, self._boundary(event, handler))
         self.sio.on("*", self.unknown_event)
@@ -109,10 +114,10 @@ class ChatEvents:
         environ, auth = args[0], args[1] if len(args) > 1 else None
         user_id = slot = None
         try:
-            user_id = self.verifier.verify(token_from_handshake(auth, environ))
+            user_id, expires_at = self.verifier.identify(token_from_handshake(auth, environ))
             self._take_slot(user_id)
             slot = user_id
-            conn = Connection(sid, user_id, None)
+            conn = Connection(sid, user_id, None, expires_at=expires_at)
             await self._resolve_name(conn)
             if self.sio.get_environ(sid) is None:
                 # The transport closed while the name was read: python-socketio
@@ -128,6 +133,7 @@ class ChatEvents:
             raise _refusal("internal", ChatError("internal").message) from None
         self.connections[sid] = conn
         self.observer.connections(+1)
+        await self.expiry.start(conn)
         log.debug("connected sid=%s user=%s", sid, user_id)
         return True
 
@@ -159,6 +165,7 @@ class ChatEvents:
         if conn is None:
             return
         conn.closed = True
+        self.expiry.forget(conn)
         self._free_slot(conn.user_id)
         self.observer.connections(-1)
         for group_id in list(conn.groups):
@@ -205,6 +212,8 @@ class ChatEvents:
                     raise ChatError("storage_unavailable", "The server is restarting; send again after reconnecting.")
                 if conn is None:
                     raise ChatError("unauthorized", "The connection is not signed in.")
+                if conn.expires_at <= time.time():  # ended by its token; closing at the wheel's next turn
+                    raise ChatError("unauthorized", "The session has ended: its token expired.")
                 retry_after = await self.limiter.check(conn.user_id, event)
                 if retry_after is not None:
                     raise ChatError("rate_limited", retry_after_ms=retry_after)
@@ -358,6 +367,15 @@ class ChatEvents:
 
         message = await self.chat.delete(conn.user_id, group_id, data["message_id"], publish=publish)
         return {"ok": True, "message": message}
+
+    async def refresh_token(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        """A new token for the same user moves the connection's end to its ``exp``."""
+        user_id, exp = self.verifier.identify(data["token"])
+        if user_id != conn.user_id:
+            raise ChatError("forbidden", "The token is for another user; sign in again to switch users.")
+        _check_open(conn)
+        self.expiry.extend(conn, exp)
+        return {"ok": True, "expires_at": expires_at_text(conn.expires_at)}
 
     # -- helpers --
 

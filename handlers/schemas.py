@@ -20,6 +20,7 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_CONTENT = 4000
 MAX_CLIENT_MSG_ID = 64
 MAX_MENTIONS = 50
+MAX_TOKEN = 8192  # characters of a JWT in refresh_token (the handshake's auth is bounded by the packet limit)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 _INT_RE = re.compile(r"-?[0-9]{1,20}")
@@ -113,6 +114,16 @@ class Mentions(fields.Field):
         return ids
 
 
+class Token(fields.Field):
+    """A JWT as text: 1 to ``MAX_TOKEN`` characters (verified by the handler, not here)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = _check_text(value)
+        if not 1 <= len(value) <= MAX_TOKEN:
+            raise ValidationError(f"Must be 1 to {MAX_TOKEN} characters.")
+        return value
+
+
 class EventSchema(Schema):
     """Base: unknown fields are refused; ``null`` for an optional field means absent.
 
@@ -188,6 +199,10 @@ class DeleteMessage(GroupRef):
     message_id = ObjectIdString(required=True)
 
 
+class RefreshToken(EventSchema):
+    token = Token(required=True)
+
+
 SCHEMAS: dict[str, Schema] = {
     "list_groups": ListGroups(),
     "join_group": JoinGroup(),
@@ -199,6 +214,7 @@ SCHEMAS: dict[str, Schema] = {
     "mark_read": MarkRead(),
     "edit_message": EditMessage(),
     "delete_message": DeleteMessage(),
+    "refresh_token": RefreshToken(),
 }
 
 

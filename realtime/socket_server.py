@@ -235,6 +235,16 @@ class FastSocketServer(socketio.AsyncServer):
         log.debug("closing session %s: %s", eio_sid, why)
         await socket.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
 
+    async def end_connection(self, sid: str, namespace: str = NAMESPACE) -> None:
+        """End a connection from the server, as the reference server's
+        ``socket.disconnect(true)``: a Socket.IO DISCONNECT (after which standard
+        clients do not reconnect by themselves), then its Engine.IO session (a
+        polling client still fetches both packets with its next poll)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        await self.disconnect(sid, namespace=namespace, ignore_queue=True)
+        if eio_sid is not None:
+            await self._close_session(eio_sid, "ended by the server")
+
     async def _expire_pending(self, eio_sid: str) -> None:
         await self._close_session(eio_sid, f"no accepted CONNECT within {self.admission.connect_timeout:g} s")
 

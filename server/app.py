@@ -249,3 +249,4 @@ async def _close_transports(app: web.Application) -> None:
         return_exceptions=True,
     )
     await sio.shutdown()
+    await app[EVENTS].expiry.close()

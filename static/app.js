@@ -19,6 +19,7 @@ const ui = {
   tokenForm: $("token-form"), tokenInput: $("token-input"),
   me: $("me"), state: $("connection-state"), reconnect: $("reconnect"), signOut: $("sign-out"),
   errorBar: $("error-bar"), error: $("error"), errorDismiss: $("error-dismiss"),
+  sessionStatus: $("session-status"), sessionBar: $("session-bar"), sessionSignIn: $("session-sign-in"),
   groups: $("groups"), noGroups: $("no-groups"), joinForm: $("join-form"), joinInput: $("join-input"),
   groupName: $("group-name"), groupId: $("group-id"), placeholder: $("placeholder"),
   scroller: $("scroller"), historyTop: $("history-top"), loadOlder: $("load-older"), historyStart: $("history-start"),
@@ -33,6 +34,8 @@ const state = {
   outbox: null,
   everConnected: false,
   tokenRenewedAt: 0,
+  expiresAt: 0, // when the session ends (ms), from session_expiring
+  renewTimer: null, // a demo user's token renewal, due halfway to expiresAt
   groups: [], // the list_groups answer
   view: null, // the open group's Timeline
   joining: null, // the Timeline being joined: it collects events until its ack
@@ -86,17 +89,25 @@ function signIn(token, demoUser = null) {
   ui.signIn.hidden = true;
   ui.chat.hidden = false;
   ui.signOut.hidden = false;
-  state.conn = new Connection(token, { state: setConnectionState, connected: onConnected, refused: onRefused, event: onServerEvent });
+  state.conn = new Connection(token, {
+    state: setConnectionState, connected: onConnected, refused: onRefused, event: onServerEvent,
+    expiring: onSessionExpiring, ended: onSessionEnded,
+  });
   state.outbox = new Outbox(state.conn, { acked: onSendAcked, failed: onSendFailed, retrying: onSendRetrying });
 }
 
 function signOut() {
+  clearTimeout(state.renewTimer);
+  setSessionNotice("");
   state.conn?.close();
   state.outbox?.clear();
   forgetSession();
   cancelEdit();
   showGroup(null);
-  Object.assign(state, { demoUser: null, me: null, conn: null, outbox: null, everConnected: false, groups: [], joining: null });
+  Object.assign(state, {
+    demoUser: null, me: null, conn: null, outbox: null, everConnected: false, groups: [], joining: null,
+    expiresAt: 0, renewTimer: null,
+  });
   people.me = null;
   people.reset();
   renderGroups();
@@ -127,10 +138,77 @@ async function onRefused(err) {
   showError(`Sign-in refused: ${describe(err)}`);
 }
 
+// -- the session's end: a connection lasts as long as its token --
+
+const clockTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+
+/** The notice about the session's end ("" clears it), with a "Sign in again" button or not. */
+function setSessionNotice(text, offerSignIn = false) {
+  ui.sessionStatus.textContent = text;
+  ui.sessionBar.dataset.active = String(text !== "");
+  ui.sessionSignIn.hidden = !offerSignIn;
+}
+
+/** `session_expiring`: a demo user's token is renewed halfway to the end (so a failed
+ * renewal still leaves time to say so); anyone else is asked to sign in again. */
+function onSessionExpiring(expiresAt) {
+  state.expiresAt = expiresAt;
+  clearTimeout(state.renewTimer);
+  if (state.demoUser) {
+    state.renewTimer = setTimeout(renewDemoSession, Math.max(0, (expiresAt - Date.now()) / 2));
+  } else {
+    setSessionNotice(`Your session ends at ${clockTime(expiresAt)}: sign in again to keep chatting.`, true);
+  }
+}
+
+/** `refresh_token` with a fresh demo token: the same connection goes on. */
+async function renewDemoSession() {
+  const conn = state.conn;
+  try {
+    const token = await demoToken(state.demoUser);
+    if (state.conn !== conn) return; // signed out meanwhile
+    state.expiresAt = await conn.refresh(token);
+    saveSession(token, state.demoUser);
+    setSessionNotice("");
+  } catch (err) {
+    if (state.conn !== conn) return;
+    setSessionNotice(`Could not renew your session (${describe(err)}); it ends at ${clockTime(state.expiresAt)}.`, true);
+  }
+}
+
+/** The server ended the session (a server-side disconnect: its token expired). */
+function onSessionEnded() {
+  clearTimeout(state.renewTimer);
+  setSessionNotice("Your session has ended because your sign-in expired. Sign in again to keep chatting.", true);
+}
+
+async function signInAgain() {
+  const conn = state.conn;
+  if (state.demoUser && conn) {
+    // A demo user gets a fresh token without leaving the page.
+    if (conn.connected) {
+      await renewDemoSession();
+      return;
+    }
+    try {
+      conn.token = await demoToken(state.demoUser);
+      saveSession(conn.token, state.demoUser);
+      setSessionNotice("");
+      conn.connect();
+    } catch (err) {
+      setSessionNotice(`Could not sign in again: ${describe(err)}`, true);
+    }
+    return;
+  }
+  signOut(); // back to the sign-in form, ready for a new token
+  ui.tokenInput.focus();
+}
+
 // -- (re)connection and catch-up --
 
 async function onConnected() {
   state.everConnected = true;
+  setSessionNotice(""); // a new session: the server warns again if its token is short
   people.reset(); // the join ack says who is online now
   await refreshGroups();
   const view = state.view;
@@ -507,6 +585,7 @@ function wire() {
   ui.signOut.addEventListener("click", signOut);
   ui.reconnect.addEventListener("click", () => state.conn?.connect());
   ui.errorDismiss.addEventListener("click", clearError);
+  ui.sessionSignIn.addEventListener("click", signInAgain);
   ui.groups.addEventListener("click", (event) => {
     const button = event.target.closest("[data-group-id]");
     if (button) openGroup(button.dataset.groupId);

@@ -43,7 +43,12 @@ export class Connection {
     socket.on("disconnect", (reason) => {
       // The client reconnects by itself unless we, or the server, closed the connection.
       handlers.state(socket.active ? "reconnecting" : "disconnected", reason);
+      // The server ends a session when its token expires (a Socket.IO disconnect,
+      // so the client does not retry with the dead token).
+      if (reason === "io server disconnect") handlers.ended();
     });
+    // The token runs out soon (`expires_at`, ISO 8601): refresh it, or the session ends then.
+    socket.on("session_expiring", (payload) => handlers.expiring(Date.parse(payload.expires_at)));
     socket.on("connect_error", (err) => {
       if (socket.active) {
         handlers.state("reconnecting", err.message);
@@ -82,6 +87,13 @@ export class Connection {
         }
       });
     });
+  }
+
+  /** Move this session's end to a new token's `exp` (same user); reconnects use it too. */
+  async refresh(token) {
+    const ack = await this.request("refresh_token", { token });
+    this.token = token;
+    return Date.parse(ack.expires_at);
   }
 
   /** Fire and forget (typing, leave_group): errors are not worth showing. */

@@ -1,6 +1,6 @@
 """Every event and HTTP route, tried by everyone who must be refused: none reads or writes anything.
 
-One table: each identity below against each of the nine client events and the
+One table: each identity below against each client event and the
 two HTTP routes. The scene is set first: Ana has written a secret word in three
 Maths messages and one message in her own group, Ben is in the Maths room as
 the observer and has read up to seq 1. After each refused attempt the stored
@@ -21,7 +21,8 @@ Identities:
   being Ana would let her read or change something.
 
 ``sender_id`` is a field of ``send_message`` only; there a foreign one is
-``forbidden``. The protocol also says any payload carrying a foreign
+``forbidden``. ``refresh_token`` is tried with a valid token of Ana's: a token for
+another user than the connection's is ``forbidden``. The protocol also says any payload carrying a foreign
 ``sender_id`` is ``forbidden``, while its field table makes ``sender_id`` an
 unknown (``invalid_payload``) field of every other event, and ``invalid_payload``
 comes first. Both readings refuse, so for those events either code passes; what
@@ -62,7 +63,7 @@ IDENTITIES = [
 ]
 EVENTS = [
     "list_groups", "join_group", "leave_group", "send_message", "get_history",
-    "typing", "mark_read", "edit_message", "delete_message", "get_changes",
+    "typing", "mark_read", "edit_message", "delete_message", "get_changes", "refresh_token",
 ]
 ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages"]
 
@@ -95,6 +96,7 @@ def payload(identity: str, event: str, scene: Scene) -> Any:
         "mark_read": {"group_id": group, "seq": 3},
         "edit_message": {"group_id": group, "message_id": message_id, "content": "rewritten"},
         "delete_message": {"group_id": group, "message_id": message_id},
+        "refresh_token": {"token": make_token(ANA)},  # becoming Ana on a connection of one's own
     }
     data = payloads[event]
     if identity == "sender-id-spoofing":
@@ -109,6 +111,8 @@ def expected_ack(identity: str, event: str) -> set[str] | dict[str, Any]:
     if event == "list_groups":
         groups = [] if identity != "member-elsewhere" else [MATHS, PHYSICS]
         return {"ok": True, "groups": groups}  # ids only; see _check_ack
+    if event == "refresh_token":
+        return {"forbidden"}
     if event == "leave_group":
         return {"ok": True}  # leaving a room one is not in is fine and reveals only that the group exists
     return {"not_member"}
@@ -321,6 +325,7 @@ async def test_members_can_still_do_all_of_it_after_the_refusals(scene):
         ("send_message", {"group_id": MATHS, "content": "hello", "sender_id": ANA}),
         ("edit_message", {"group_id": MATHS, "message_id": maths_id, "content": "rewritten"}),
         ("delete_message", {"group_id": MATHS, "message_id": maths_id}),
+        ("refresh_token", {"token": make_token(ANA)}),
     ]:
         ack = await scene.ana.call(event, data)
         assert ack["ok"] is True, (event, ack)

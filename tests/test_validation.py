@@ -42,6 +42,7 @@ BASE: dict[str, dict[str, Any]] = {
     "mark_read": {"group_id": MATHS, "seq": 2},
     "edit_message": {"group_id": MATHS, "message_id": OWN, "content": "changed"},
     "delete_message": {"group_id": MATHS, "message_id": OWN},
+    "refresh_token": {"token": make_token(ANA)},
 }
 
 # event -> field -> (kind of value, required)
@@ -65,6 +66,7 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
     "mark_read": {"group_id": ("id", True), "seq": ("seq", True)},
     "edit_message": {"group_id": ("id", True), "message_id": ("id", True), "content": ("content", True)},
     "delete_message": {"group_id": ("id", True), "message_id": ("id", True)},
+    "refresh_token": {"token": ("token", True)},
 }
 
 _NOT_A_STRING = [("true", True), ("int", 5), ("float", 1.5), ("list", ["x"]), ("object", {"x": "y"})]
@@ -99,6 +101,7 @@ BAD_VALUES: dict[str, list[tuple[str, Any]]] = {
         ("lone-high-surrogate", "\ud800"),
         ("lone-low-surrogate-inside", "ab\udc00cd"),
     ],
+    "token": [*_NOT_A_STRING, ("empty", ""), ("8193-chars", "t" * 8193), ("lone-surrogate", "a.b.\ud800")],
     "client_msg_id": [
         *_NOT_A_STRING,
         ("empty", ""),
@@ -237,6 +240,7 @@ ACCEPTED = [
     ("edit_message", {"group_id": MATHS, "message_id": OWN, "content": "é" * 4000}),
     ("delete_message", {"group_id": MATHS, "message_id": OWN}),
     ("leave_group", {"group_id": MATHS}),
+    ("refresh_token", {"token": make_token(ANA), "sender_id": None}),
 ]
 
 
