@@ -16,6 +16,9 @@ from .errors import ChatError
 
 log = logging.getLogger(__name__)
 
+SERVICE_ROLE = "service"  # the ``role`` claim of the platform's own tokens
+MAX_SERVICE_NAME = 64
+
 
 @dataclass(frozen=True)
 class TokenConfig:
@@ -26,13 +29,37 @@ class TokenConfig:
 
 
 class TokenVerifier:
-    """Checks signature, ``exp``, ``sub`` (a 24-hex user id) and ``iss``/``aud`` when set."""
+    """Checks signature, ``exp``, ``sub`` (a 24-hex user id, or a service's name) and ``iss``/``aud`` when set."""
 
     def __init__(self, config: TokenConfig) -> None:
         self._config = config
 
     def verify(self, token: Any) -> str:
-        """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``.
+        """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``
+        (a service token included: services do not sign in as users)."""
+        claims = self._claims(token)
+        if claims.get("role") == SERVICE_ROLE:
+            raise ChatError("unauthorized", "A service token cannot sign in as a user.")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not ID_RE.fullmatch(sub):
+            raise ChatError("unauthorized", "The token's subject is not a user id.")
+        return sub.lower()
+
+    def verify_service(self, token: Any) -> str:
+        """Return the calling service's name (the ``sub`` of a token whose ``role`` is
+        ``"service"``); ``unauthorized`` for a token that is not valid, ``forbidden``
+        for a valid token of a user."""
+        claims = self._claims(token)
+        if claims.get("role") != SERVICE_ROLE:
+            raise ChatError("forbidden", "Only the platform's service tokens may do this.")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SERVICE_NAME or not sub.isprintable():
+            raise ChatError("unauthorized", f"The token's subject must name the service in 1 to {MAX_SERVICE_NAME} "
+                                            "printable characters.")
+        return sub
+
+    def _claims(self, token: Any) -> dict[str, Any]:
+        """The verified claims, or ``ChatError('unauthorized')``.
 
         Nothing else escapes: PyJWT raises more than ``InvalidTokenError`` for
         hostile input (``UnicodeEncodeError`` for a lone surrogate,
@@ -42,7 +69,7 @@ class TokenVerifier:
             raise ChatError("unauthorized", "A token is required.")
         cfg = self._config
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 cfg.key,
                 algorithms=list(cfg.algorithms),
@@ -57,10 +84,7 @@ class TokenVerifier:
         except Exception as exc:
             log.debug("token refused by %s: %s", type(exc).__name__, _safe(exc))
             raise ChatError("unauthorized", "The token is not valid.") from None
-        sub = claims.get("sub")
-        if not isinstance(sub, str) or not ID_RE.fullmatch(sub):
-            raise ChatError("unauthorized", "The token's subject is not a user id.")
-        return sub.lower()
+        return claims
 
     def issue(self, user_id: str, ttl_seconds: int = 3600) -> str:
         """Sign a token for ``user_id`` with the shared secret (HS* only)."""

@@ -24,11 +24,12 @@ from storage import Store, make_store
 from storage.mongo import MongoStore
 from storage.mongo_revisions import backfill_in_background
 
-from . import http
+from . import http, platform_api
 from .config import Settings
 from .demo import seed_demo
-from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER
+from .keys import CHAT, CLUSTER, EVENTS, MEMBERSHIP, SETTINGS, SIO, STORE, VERIFIER
 from .logs import library_logger
+from .membership import MembershipWatch
 from .metrics import Metrics
 from .metrics import add_route as add_metrics_route
 from .scale_out import Cluster
@@ -157,10 +158,19 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     app[VERIFIER] = verifier
     if cluster:
         app[CLUSTER] = cluster
+    app[MEMBERSHIP] = MembershipWatch(
+        events.membership,
+        storage,
+        poll_s=settings.membership_poll_s,
+        change_stream=settings.membership_change_stream,
+        cluster=cluster,
+    )
     sio.attach(app)
+    platform_api.setup_routes(app)  # before the page's routes: their OPTIONS answer covers these too
     http.setup_routes(app, STATIC_DIR)
     add_metrics_route(app, metrics, token=settings.metrics_token)
     app.cleanup_ctx.append(_storage_lifecycle)
+    app.cleanup_ctx.append(_membership_lifecycle)
     app.on_shutdown.append(_close_transports)
     return app
 
@@ -183,6 +193,12 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
             backfill.cancel()
             await asyncio.gather(backfill, return_exceptions=True)
         await store.close()
+
+
+async def _membership_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Following membership changes, once storage (and the queue) are open."""
+    async for _ in app[MEMBERSHIP].lifecycle():
+        yield
 
 
 async def _close_transports(app: web.Application) -> None:

@@ -11,6 +11,7 @@ from handlers.events import ChatEvents
 from storage import Store
 
 from .config import Settings
+from .membership import MembershipWatch
 from .scale_out import Cluster
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,3 +21,4 @@ EVENTS = web.AppKey("events", ChatEvents)
 CHAT = web.AppKey("chat", ChatService)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 CLUSTER = web.AppKey("cluster", Cluster)
+MEMBERSHIP = web.AppKey("membership", MembershipWatch)
