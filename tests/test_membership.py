@@ -263,3 +263,16 @@ async def test_the_watcher_starts_again_after_the_database_restarts(tmp_path, no
         if node is not None:
             node.stop()  # before its database
         mongo.stop()
+
+
+def test_the_membership_settings():
+    from server.config import ConfigError, Settings
+
+    base = {"MONGODB_URI": "memory://", "JWT_SECRET": SECRET}
+    default = Settings.from_env(base)
+    assert (default.membership_poll_s, default.membership_change_stream) == (5.0, True)
+    chosen = Settings.from_env({**base, "MEMBERSHIP_POLL_S": "1.5", "MEMBERSHIP_CHANGE_STREAM": "OFF"})
+    assert (chosen.membership_poll_s, chosen.membership_change_stream) == (1.5, False)
+    for name, value in (("MEMBERSHIP_POLL_S", "0"), ("MEMBERSHIP_POLL_S", "soon"), ("MEMBERSHIP_CHANGE_STREAM", "yes")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({**base, name: value})
