@@ -39,7 +39,8 @@ SENDER_NAME = "Bench User 0"
 
 def _message_doc(group: ObjectId, sender: ObjectId, seq: int) -> dict[str, Any]:
     """A message in MongoStore's documented shape (storage/mongo.py)."""
-    return {"_id": ObjectId(), "group_id": group, "seq": seq, "rev": seq, "revs": [seq], "sender_id": sender,
+    return {"_id": ObjectId(), "group_id": group, "seq": seq, "rev": seq, "revs": [seq], "kind": "message",
+            "sender_id": sender,
             "sender": SENDER_NAME,
             "content": CONTENT, "timestamp": datetime.now(UTC), "client_msg_id": None,
             "edited_at": None, "deleted": False}

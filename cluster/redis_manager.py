@@ -16,6 +16,10 @@ publishes it for the other nodes. Two things are added here:
   messages take ``seq`` and ``rev`` together, so ``message`` events stay in
   ``seq`` order as before. With ``fill_gaps_from``, a ``rev`` still missing
   after the wait is read from storage first (``rev_order``).
+
+Besides emits, nodes pass each other notices on the same channel
+(``notify``/``on_notice``: ``{"method": "notice", "name", "data"}``), which
+python-socketio's own listener would ignore.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ log = logging.getLogger(__name__)
 OUTBOX_LIMIT = 10_000
 ORDERED_EVENTS = frozenset({"message", "message_updated", "message_deleted"})
 PUBLISH_BATCH = 500  # publishes per script call
+NOTICE_PREFIX = b'{"method":"notice",'  # how every notice starts (SafeJSON is compact, keys in order)
+
+NoticeHandler = Callable[[str, Any], Awaitable[None]]
 
 
 class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
@@ -59,6 +66,7 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         # The application's Redis connection (set by the cluster): publishes
         # share its pipelines with the other script calls of the same moment.
         self.scripts: RedisConnection | None = None
+        self._notice_handler: NoticeHandler | None = None
 
     def initialize(self) -> None:
         super().initialize()
@@ -126,7 +134,10 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
                     data = message.get("data")
                     if message["type"] == "message" and message["channel"] == channel and \
                             not (isinstance(data, bytes) and data.endswith(own)):
-                        yield data
+                        if isinstance(data, bytes) and data.startswith(NOTICE_PREFIX):
+                            self._take_notice(data)
+                        else:
+                            yield data
             except Exception as exc:
                 log.error("Cannot receive from Redis (%s); retrying in %d s", exc, pause)
                 await self._close_pubsub()
@@ -177,6 +188,37 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
             log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
             for message in batch:
                 await self._publish(message)
+
+    def on_notice(self, handler: NoticeHandler) -> None:
+        """Call ``handler(name, data)`` for each notice another node sends."""
+        self._notice_handler = handler
+
+    async def notify(self, name: str, data: Any) -> None:
+        """Send a notice to every other node (after the emits queued before it)."""
+        message = {"method": "notice", "name": name, "data": data, "host_id": self.host_id}
+        if self._outbox is None:
+            await self._publish(message)
+        else:
+            self._outbox.put_nowait(message)
+
+    def _take_notice(self, data: bytes) -> None:
+        """Hand a notice to the handler in a task of its own (the listener goes on)."""
+        try:
+            notice = SafeJSON.loads(data)
+            name, payload = notice["name"], notice.get("data")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("Ignoring a malformed notice from Redis: %s", exc)
+            return
+        if self._notice_handler is None:
+            return
+        task = asyncio.ensure_future(self._notice_handler(name, payload))
+        self._deliveries.add(task)
+        task.add_done_callback(self._notice_done)
+
+    def _notice_done(self, task: asyncio.Task) -> None:
+        self._deliveries.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("A notice from another node failed", exc_info=task.exception())
 
     def fill_gaps_from(
         self, changes: Callable[[str, int, int], Awaitable[list[tuple[str, dict[str, Any]]]]]

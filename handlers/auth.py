@@ -16,6 +16,9 @@ from .errors import ChatError
 
 log = logging.getLogger(__name__)
 
+SERVICE_ROLE = "service"  # the ``role`` claim of the platform's own tokens
+MAX_SERVICE_NAME = 64
+
 
 @dataclass(frozen=True)
 class TokenConfig:
@@ -26,24 +29,22 @@ class TokenConfig:
 
 
 class TokenVerifier:
-    """Checks signature, ``exp``, ``sub`` (a 24-hex user id) and ``iss``/``aud`` when set."""
+    """Checks signature, ``exp``, ``sub`` (a 24-hex user id, or a service's name) and ``iss``/``aud`` when set."""
 
     def __init__(self, config: TokenConfig) -> None:
         self._config = config
 
     def verify(self, token: Any) -> str:
-        """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``.
-
-        Nothing else escapes: PyJWT raises more than ``InvalidTokenError`` for
-        hostile input (``UnicodeEncodeError`` for a lone surrogate,
-        ``InvalidKeyError`` for an ``alg`` of another key family), and a client
-        must not be able to turn a refusal into a server error."""
+        """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``
+        (a service token included: services do not sign in as users)."""
         return self.identify(token)[0]
 
     def identify(self, token: Any) -> tuple[str, int]:
         """``verify``'s user id and the token's ``exp`` (whole seconds since the epoch),
         for connections that end with their token; refusals as ``verify``'s."""
         claims = self._decode(token)
+        if claims.get("role") == SERVICE_ROLE:
+            raise ChatError("unauthorized", "A service token cannot sign in as a user.")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not ID_RE.fullmatch(sub):
             raise ChatError("unauthorized", "The token's subject is not a user id.")
@@ -51,7 +52,26 @@ class TokenVerifier:
         # or a numeric string): the same int() here, which cannot fail after it.
         return sub.lower(), int(claims["exp"])
 
+    def verify_service(self, token: Any) -> str:
+        """Return the calling service's name (the ``sub`` of a token whose ``role`` is
+        ``"service"``); ``unauthorized`` for a token that is not valid, ``forbidden``
+        for a valid token of a user."""
+        claims = self._decode(token)
+        if claims.get("role") != SERVICE_ROLE:
+            raise ChatError("forbidden", "Only the platform's service tokens may do this.")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SERVICE_NAME or not sub.isprintable():
+            raise ChatError("unauthorized", f"The token's subject must name the service in 1 to {MAX_SERVICE_NAME} "
+                                            "printable characters.")
+        return sub
+
     def _decode(self, token: Any) -> dict[str, Any]:
+        """The verified claims, or ``ChatError('unauthorized')``.
+
+        Nothing else escapes: PyJWT raises more than ``InvalidTokenError`` for
+        hostile input (``UnicodeEncodeError`` for a lone surrogate,
+        ``InvalidKeyError`` for an ``alg`` of another key family), and a client
+        must not be able to turn a refusal into a server error."""
         if not isinstance(token, str) or not token:
             raise ChatError("unauthorized", "A token is required.")
         cfg = self._config

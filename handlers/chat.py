@@ -7,10 +7,10 @@ protocol fixes and turns store answers into success payloads.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
-from storage.base import GroupAccess, Message, ReadState, Store
+from storage.base import GroupAccess, GroupSummary, Message, ReadState, Store
 from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError, invalid
@@ -127,6 +127,55 @@ class ChatService:
                 {"mentions": [f"Not members of this group: {', '.join(outsiders)}."]},
                 "Only members of the group can be mentioned.",
             )
+
+    async def post_system(
+        self,
+        service: str,
+        group_id: str,
+        *,
+        content: str,
+        client_msg_id: str | None,
+        mentions: list[str],
+        publish: Publish,
+    ) -> tuple[Message, bool]:
+        """Store and ``publish`` a message of the platform's (kind ``system``, no sender
+        id, ``service`` as its sender's name) the way ``send`` does a member's: the
+        same writer queue, so it takes its place in the group's ``seq`` and ``rev``
+        order among live sends. ``mentions`` must be members of the group."""
+        group = await self.store.get_group(group_id, "")  # no user: only whether it exists, and its name
+        if group is None:
+            raise ChatError("group_not_found")
+        if mentions:
+            await self._check_mentions(group_id, mentions)
+        async with self._writer(group_id):
+            message, duplicate = await self.store.add_message(
+                group_id, sender_id=None, sender_name=service, content=content,
+                client_msg_id=client_msg_id, kind="system", mentions=mentions,
+            )
+            if not duplicate:
+                await publish(message)
+        if duplicate and (message["kind"] != "system" or message["sender_name"] != service):
+            # The key space is the group's, shared by the platform's services.
+            raise invalid({"client_msg_id": ["Already used in this group by another sender."]})
+        if self.notifier is not None:
+            await self.notifier.message_stored(message, group)
+        return message, duplicate
+
+    async def group_summary(self, user_id: str, group_id: str) -> dict[str, Any]:
+        """What ``list_groups`` tells ``user_id`` about one of their groups."""
+        group = await self.group_for(user_id, group_id)
+        latest_seq = await self.store.latest_seq(group_id)
+        latest_rev = await self.store.latest_rev(group_id)
+        read = await self.store.read_state(group_id, user_id)
+        return GroupSummary(group.id, group.name, latest_seq, read.unread_count, latest_rev).to_wire()
+
+    async def group_members(self, group_id: str) -> frozenset[str] | None:
+        """The group's members now; ``None`` when it does not exist."""
+        return await self.store.group_members(group_id)
+
+    async def user_groups(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        """The groups each user is a member of now."""
+        return await self.store.user_groups(user_ids)
 
     async def mark_read(self, user_id: str, group_id: str, seq: int) -> ReadState:
         await self.group_for(user_id, group_id)

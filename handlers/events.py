@@ -25,6 +25,7 @@ from .auth import TokenVerifier, token_from_handshake
 from .chat import ChatService
 from .errors import ChatError, invalid
 from .interfaces import Limiter, Observer, Presence
+from .membership import MembershipTracker
 from .refusal_log import RefusalLog
 from .session_expiry import SessionExpiry, expires_at_text
 from .typing_throttle import TypingThrottle
@@ -80,6 +81,7 @@ class ChatEvents:
         self._idle = asyncio.Event()
         self._idle.set()
         self.closing = False
+        self.membership = MembershipTracker(self)
 
     def register(self) -> None:
         self.sio.on("connect", self.connect)
@@ -132,6 +134,7 @@ class ChatEvents:
             log.exception("handshake failed sid=%s", sid)
             raise _refusal("internal", ChatError("internal").message) from None
         self.connections[sid] = conn
+        self.membership.connected(conn)
         self.observer.connections(+1)
         await self.expiry.start(conn)
         log.debug("connected sid=%s user=%s", sid, user_id)
@@ -166,6 +169,7 @@ class ChatEvents:
             return
         conn.closed = True
         self.expiry.forget(conn)
+        self.membership.disconnected(conn)
         self._free_slot(conn.user_id)
         self.observer.connections(-1)
         for group_id in list(conn.groups):
@@ -412,6 +416,17 @@ class ChatEvents:
         last = await self.presence.leave(group_id, conn.user_id, conn.sid)
         if last and announce:
             await self._emit_presence(conn, group_id, online=False)
+
+    async def evict(self, conn: Connection, group_id: str) -> None:
+        """The user is no longer a member: out of the room first (nothing sent to the
+        group reaches this connection after the news), then ``membership_revoked``."""
+        await self._leave_room(conn, group_id)
+        await self.tell(conn, "membership_revoked", {"group_id": group_id})
+
+    async def tell(self, conn: Connection, event: str, payload: dict[str, Any]) -> None:
+        """An event for one connection of this node (not through the queue)."""
+        if not conn.closed:
+            await self.sio.emit(event, payload, to=conn.sid, ignore_queue=True)
 
     async def announce_offline(self, group_id: str, user_id: str) -> None:
         """Tell a room that a user of a dead node is gone (found by the presence sweep)."""

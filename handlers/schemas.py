@@ -23,6 +23,7 @@ MAX_MENTIONS = 50
 MAX_TOKEN = 8192  # characters of a JWT in refresh_token (the handshake's auth is bounded by the packet limit)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
+MAX_MENTIONS = 50
 _INT_RE = re.compile(r"-?[0-9]{1,20}")
 
 
@@ -297,6 +298,33 @@ _EXCLUSIVE = {
     "get_history": [("before_seq", "after_seq")],
     "join_group": [("since_seq", "since_rev")],
 }
+
+
+class SystemMessage(GroupRef):
+    """``POST /study-groups/{group_id}/messages`` (a service's): the body, and the id from the path."""
+
+    content = Content(required=True)
+    client_msg_id = ClientMsgId()
+    mentions = Mentions(load_default=list)
+
+
+# The platform's calls carry no user, so no ``sender_id`` either.
+_SYSTEM_MESSAGE = SystemMessage(exclude=("sender_id",))
+_GROUP_REF = GroupRef(exclude=("sender_id",))
+
+
+def system_message(group_id: str, body: Any) -> dict[str, Any]:
+    """Validate a service's message: the JSON body must be an object; ``group_id`` is the path's."""
+    if not isinstance(body, dict):
+        raise ValidationError({"_payload": ["The body must be a JSON object."]})
+    if "group_id" in body:
+        raise ValidationError({"group_id": ["Unknown field (the group is the path's)."]})
+    return _SYSTEM_MESSAGE.load({**body, "group_id": group_id})
+
+
+def group_ref(group_id: str) -> str:
+    """A group id from a path, lowercase."""
+    return str(_GROUP_REF.load({"group_id": group_id})["group_id"])
 
 
 def history_query(group_id: str, query: Mapping[str, str]) -> dict[str, Any]:

@@ -26,11 +26,12 @@ from storage import Store, make_outbox, make_store
 from storage.mongo import MongoStore
 from storage.mongo_revisions import backfill_in_background
 
-from . import http
+from . import http, platform_api
 from .config import Settings
 from .demo import seed_demo
-from .keys import CHAT, CLUSTER, EVENTS, SETTINGS, SIO, STORE, VERIFIER, WEBHOOKS
+from .keys import CHAT, CLUSTER, EVENTS, MEMBERSHIP, SETTINGS, SIO, STORE, VERIFIER, WEBHOOKS
 from .logs import library_logger
+from .membership import MembershipWatch
 from .metrics import Metrics
 from .metrics import add_route as add_metrics_route
 from .scale_out import Cluster
@@ -165,11 +166,20 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         app[CLUSTER] = cluster
     if sender is not None:
         app[WEBHOOKS] = sender
+    app[MEMBERSHIP] = MembershipWatch(
+        events.membership,
+        storage,
+        poll_s=settings.membership_poll_s,
+        change_stream=settings.membership_change_stream,
+        cluster=cluster,
+    )
     sio.attach(app)
+    platform_api.setup_routes(app)  # before the page's routes: their OPTIONS answer covers these too
     http.setup_routes(app, STATIC_DIR)
     add_metrics_route(app, metrics, token=settings.metrics_token)
     app.cleanup_ctx.append(_storage_lifecycle)
     app.cleanup_ctx.append(_webhook_lifecycle)  # inside the storage's: stops before the store closes
+    app.cleanup_ctx.append(_membership_lifecycle)
     app.on_shutdown.append(_close_transports)
     return app
 
@@ -231,6 +241,12 @@ async def _webhook_lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await sender.stop()
+
+
+async def _membership_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Following membership changes, once storage (and the queue) are open."""
+    async for _ in app[MEMBERSHIP].lifecycle():
+        yield
 
 
 async def _close_transports(app: web.Application) -> None:

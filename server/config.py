@@ -77,6 +77,17 @@ SETTINGS: dict[str, tuple[str, str]] = {
     ),
     "WEBHOOK_MAX_AGE_S": ("seconds an undelivered webhook is retried before it is kept as failed", "`86400`"),
     "WEBHOOK_TIMEOUT_S": ("seconds one webhook request may take", "`10`"),
+    "MEMBERSHIP_POLL_S": (
+        "seconds between re-reads of the connected users' memberships where no change stream is followed",
+        "`5`",
+    ),
+    "MEMBERSHIP_CHANGE_STREAM": (
+        (
+            "`auto` follows the `study_groups` change stream where MongoDB has one (polling until it runs); "
+            "`off` always polls"
+        ),
+        "`auto`",
+    ),
 }
 
 
@@ -130,6 +141,8 @@ class Settings:
     connect_timeout_s: float = 10.0
     max_pending_per_ip: int = 50
     frame_budget_per_s: float = 5000.0
+    membership_poll_s: float = 5.0
+    membership_change_stream: bool = True
     webhook_url: str | None = field(default=None, repr=False)  # may carry a token of its own
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_max_age_s: float = 86400.0
@@ -178,7 +191,7 @@ class Settings:
             ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
             ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
             ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("CONNECT_TIMEOUT_S", 10.0),
-            ("FRAME_BUDGET_PER_S", 5000.0),
+            ("FRAME_BUDGET_PER_S", 5000.0), ("MEMBERSHIP_POLL_S", 5.0),
         ):
             try:
                 numbers[name] = float(env.get(name, default))
@@ -204,6 +217,11 @@ class Settings:
         max_pending = _whole(env, "MAX_PENDING_PER_IP", 50, 0, 1_000_000, problems)
         if numbers["CONNECT_TIMEOUT_S"] <= 0:
             problems.append("CONNECT_TIMEOUT_S must be more than 0 seconds")
+        if numbers["MEMBERSHIP_POLL_S"] < 0.1:
+            problems.append("MEMBERSHIP_POLL_S must be at least 0.1 seconds")
+        change_stream = env.get("MEMBERSHIP_CHANGE_STREAM", "auto").strip().lower()
+        if change_stream not in ("auto", "off"):
+            problems.append(f"MEMBERSHIP_CHANGE_STREAM must be 'auto' or 'off', not {env['MEMBERSHIP_CHANGE_STREAM']!r}")
         common: dict[str, Any] = dict(
             rate_limits=RateLimits(
                 send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
@@ -214,6 +232,8 @@ class Settings:
             connect_timeout_s=numbers["CONNECT_TIMEOUT_S"],
             max_pending_per_ip=max_pending,
             frame_budget_per_s=numbers["FRAME_BUDGET_PER_S"],
+            membership_poll_s=numbers["MEMBERSHIP_POLL_S"],
+            membership_change_stream=change_stream == "auto",
             port=port,
             redis_url=env.get("REDIS_URL"),
             cors_origins=_split(env.get("CORS_ORIGINS")),

@@ -11,6 +11,7 @@ from handlers.events import ChatEvents
 from storage import Store
 
 from .config import Settings
+from .membership import MembershipWatch
 from .scale_out import Cluster
 from .webhooks import WebhookSender
 
@@ -22,3 +23,4 @@ CHAT = web.AppKey("chat", ChatService)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 CLUSTER = web.AppKey("cluster", Cluster)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
+MEMBERSHIP = web.AppKey("membership", MembershipWatch)

@@ -450,6 +450,10 @@ async function markRead() {
 // -- server events --
 
 function onServerEvent(event, payload) {
+  if (event === "membership_revoked" || event === "group_added") {
+    onMembership(event, payload);
+    return;
+  }
   // Only the open group's events (and the one being joined) matter; we left
   // the rooms of the others, and list_groups counts their unread messages.
   const view = [state.view, state.joining].find((v) => v?.groupId === payload.group_id);
@@ -465,6 +469,28 @@ function onServerEvent(event, payload) {
   } else if (event === "presence") {
     if (view && view === state.view) people.presence(payload);
   }
+}
+
+/** The platform changed our groups: the list follows, and an open group we lost closes. */
+function onMembership(event, payload) {
+  if (event === "group_added") {
+    const group = payload.group;
+    state.groups = [...state.groups.filter((g) => g.id !== group.id), group]
+      .sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
+    renderGroups();
+    return;
+  }
+  const lost = state.groups.find((g) => g.id === payload.group_id);
+  state.groups = state.groups.filter((g) => g.id !== payload.group_id);
+  if (state.joining?.groupId === payload.group_id) state.joining = null;
+  if (state.view?.groupId === payload.group_id) {
+    typing.stop();
+    cancelEdit();
+    people.reset();
+    showGroup(null);
+    showError(`You are no longer a member of ${lost ? lost.name : "this group"}.`);
+  }
+  renderGroups();
 }
 
 // -- sending, editing, deleting --

@@ -58,7 +58,8 @@ export class Connection {
         handlers.refused(new RequestError(err.data || { code: "unauthorized", message: err.message }));
       }
     });
-    for (const event of ["message", "message_updated", "message_deleted", "typing", "presence"]) {
+    for (const event of ["message", "message_updated", "message_deleted", "typing", "presence",
+      "membership_revoked", "group_added"]) {
       socket.on(event, (payload) => handlers.event(event, payload));
     }
   }

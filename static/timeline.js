@@ -135,6 +135,7 @@ export class Timeline {
   }
 
   _render(message) {
+    if (message.kind === "system") return this._renderSystem(message);
     const own = message.sender_id === this.me;
     const node = el("li", {
       class: "message" + (own ? " own" : "") + (message.deleted ? " deleted" : ""),
@@ -149,11 +150,7 @@ export class Timeline {
     const meta = el("div", { class: "meta" });
     meta.append(
       el("span", { class: "sender", "data-testid": "message-sender" }, sender),
-      el("time", {
-        "data-testid": "message-time",
-        datetime: message.timestamp,
-        title: new Date(message.timestamp).toLocaleString(),
-      }, formatTime(message.timestamp)),
+      this._time(message),
     );
     if (message.edited_at && !message.deleted) {
       const title = `edited ${new Date(message.edited_at).toLocaleString()}`;
@@ -170,6 +167,36 @@ export class Timeline {
     const text = message.deleted ? "message deleted" : message.content;
     node.append(meta, el("p", { class: "content", "data-testid": "message-content" }, text));
     return node;
+  }
+
+  /** A message of the platform's (an announcement): no person's name or styling, no actions. */
+  _renderSystem(message) {
+    const from = message.sender_name || message.sender || "the platform";
+    const node = el("li", {
+      class: "message system" + (message.deleted ? " deleted" : ""),
+      "data-testid": "message",
+      "data-kind": "system",
+      "data-seq": String(message.seq),
+      "data-id": message.id,
+      "data-sender-id": "",
+      "data-pending": "false",
+      role: "note",
+      "aria-label": `Announcement from ${from}`,
+    });
+    const meta = el("div", { class: "meta" });
+    meta.append(el("span", { class: "announcement", "data-testid": "message-sender" }, `Announcement from ${from}`),
+      this._time(message));
+    const text = message.deleted ? "message deleted" : message.content;
+    node.append(meta, el("p", { class: "content", "data-testid": "message-content" }, text));
+    return node;
+  }
+
+  _time(message) {
+    return el("time", {
+      "data-testid": "message-time",
+      datetime: message.timestamp,
+      title: new Date(message.timestamp).toLocaleString(),
+    }, formatTime(message.timestamp));
   }
 
   /** One of our sends, shown until its ack (or its `message` event) arrives. */

@@ -8,7 +8,7 @@ timestamps are ISO 8601 strings. Backends convert BSON at their own edge.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict
@@ -20,6 +20,7 @@ class Message(TypedDict):
     """A stored chat message exactly as it goes on the wire."""
 
     type: str
+    kind: str  # "message", or "system" for the platform's own messages
     id: str
     seq: int
     rev: int  # the revision of the message's latest change (0: stored before revisions)
@@ -98,21 +99,30 @@ class Store(Protocol):
     async def list_groups(self, user_id: str) -> list[GroupSummary]:
         """The user's groups ordered by name, with ``latest_seq`` and unread counts."""
 
+    async def group_members(self, group_id: str) -> frozenset[str] | None:
+        """The group's member ids now; ``None`` when the group does not exist."""
+
+    async def user_groups(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        """The ids of the groups each of ``user_ids`` is a member of now (every one a key)."""
+
     async def add_message(
         self,
         group_id: str,
         *,
-        sender_id: str,
+        sender_id: str | None,
         sender_name: str,
         content: str,
         client_msg_id: str | None,
         mentions: Sequence[str] = (),
+        kind: str = "message",
     ) -> tuple[Message, bool]:
         """Store a message with the group's next ``seq`` and next ``rev``.
 
         ``mentions`` (lowercase ids, distinct, members: checked by the caller)
         is stored as given. Returns ``(message, duplicate)``: when ``(sender,
-        group, client_msg_id)`` was stored before, the first stored message and ``True``.
+        group, client_msg_id)`` was stored before, the first stored message and
+        ``True``. The platform's own messages (``kind="system"``) have no sender
+        id: their ``client_msg_id`` is one key space per group.
         """
 
     async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:

@@ -8,7 +8,7 @@ per-group ``seq`` and ``rev`` allocation is contiguous without a lock.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from bson import ObjectId
@@ -33,8 +33,8 @@ class _Group:
     messages: list[Message] = field(default_factory=list)  # index i holds seq i + 1
     by_id: dict[str, Message] = field(default_factory=dict)
     by_client_id: dict[tuple[str | None, str], Message] = field(default_factory=dict)
-    # Messages of each sender that count as unread for others, kept sorted by seq.
-    live_seqs_by_sender: dict[str, list[int]] = field(default_factory=dict)
+    # Messages of each sender (None: the platform's) that count as unread for others, sorted by seq.
+    live_seqs_by_sender: dict[str | None, list[int]] = field(default_factory=dict)
     live_count: int = 0
     rev: int = 0  # the latest revision
     # (rev, message id) of every change, in rev order; an entry whose message
@@ -65,6 +65,9 @@ class MemoryStore:
     def set_members(self, group_id: str, members: list[str]) -> None:
         self._groups[group_id.lower()].members = {m.lower() for m in members}
 
+    def remove_group(self, group_id: str) -> None:
+        self._groups.pop(group_id.lower(), None)
+
     def users(self) -> list[User]:
         return list(self._users.values())
 
@@ -88,6 +91,17 @@ class MemoryStore:
             return None
         return GroupAccess(group_id, group.name, user_id in group.members)
 
+    async def group_members(self, group_id: str) -> frozenset[str] | None:
+        group = self._groups.get(group_id)
+        return None if group is None else frozenset(group.members)
+
+    async def user_groups(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {user_id: set() for user_id in user_ids}
+        for group_id, group in self._groups.items():
+            for user_id in group.members & found.keys():
+                found[user_id].add(group_id)
+        return found
+
     async def list_groups(self, user_id: str) -> list[GroupSummary]:
         summaries = [
             GroupSummary(
@@ -107,11 +121,12 @@ class MemoryStore:
         self,
         group_id: str,
         *,
-        sender_id: str,
+        sender_id: str | None,
         sender_name: str,
         content: str,
         client_msg_id: str | None,
         mentions: Sequence[str] = (),
+        kind: str = "message",
     ) -> tuple[Message, bool]:
         group = self._groups[group_id]
         if client_msg_id is not None:
@@ -120,24 +135,26 @@ class MemoryStore:
                 return group.by_id[first["id"]], True
         return self.seed_message(
             group_id, sender_id=sender_id, sender_name=sender_name,
-            content=content, client_msg_id=client_msg_id, mentions=mentions,
+            content=content, client_msg_id=client_msg_id, mentions=mentions, kind=kind,
         ), False
 
     def seed_message(
         self,
         group_id: str,
         *,
-        sender_id: str,
+        sender_id: str | None,
         sender_name: str,
         content: str,
         client_msg_id: str | None = None,
         mentions: Sequence[str] = (),
+        kind: str = "message",
     ) -> Message:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
         message_id = str(ObjectId())
         message: Message = {
             "type": "message",
+            "kind": kind,
             "id": message_id,
             "seq": len(group.messages) + 1,
             "rev": self._next_rev(group, message_id),

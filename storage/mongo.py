@@ -7,10 +7,12 @@ store creates no index on them, so the owning application should index
 The store's own collections are:
 
 ``messages``
-    ``{_id: ObjectId, group_id: ObjectId, seq: int, sender_id: ObjectId | null,
+    ``{_id: ObjectId, group_id: ObjectId, seq: int, kind: str, sender_id: ObjectId | null,
     sender: str, content: str, timestamp: date, client_msg_id: str | null,
-    edited_at: date | null, deleted: bool, mentions?: [ObjectId]}`` (``mentions``
-    is left out when the message mentions no one). Anything else that writes here
+    edited_at: date | null, deleted: bool, mentions?: [ObjectId]}`` (a
+    document without ``kind`` is a ``"message"``; the platform's ``"system"``
+    messages have ``sender_id: null``; ``mentions`` is left out when the
+    message mentions no one). Anything else that writes here
     (``migrate-legacy-chat``) must write the same shape, ``deleted: false``
     included: the unread counts read it through an index.
     Revisions add ``rev: int`` (the latest change's) and ``revs: [int]``
@@ -47,7 +49,8 @@ become visible in ``rev`` order. Catch-up reads the current ``rev`` through
 ``(group_id, rev)`` in bounded windows (superseded numbers leave holes there,
 so a window grows until it holds a page).
 
-The legacy migration's reads and writes are in ``storage.mongo_legacy``.
+The legacy migration's reads and writes are in ``storage.mongo_legacy``; the
+membership reads and the ``study_groups`` change stream in ``storage.mongo_membership``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import asyncio
 import functools
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pymongo
@@ -67,6 +70,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnD
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from . import mongo_membership
 from .base import (
     GroupAccess,
     GroupSummary,
@@ -245,6 +249,14 @@ class MongoStore:
         return GroupAccess(str(gid), _name(doc), bool(doc.get("members")))
 
     @_unavailable
+    async def group_members(self, group_id: str) -> frozenset[str] | None:
+        return await mongo_membership.group_members(self._db, group_id)
+
+    @_unavailable
+    async def user_groups(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        return await mongo_membership.user_groups(self._db, user_ids)
+
+    @_unavailable
     async def list_groups(self, user_id: str) -> list[GroupSummary]:
         uid = _oid_or_none(user_id)
         if uid is None:
@@ -282,13 +294,14 @@ class MongoStore:
         self,
         group_id: str,
         *,
-        sender_id: str,
+        sender_id: str | None,
         sender_name: str,
         content: str,
         client_msg_id: str | None,
         mentions: Sequence[str] = (),
+        kind: str = "message",
     ) -> tuple[Message, bool]:
-        gid, sid = _oid(group_id), _oid(sender_id)
+        gid, sid = _oid(group_id), None if sender_id is None else _oid(sender_id)
         async with self._writer(str(gid)):
             if client_msg_id is not None:
                 first = await self._messages.find_one(_client_msg_filter(gid, sid, client_msg_id))
@@ -297,6 +310,7 @@ class MongoStore:
             doc: dict[str, Any] = {
                 "_id": ObjectId(),
                 "group_id": gid,
+                "kind": kind,
                 "sender_id": sid,
                 "sender": sender_name,
                 "content": content,
@@ -602,6 +616,7 @@ def _to_wire(doc: dict[str, Any]) -> Message:
     deleted = bool(doc.get("deleted", False))
     return {
         "type": "message",
+        "kind": doc.get("kind") or "message",
         "id": str(doc["_id"]),
         "seq": int(doc["seq"]),
         "rev": int(doc.get("rev") or 0),
@@ -627,7 +642,7 @@ async def _both(first: Coroutine[Any, Any, int], second: Coroutine[Any, Any, int
     return int(results[0]), int(results[1])  # type: ignore[arg-type]
 
 
-def _client_msg_filter(gid: ObjectId, sid: ObjectId, client_msg_id: str) -> dict[str, Any]:
+def _client_msg_filter(gid: ObjectId, sid: ObjectId | None, client_msg_id: str) -> dict[str, Any]:
     return {"group_id": gid, "sender_id": sid, "client_msg_id": client_msg_id}
 
 

@@ -1,7 +1,8 @@
 """Every event and HTTP route, tried by everyone who must be refused: none reads or writes anything.
 
-One table: each identity below against each client event and the
-two HTTP routes. The scene is set first: Ana has written a secret word in three
+One table: each identity below against each of the client events and the
+HTTP routes under ``/study-groups`` (the platform's service routes included:
+a user's token is ``forbidden`` there, whoever the user is). The scene is set first: Ana has written a secret word in three
 Maths messages and one message in her own group, Ben is in the Maths room as
 the observer and has read up to seq 1. After each refused attempt the stored
 history is exactly Ana's messages, nobody's read marker or unread count moved,
@@ -16,6 +17,9 @@ Identities:
 - ``forged-signature`` / ``expired-token``: tokens naming Ana, signed with another key /
   expired. The handshake is refused with ``unauthorized``, events sent on the
   refused connection are not handled, and the HTTP routes answer 401.
+- ``service-token``: a valid token of the platform's (``role: "service"``). It opens
+  no Socket.IO connection (``unauthorized``) and reads no user route (401); the
+  service routes are its own, so it is not tried there.
 - ``sender-id-spoofing``: Carol sending ``sender_id`` = Ana (or, over HTTP,
   ``sender_id``/``user_id`` query parameters and an ``X-User-Id`` header) where
   being Ana would let her read or change something.
@@ -59,18 +63,21 @@ NO_LEAK = {"ok", "error"}
 
 IDENTITIES = [
     "non-member", "no-users-document", "member-elsewhere",
-    "forged-signature", "expired-token", "sender-id-spoofing",
+    "forged-signature", "expired-token", "service-token", "sender-id-spoofing",
 ]
 EVENTS = [
     "list_groups", "join_group", "leave_group", "send_message", "get_history",
     "typing", "mark_read", "edit_message", "delete_message", "get_changes", "refresh_token",
 ]
-ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages"]
+USER_ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages"]
+SERVICE_ROUTES = ["POST /study-groups/{id}/messages", "POST /study-groups/{id}/membership-changed"]
+ROUTES = USER_ROUTES + SERVICE_ROUTES
 
 USER = {"non-member": DAN, "no-users-document": EVE, "member-elsewhere": CAROL, "sender-id-spoofing": CAROL}
 TOKEN_IDENTITIES = {
     "forged-signature": lambda: make_token(ANA, secret=OTHER_SECRET),
     "expired-token": lambda: make_token(ANA, ttl=-60),
+    "service-token": lambda: make_token("course-platform", role="service"),
 }
 
 
@@ -244,8 +251,10 @@ async def _event_on_a_refused_connection(server_url: str, token: str, event: str
 
 # -- the table --
 
-@pytest.mark.parametrize("action", EVENTS + ROUTES)
-@pytest.mark.parametrize("identity", IDENTITIES)
+@pytest.mark.parametrize(("identity", "action"), [
+    (identity, action) for identity in IDENTITIES for action in EVENTS + ROUTES
+    if not (identity == "service-token" and action in SERVICE_ROUTES)
+])
 async def test_refused_identities_read_write_and_broadcast_nothing(scene, connect, server_url, identity, action):
     if identity in TOKEN_IDENTITIES:
         token = TOKEN_IDENTITIES[identity]()
@@ -268,11 +277,18 @@ async def test_refused_identities_read_write_and_broadcast_nothing(scene, connec
     await scene.assert_untouched()
 
 
+def _route_request(route: str, group: str, query: str = "") -> tuple[str, str, Any]:
+    """Method, path and JSON body of one try at ``route`` aimed at ``group``."""
+    method, path = route.split(" ", 1)
+    body = {"content": f"let me in {SECRET}", "client_msg_id": "intruder-1"} if route == SERVICE_ROUTES[0] else None
+    return method, path.replace("{id}", group) + query, body
+
+
 async def _http_refused_with_401(server_url: str, route: str, token: str) -> None:
-    path = "/study-groups" if route == ROUTES[0] else f"/study-groups/{MATHS}/messages"
+    method, path, body = _route_request(route, MATHS)
     async with aiohttp.ClientSession() as http:
         for header in (f"Bearer {token}", f"bearer {token}"):
-            resp = await http.get(server_url + path, headers={"Authorization": header})
+            resp = await http.request(method, server_url + path, json=body, headers={"Authorization": header})
             assert resp.status == 401 and resp.content_type == "application/json", resp.status
             body = await resp.json()
             assert set(body) == NO_LEAK and body["error"]["code"] == "unauthorized", body
@@ -293,12 +309,18 @@ async def _http_as(server_url: str, identity: str, route: str) -> None:
             groups = [MATHS, PHYSICS] if USER[identity] == CAROL else []
             assert [g["id"] for g in body["groups"]] == groups, body
             assert NOTES not in json.dumps(body)
-        else:
+        elif route == ROUTES[1]:
             group = target(identity)
             resp = await http.get(f"{server_url}/study-groups/{group}/messages{query}", headers=headers)
             body = await resp.json()
             assert resp.status == 403 and set(body) == NO_LEAK and body["error"]["code"] == "not_member", body
             assert SECRET not in json.dumps(body)
+        else:  # the platform's routes: no user may call them, in a group of theirs or not
+            for group in (target(identity), MATHS):
+                method, path, data = _route_request(route, group, query)
+                resp = await http.request(method, server_url + path, json=data, headers=headers)
+                body = await resp.json()
+                assert resp.status == 403 and set(body) == NO_LEAK and body["error"]["code"] == "forbidden", body
 
 
 # -- around the table --
@@ -310,8 +332,11 @@ def test_the_table_covers_every_event_and_route(settings, store):
 
     assert set(EVENTS) == set(SCHEMAS)
     app = create_app(settings, storage=store)
-    paths = {r.resource.canonical for r in app.router.routes() if r.resource.canonical.startswith("/study-groups")}
-    assert {route.split(" ", 1)[1].replace("{id}", "{group_id}") for route in ROUTES} == paths
+    routes = {
+        f"{r.method} {r.resource.canonical}" for r in app.router.routes()
+        if r.resource.canonical.startswith("/study-groups") and r.method not in ("HEAD", "OPTIONS")
+    }
+    assert {route.replace("{id}", "{group_id}") for route in ROUTES} == routes
 
 
 async def test_members_can_still_do_all_of_it_after_the_refusals(scene):

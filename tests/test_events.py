@@ -9,7 +9,7 @@ import aiohttp
 from tests.support.chat import ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, make_token
 
 MESSAGE_FIELDS = {
-    "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
+    "type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
     "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
 }
 from tests.support.chat import both_stores as backend  # noqa: E402  (every test on both stores)

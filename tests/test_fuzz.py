@@ -77,7 +77,7 @@ CODES = {
     "message_not_found", "rate_limited", "storage_unavailable", "internal",
 }
 MESSAGE_FIELDS = {
-    "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
+    "type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
     "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
 }
 SERVER_EVENTS = {"message", "message_updated", "message_deleted", "typing", "presence"}

@@ -59,7 +59,7 @@ SEEDED = [  # Calculus I, seq 1..3
 ]
 
 MESSAGE_FIELDS = {
-    "type", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
+    "type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
     "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
 }
 HEX_ID = re.compile(r"[0-9a-f]{24}")

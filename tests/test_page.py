@@ -379,3 +379,43 @@ async def test_token_sign_in(browser, demo_server, demo_app):
     await expect(chat.hook("connection-state")).to_have_text("connected")
     await expect(chat.hook("error")).to_be_hidden()
     await expect(chat.hook("group")).to_have_count(2)
+
+
+async def test_announcements_and_membership_changes_show_on_the_page(browser, demo_server, demo_app, demo_store):
+    import aiohttp
+    import jwt
+
+    from server.keys import SETTINGS
+
+    secret = demo_app[SETTINGS].jwt_secret
+    service = {"Authorization": "Bearer " + jwt.encode({"sub": "course-platform", "role": "service",
+                                                        "exp": 2**31 - 1}, secret, algorithm="HS256")}
+    base = str(demo_server.make_url("")).rstrip("/")
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    juan = await sign_in_demo(browser, demo_server, JUAN)
+    for chat in (ana, juan):
+        await chat.open_group(CALCULUS)
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{base}/study-groups/{CALCULUS}/messages", headers=service,
+                               json={"content": "The exam moves to Friday."})
+        assert resp.status == 200
+        for chat in (ana, juan):
+            notice = chat.message(4)
+            await expect(notice).to_have_attribute("data-kind", "system")
+            await expect(notice).to_have_attribute("aria-label", "Announcement from course-platform")
+            await expect(notice.get_by_test_id("message-sender")).to_have_text("Announcement from course-platform")
+            await expect(notice.get_by_test_id("message-content")).to_have_text("The exam moves to Friday.")
+            await expect(notice.get_by_test_id("message-edit")).to_have_count(0)
+        await juan.screenshot("announcement.png")
+
+        # The platform moves Juan from Calculus to Organic Chemistry.
+        demo_store.set_members(CALCULUS, [ANA, MEI])
+        demo_store.set_members(CHEMISTRY, [ANA, MEI, JUAN])
+        for group in (CALCULUS, CHEMISTRY):
+            resp = await http.post(f"{base}/study-groups/{group}/membership-changed", headers=service)
+            assert resp.status == 200
+    await expect(juan.hook("error")).to_have_text("You are no longer a member of Calculus I.")
+    await expect(juan.hook("group-name")).to_have_text("No group open")
+    await expect(juan.hook("group")).to_have_count(1)
+    await expect(juan.page.locator(f'[data-testid="group"][data-group-id="{CHEMISTRY}"]')).to_be_visible()
+    await expect(ana.hook("group-name")).to_have_text("Calculus I")

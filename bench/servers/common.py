@@ -59,6 +59,7 @@ def message(group_id: str, seq: int, sender_id: str, content: str) -> dict[str, 
     name = user_name(sender_id)
     return {
         "type": "message",
+        "kind": "message",
         "id": new_id(),
         "seq": seq,
         "rev": seq,  # peers only send: every change is a new message

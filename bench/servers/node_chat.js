@@ -57,7 +57,7 @@ io.on('connection', (socket) => {
     if (!g || !g.members.has(socket.data.user)) return ack(notMember);
     const name = userName(socket.data.user);
     const msg = {
-      type: 'message', id: newId(), seq: g.history.length + 1, rev: g.history.length + 1, group_id: data.group_id,
+      type: 'message', kind: 'message', id: newId(), seq: g.history.length + 1, rev: g.history.length + 1, group_id: data.group_id,
       sender_id: socket.data.user, sender: name, sender_name: name, content: data.content,
       timestamp: new Date().toISOString(), client_msg_id: null, edited_at: null, deleted: false,
     };
