@@ -60,7 +60,7 @@ async def _authenticated(request: web.Request) -> str:
     return user_id
 
 
-def _api(handler):
+def api_route(handler):
     """The HTTP error boundary: the same envelope as acks, with matching status codes."""
 
     async def run(request: web.Request) -> web.StreamResponse:
@@ -85,14 +85,14 @@ def _api(handler):
     return run
 
 
-@_api
+@api_route
 async def list_groups(request: web.Request) -> web.Response:
 
     user_id = await _authenticated(request)
     return web.json_response(await request.app[CHAT].list_groups(user_id))
 
 
-@_api
+@api_route
 async def group_messages(request: web.Request) -> web.Response:
 
     user_id = await _authenticated(request)
@@ -133,13 +133,13 @@ def _demo_users(request: web.Request) -> list[User]:
     return store.users()
 
 
-@_api
+@api_route
 async def demo_users(request: web.Request) -> web.Response:
     users = _demo_users(request)
     return web.json_response({"ok": True, "users": [{"id": u.id, "name": u.name} for u in users]})
 
 
-@_api
+@api_route
 async def demo_token(request: web.Request) -> web.Response:
     known = {u.id for u in _demo_users(request)}
     try:

@@ -18,7 +18,7 @@ from handlers.auth import bearer
 from handlers.errors import invalid
 from storage.base import Message
 
-from .http import _api
+from .http import api_route
 from .keys import CHAT, MEMBERSHIP, SIO, VERIFIER
 
 
@@ -39,7 +39,7 @@ def _group_id(request: web.Request) -> str:
         raise invalid(exc.normalized_messages()) from None
 
 
-@_api
+@api_route
 async def post_message(request: web.Request) -> web.Response:
     """A message of the platform's (kind ``system``) in the group, stored and broadcast
     like a member's send, idempotent by ``client_msg_id``."""
@@ -65,7 +65,7 @@ async def post_message(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "message": message, "duplicate": duplicate})
 
 
-@_api
+@api_route
 async def membership_changed(request: web.Request) -> web.Response:
     """Re-read the group's members now, on every node (a deleted group: everyone leaves it)."""
     _service(request)
