@@ -14,14 +14,7 @@ from server.config import ConfigError, Settings
 from server.keys import WEBHOOKS
 from tests.support.chat import ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, make_settings
 from tests.support.chat import both_stores as backend  # every test on both stores
-from tests.support.webhooks import WEBHOOK_SECRET, Receiver
-
-
-@pytest.fixture
-async def receiver():
-    r = await Receiver().start()
-    yield r
-    await r.stop()
+from tests.support.webhooks import WEBHOOK_SECRET, Receiver, receiver
 
 
 @pytest.fixture

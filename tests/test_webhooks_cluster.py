@@ -11,18 +11,11 @@ import pytest
 
 from tests.support.chat import ANA, BEN, CAROL, MATHS, SECRET
 from tests.support.mongo import seed_mongo
-from tests.support.webhooks import WEBHOOK_SECRET, Receiver
+from tests.support.webhooks import WEBHOOK_SECRET, Receiver, receiver
 
 USERS = [(ANA, "Ana", "García"), (BEN, "Ben", "Okafor"), (CAROL, "Carol", "")]
 GROUPS = [(MATHS, "Maths", [ANA, BEN, CAROL])]
 TIMEOUT_S = 2  # WEBHOOK_TIMEOUT_S: a lease is this plus 5 s
-
-
-@pytest.fixture
-async def receiver():
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture

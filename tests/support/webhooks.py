@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
+import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
@@ -125,3 +126,10 @@ def _plan(body: bytes) -> list[str]:
     if not isinstance(content, str) or not content.startswith("plan:"):
         return []
     return content[len("plan:"):].split(" ", 1)[0].split(",")  # what follows a space is a label
+
+
+@pytest.fixture
+async def receiver():
+    r = await Receiver().start()
+    yield r
+    await r.stop()
