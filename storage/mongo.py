@@ -63,10 +63,8 @@ from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequ
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pymongo
-from bson import Decimal128, ObjectId, Timestamp
-from bson.datetime_ms import DatetimeMS
-from bson.errors import InvalidId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -79,62 +77,28 @@ from .base import (
     StorageUnavailable,
     User,
     display_name,
-    iso_timestamp,
     now_ms,
 )
 from .keyed_lock import KeyedLock
 from .mongo_counter import GroupCounter
+from .mongo_documents import (
+    CLIENT_MSG_INDEX,
+    MARKER_INDEXES,
+    MESSAGE_INDEXES,
+    REVS_INDEX,
+    SEQ_INDEX,
+    client_msg_filter,
+    duplicate_index,
+    group_name,
+    live_message_filter,
+    oid,
+    oid_or_none,
+    to_wire,
+)
 
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 2.0
 MAX_INSERT_ATTEMPTS = 200
-
-SEQ_INDEX = "group_seq"
-REVS_INDEX = "group_revs"
-REV_INDEX = "group_rev"
-CLIENT_MSG_INDEX = "group_sender_client_msg"
-LIVE_INDEX = "group_deleted_seq"
-OWN_LIVE_INDEX = "group_sender_deleted_seq"
-MARKER_INDEX = "user_group"
-
-MESSAGE_INDEXES = [
-    IndexModel([("group_id", ASCENDING), ("seq", ASCENDING)], name=SEQ_INDEX, unique=True),
-    # Every revision a message took. Partial: messages stored before revisions
-    # have no `revs` and must not collide on a missing value.
-    IndexModel(
-        [("group_id", ASCENDING), ("revs", ASCENDING)],
-        name=REVS_INDEX,
-        unique=True,
-        partialFilterExpression={"revs": {"$gt": 0}},
-    ),
-    IndexModel([("group_id", ASCENDING), ("rev", ASCENDING)], name=REV_INDEX),
-    # `$gt: ""` is "a non-empty string" (comparisons are type-bracketed) and is
-    # what SecantusDB can prove a `client_msg_id: "x"` query implies; with
-    # `$type: "string"` it scans the collection instead.
-    IndexModel(
-        [("group_id", ASCENDING), ("sender_id", ASCENDING), ("client_msg_id", ASCENDING)],
-        name=CLIENT_MSG_INDEX,
-        unique=True,
-        partialFilterExpression={"client_msg_id": {"$gt": ""}},
-    ),
-    # Unread counts: live messages above a marker, minus the reader's own.
-    IndexModel(
-        [("group_id", ASCENDING), ("deleted", ASCENDING), ("seq", ASCENDING)], name=LIVE_INDEX
-    ),
-    IndexModel(
-        [
-            ("group_id", ASCENDING),
-            ("sender_id", ASCENDING),
-            ("deleted", ASCENDING),
-            ("seq", ASCENDING),
-        ],
-        name=OWN_LIVE_INDEX,
-    ),
-]
-MARKER_INDEXES = [
-    # user first: one query reads all of a user's markers for `list_groups`.
-    IndexModel([("user_id", ASCENDING), ("group_id", ASCENDING)], name=MARKER_INDEX, unique=True),
-]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -228,7 +192,7 @@ class MongoStore:
 
     @_unavailable
     async def get_user(self, user_id: str) -> User | None:
-        uid = _oid_or_none(user_id)
+        uid = oid_or_none(user_id)
         if uid is None:
             return None
         doc = await self._db.users.find_one({"_id": uid}, {"full_name": 1, "last_name": 1})
@@ -236,7 +200,7 @@ class MongoStore:
 
     @_unavailable
     async def get_group(self, group_id: str, user_id: str) -> GroupAccess | None:
-        gid, uid = _oid_or_none(group_id), _oid_or_none(user_id)
+        gid, uid = oid_or_none(group_id), oid_or_none(user_id)
         if gid is None:
             return None
         # `$elemMatch` sends back at most the caller's own entry, never the whole array.
@@ -246,7 +210,7 @@ class MongoStore:
         doc = await self._db.study_groups.find_one({"_id": gid}, projection)
         if doc is None:
             return None
-        return GroupAccess(str(gid), _name(doc), bool(doc.get("members")))
+        return GroupAccess(str(gid), group_name(doc), bool(doc.get("members")))
 
     @_unavailable
     async def group_members(self, group_id: str) -> frozenset[str] | None:
@@ -258,7 +222,7 @@ class MongoStore:
 
     @_unavailable
     async def list_groups(self, user_id: str) -> list[GroupSummary]:
-        uid = _oid_or_none(user_id)
+        uid = oid_or_none(user_id)
         if uid is None:
             return []
         groups = await self._db.study_groups.find({"members": uid}, {"name": 1}).to_list(None)
@@ -277,7 +241,7 @@ class MongoStore:
             latest, rev = await _both(self._top_seq(gid), self._top_rev(gid))
             last = markers.get(gid, 0)
             unread = 0 if last >= latest else await self._unread(gid, uid, last)
-            return GroupSummary(str(gid), _name(group), latest, unread, rev)
+            return GroupSummary(str(gid), group_name(group), latest, unread, rev)
 
         results = await asyncio.gather(*(summary(g) for g in groups), return_exceptions=True)
         for result in results:
@@ -301,12 +265,12 @@ class MongoStore:
         mentions: Sequence[str] = (),
         kind: str = "message",
     ) -> tuple[Message, bool]:
-        gid, sid = _oid(group_id), None if sender_id is None else _oid(sender_id)
+        gid, sid = oid(group_id), None if sender_id is None else oid(sender_id)
         async with self._writer(str(gid)):
             if client_msg_id is not None:
-                first = await self._messages.find_one(_client_msg_filter(gid, sid, client_msg_id))
+                first = await self._messages.find_one(client_msg_filter(gid, sid, client_msg_id))
                 if first is not None:
-                    return _to_wire(first), True
+                    return to_wire(first), True
             doc: dict[str, Any] = {
                 "_id": ObjectId(),
                 "group_id": gid,
@@ -319,7 +283,7 @@ class MongoStore:
                 "deleted": False,
             }
             if mentions:
-                doc["mentions"] = [_oid(user_id) for user_id in mentions]
+                doc["mentions"] = [oid(user_id) for user_id in mentions]
             for attempt in range(MAX_INSERT_ATTEMPTS):
                 seq, rev = await self._tops(gid, probe=attempt > 0)
                 doc.update(seq=seq + 1, rev=rev + 1, revs=[rev + 1], timestamp=now_ms())
@@ -328,23 +292,23 @@ class MongoStore:
                 except DuplicateKeyError as exc:
                     if await self._lost_race(gid, exc, doc["seq"], doc["rev"], attempt):
                         continue
-                    if _duplicate_index(exc) == CLIENT_MSG_INDEX and client_msg_id is not None:
+                    if duplicate_index(exc) == CLIENT_MSG_INDEX and client_msg_id is not None:
                         # Another process stored the same send first.
                         first = await self._messages.find_one(
-                            _client_msg_filter(gid, sid, client_msg_id)
+                            client_msg_filter(gid, sid, client_msg_id)
                         )
                         if first is not None:
-                            return _to_wire(first), True
+                            return to_wire(first), True
                     raise StorageUnavailable(f"unexpected duplicate key: {exc}") from exc
                 self._seqs.remember(gid, doc["seq"])
                 self._revs.remember(gid, doc["rev"])
-                return _to_wire(doc), False
+                return to_wire(doc), False
         raise StorageUnavailable(f"no free seq after {MAX_INSERT_ATTEMPTS} attempts")
 
     async def _lost_race(self, gid: ObjectId, exc: DuplicateKeyError, seq: int, rev: int, attempt: int) -> bool:
         """Whether a write lost a ``seq`` or ``rev`` race (that number is stored now:
         the next try starts above it, after a short random pause once it keeps losing)."""
-        index = _duplicate_index(exc)
+        index = duplicate_index(exc)
         if index == SEQ_INDEX:
             self._seqs.remember(gid, seq)
         elif index == REVS_INDEX:
@@ -357,8 +321,8 @@ class MongoStore:
 
     @_unavailable
     async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:
-        gid = _oid(group_id)
-        wanted = [_oid(user_id) for user_id in user_ids]
+        gid = oid(group_id)
+        wanted = [oid(user_id) for user_id in user_ids]
         # Only the asked ids come back, never the whole members array.
         keep = {"$filter": {"input": "$members", "cond": {"$in": ["$$this", wanted]}}}
         doc = await self._db.study_groups.find_one({"_id": gid}, {"members": keep})
@@ -375,34 +339,34 @@ class MongoStore:
         before_seq: int | None = None,
         after_seq: int | None = None,
     ) -> tuple[list[Message], bool]:
-        gid = _oid(group_id)
+        gid = oid(group_id)
         if after_seq is not None:
             # One extra row says whether newer ones exist.
             docs = await self.range_cursor(gid, after_seq, after_seq + limit + 1).to_list(None)
-            return [_to_wire(d) for d in docs[:limit]], len(docs) > limit
+            return [to_wire(d) for d in docs[:limit]], len(docs) > limit
         latest = await self._top_seq(gid)
         end = latest if before_seq is None else min(before_seq - 1, latest)
         start = max(0, end - limit)
         if end <= start:
             return [], False
         docs = await self.range_cursor(gid, start, end).to_list(None)
-        return [_to_wire(d) for d in docs], start > 0
+        return [to_wire(d) for d in docs], start > 0
 
     @_unavailable
     async def latest_seq(self, group_id: str) -> int:
-        gid = _oid_or_none(group_id)
+        gid = oid_or_none(group_id)
         return 0 if gid is None else await self._top_seq(gid)
 
     @_unavailable
     async def latest_rev(self, group_id: str) -> int:
-        gid = _oid_or_none(group_id)
+        gid = oid_or_none(group_id)
         return 0 if gid is None else await self._top_rev(gid)
 
     @_unavailable
     async def get_changes(
         self, group_id: str, *, after_rev: int, limit: int
     ) -> tuple[list[Message], bool, int]:
-        gid = _oid(group_id)
+        gid = oid(group_id)
         top = await self._top_rev(gid)
         found: dict[ObjectId, dict[str, Any]] = {}
         above, width = after_rev, limit + 1
@@ -415,15 +379,15 @@ class MongoStore:
                 found[doc["_id"]] = doc
             above, width = upto, width * 2
         docs = sorted(found.values(), key=lambda d: int(d["rev"]))
-        return [_to_wire(d) for d in docs[:limit]], len(docs) > limit, top
+        return [to_wire(d) for d in docs[:limit]], len(docs) > limit, top
 
     @_unavailable
     async def get_message(self, group_id: str, message_id: str) -> Message | None:
-        gid, mid = _oid_or_none(group_id), _oid_or_none(message_id)
+        gid, mid = oid_or_none(group_id), oid_or_none(message_id)
         if gid is None or mid is None:
             return None
         doc = await self._messages.find_one({"_id": mid})
-        return None if doc is None or doc.get("group_id") != gid else _to_wire(doc)
+        return None if doc is None or doc.get("group_id") != gid else to_wire(doc)
 
     @_unavailable
     async def edit_message(
@@ -445,14 +409,14 @@ class MongoStore:
 
     @_unavailable
     async def read_state(self, group_id: str, user_id: str) -> ReadState:
-        gid, uid = _oid(group_id), _oid(user_id)
+        gid, uid = oid(group_id), oid(user_id)
         doc = await self._markers.find_one({"user_id": uid, "group_id": gid}, {"seq": 1})
         last = 0 if doc is None else int(doc["seq"])
         return ReadState(last, await self._unread(gid, uid, last))
 
     @_unavailable
     async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
-        gid, uid = _oid(group_id), _oid(user_id)
+        gid, uid = oid(group_id), oid(user_id)
         latest = await self._top_seq(gid)
         target = max(0, min(seq, latest))
         for attempt in range(3):
@@ -575,11 +539,11 @@ class MongoStore:
     async def _update_live(
         self, group_id: str, message_id: str, sender_id: str, changes: dict[str, Any]
     ) -> Message | None:
-        gid, mid, sid = (_oid_or_none(x) for x in (group_id, message_id, sender_id))
+        gid, mid, sid = (oid_or_none(x) for x in (group_id, message_id, sender_id))
         if gid is None or mid is None or sid is None:
             return None
-        doc = await self.change(gid, _live_message_filter(mid, gid, sid), changes)
-        return None if doc is None else _to_wire(doc)
+        doc = await self.change(gid, live_message_filter(mid, gid, sid), changes)
+        return None if doc is None else to_wire(doc)
 
     async def change(
         self, gid: ObjectId, selector: dict[str, Any], changes: dict[str, Any]
@@ -607,32 +571,6 @@ class MongoStore:
         raise StorageUnavailable(f"no free rev after {MAX_INSERT_ATTEMPTS} attempts")
 
 
-def _to_wire(doc: dict[str, Any]) -> Message:
-    """A stored message as the wire dict: hex ids, ISO times."""
-    sender_id = doc.get("sender_id")
-    sid = None if sender_id is None else str(sender_id).lower()
-    sender = doc.get("sender") or sid or ""
-    edited = doc.get("edited_at")
-    deleted = bool(doc.get("deleted", False))
-    return {
-        "type": "message",
-        "kind": doc.get("kind") or "message",
-        "id": str(doc["_id"]),
-        "seq": int(doc["seq"]),
-        "rev": int(doc.get("rev") or 0),
-        "group_id": str(doc["group_id"]),
-        "sender_id": sid,
-        "sender": sender,
-        "sender_name": sender,
-        "content": "" if deleted else doc.get("content", ""),
-        "timestamp": iso_timestamp(doc["timestamp"]),
-        "client_msg_id": doc.get("client_msg_id"),
-        "edited_at": None if edited is None else iso_timestamp(edited),
-        "deleted": deleted,
-        "mentions": [str(user_id) for user_id in doc.get("mentions") or ()],
-    }
-
-
 async def _both(first: Coroutine[Any, Any, int], second: Coroutine[Any, Any, int]) -> tuple[int, int]:
     """Two store reads at once; the first failure is raised (after both finished)."""
     results = await asyncio.gather(first, second, return_exceptions=True)
@@ -640,65 +578,6 @@ async def _both(first: Coroutine[Any, Any, int], second: Coroutine[Any, Any, int
         if isinstance(result, BaseException):
             raise result
     return int(results[0]), int(results[1])  # type: ignore[arg-type]
-
-
-def _client_msg_filter(gid: ObjectId, sid: ObjectId | None, client_msg_id: str) -> dict[str, Any]:
-    return {"group_id": gid, "sender_id": sid, "client_msg_id": client_msg_id}
-
-
-def _live_message_filter(mid: ObjectId, gid: ObjectId, sid: ObjectId) -> dict[str, Any]:
-    """The message, if it is in the group, the sender's and not deleted: a point lookup."""
-    return {"_id": mid, "group_id": gid, "sender_id": sid, "deleted": False}
-
-
-def _duplicate_index(exc: DuplicateKeyError) -> str | None:
-    """Which unique index refused the insert."""
-    details = exc.details or {}
-    pattern = details.get("keyPattern") or {}
-    if "client_msg_id" in pattern:
-        return CLIENT_MSG_INDEX
-    if "revs" in pattern:
-        return REVS_INDEX
-    if "seq" in pattern:
-        return SEQ_INDEX
-    message = str(details.get("errmsg") or exc)
-    for name in (CLIENT_MSG_INDEX, REVS_INDEX, SEQ_INDEX):
-        if f"index: {name} " in message:
-            return name
-    return None
-
-
-def _plain(value: Any) -> Any:
-    """A legacy field without BSON-only types (dates Python cannot hold become None)."""
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, Decimal128):
-        try:
-            return float(value.to_decimal())
-        except ValueError:  # a signalling NaN
-            return None
-    if isinstance(value, Timestamp):
-        return value.as_datetime()
-    return None if isinstance(value, DatetimeMS) else value
-
-
-def _oid(value: str) -> ObjectId:
-    try:
-        return ObjectId(value)
-    except (InvalidId, TypeError) as exc:
-        raise ValueError(f"not an ObjectId: {value!r}") from exc
-
-
-def _oid_or_none(value: str) -> ObjectId | None:
-    try:
-        return ObjectId(value)
-    except (InvalidId, TypeError):
-        return None
-
-
-def _name(group: dict[str, Any]) -> str:
-    name = group.get("name")
-    return name if isinstance(name, str) else ""
 
 
 def _short(exc: BaseException) -> str:

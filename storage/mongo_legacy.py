@@ -26,17 +26,8 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.errors import BulkWriteError
 
 from .base import StorageUnavailable, User, display_name
-from .mongo import (
-    MAX_INSERT_ATTEMPTS,
-    REVS_INDEX,
-    SEQ_INDEX,
-    MongoStore,
-    _name,
-    _oid,
-    _oid_or_none,
-    _plain,
-    _unavailable,
-)
+from .mongo import MAX_INSERT_ATTEMPTS, MongoStore, _unavailable
+from .mongo_documents import REVS_INDEX, SEQ_INDEX, group_name, oid, oid_or_none, plain
 
 LEGACY_INDEX = "group_legacy_index"
 LEGACY_CURSOR_BATCH = 5000
@@ -93,7 +84,7 @@ class LegacyMongoStore(MongoStore):
         """Groups holding a ``chat`` field (or just ``group_id``, whatever it holds), by id."""
         match: dict[str, Any] = {"chat": {"$exists": True}}
         if group_id is not None:
-            match = {"_id": _oid(group_id)}
+            match = {"_id": oid(group_id)}
         pipeline = [
             {"$match": match},
             {"$sort": {"_id": 1}},
@@ -104,19 +95,19 @@ class LegacyMongoStore(MongoStore):
             }},
         ]
         docs = await (await self._legacy_groups.aggregate(pipeline)).to_list(None)
-        return [LegacyGroup(str(d["_id"]), _name(d), str(d["chat"]), int(d["length"])) for d in docs]
+        return [LegacyGroup(str(d["_id"]), group_name(d), str(d["chat"]), int(d["length"])) for d in docs]
 
     async def legacy_timestamps(self, group_id: str) -> AsyncIterator[tuple[int, Any]]:
         """``(array index, raw timestamp)`` of every record in array order, streamed."""
         pipeline = [
-            {"$match": {"_id": _oid(group_id)}},
+            {"$match": {"_id": oid(group_id)}},
             {"$unwind": {"path": "$chat", "includeArrayIndex": "index"}},
             {"$project": {"_id": 0, "index": 1, "ts": "$chat.timestamp"}},
         ]
         cursor = self._legacy_groups.aggregate(pipeline, batchSize=LEGACY_CURSOR_BATCH)
         async for doc in self._streamed(cursor):
             if isinstance(doc.get("index"), int):
-                yield int(doc["index"]), _plain(doc.get("ts"))
+                yield int(doc["index"]), plain(doc.get("ts"))
 
     @_unavailable
     async def legacy_records(self, group_id: str, indexes: Sequence[int]) -> list[Any]:
@@ -128,7 +119,7 @@ class LegacyMongoStore(MongoStore):
         if not indexes:
             return []
         pipeline = [
-            {"$match": {"_id": _oid(group_id)}},
+            {"$match": {"_id": oid(group_id)}},
             {"$project": {"_id": 0, "records": {"$map": {
                 "input": [int(i) for i in indexes],
                 "as": "i",
@@ -139,7 +130,7 @@ class LegacyMongoStore(MongoStore):
         records = list(docs[0].get("records") or []) if docs else []
         records += [None] * (len(indexes) - len(records))
         return [
-            {k: _plain(v) for k, v in r.items()} if isinstance(r, Mapping) else _plain(r)
+            {k: plain(v) for k, v in r.items()} if isinstance(r, Mapping) else plain(r)
             for r in records
         ]
 
@@ -150,7 +141,7 @@ class LegacyMongoStore(MongoStore):
         costs milliseconds per value, a range walk does not.
         """
         cursor = self._messages.find(
-            {"group_id": _oid(group_id), "legacy.index": {"$gte": 0}},
+            {"group_id": oid(group_id), "legacy.index": {"$gte": 0}},
             {"_id": 0, "legacy.index": 1},
             batch_size=LEGACY_CURSOR_BATCH,
         )
@@ -160,7 +151,7 @@ class LegacyMongoStore(MongoStore):
     @_unavailable
     async def get_users(self, user_ids: Iterable[str]) -> dict[str, User]:
         """The users among ``user_ids`` that have a ``users`` document, by lowercase id."""
-        oids = {oid for oid in map(_oid_or_none, user_ids) if oid is not None}
+        oids = {uid for uid in map(oid_or_none, user_ids) if uid is not None}
         if not oids:
             return {}
         cursor = self._db.users.find({"_id": {"$in": list(oids)}}, {"full_name": 1, "last_name": 1})
@@ -176,7 +167,7 @@ class LegacyMongoStore(MongoStore):
         above the winner) applied to an ordered batch. Returns how many were
         stored and the legacy indexes that already had a message (another run).
         """
-        gid = _oid(group_id)
+        gid = oid(group_id)
         pending = [_legacy_doc(gid, m) for m in messages]
         stored, present, stalled = 0, [], 0
         async with self._writer(str(gid)):
@@ -225,7 +216,7 @@ def _legacy_doc(gid: ObjectId, message: LegacyMessage) -> dict[str, Any]:
     return {
         "_id": ObjectId(),
         "group_id": gid,
-        "sender_id": None if message.sender_id is None else _oid(message.sender_id),
+        "sender_id": None if message.sender_id is None else oid(message.sender_id),
         "sender": message.sender_name,
         "content": message.content,
         "timestamp": message.timestamp,

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo.errors import OperationFailure, PyMongoError
 
 from .base import StorageUnavailable
+from .mongo_documents import oid_or_none
 
 if TYPE_CHECKING:
     from .mongo import MongoStore
@@ -46,7 +46,7 @@ class ChangeStreamsUnsupported(Exception):
 
 
 async def group_members(db: Any, group_id: str) -> frozenset[str] | None:
-    gid = _oid_or_none(group_id)
+    gid = oid_or_none(group_id)
     if gid is None:
         return None
     doc = await db.study_groups.find_one({"_id": gid}, {"members": 1})
@@ -55,7 +55,7 @@ async def group_members(db: Any, group_id: str) -> frozenset[str] | None:
 
 async def user_groups(db: Any, user_ids: Collection[str]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {user_id: set() for user_id in user_ids}
-    uids = [uid for uid in map(_oid_or_none, found) if uid is not None]
+    uids = [uid for uid in map(oid_or_none, found) if uid is not None]
     for start in range(0, len(uids), USERS_PER_QUERY):
         batch = uids[start:start + USERS_PER_QUERY]
         async for doc in db.study_groups.find({"members": {"$in": batch}}, {"members": 1}):
@@ -140,10 +140,3 @@ def _member_ids(doc: dict[str, Any]) -> frozenset[str]:
     if not isinstance(members, list):
         return frozenset()
     return frozenset(str(m) for m in members if isinstance(m, ObjectId))
-
-
-def _oid_or_none(value: str) -> ObjectId | None:
-    try:
-        return ObjectId(value)
-    except (InvalidId, TypeError):
-        return None

@@ -30,7 +30,8 @@ from pymongo import ASCENDING
 from pymongo.errors import PyMongoError
 
 from .base import StorageUnavailable
-from .mongo import MongoStore, _oid
+from .mongo import MongoStore
+from .mongo_documents import oid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class RevisionBackfill:
     ) -> BackfillResult:
         """Give a revision to every message that has none (in one group, or all)."""
         result = BackfillResult()
-        gids = [_oid(group)] if group is not None else await self.groups_with_messages()
+        gids = [oid(group)] if group is not None else await self.groups_with_messages()
         for gid in gids:
             missing = await self.unrevised_count(gid)
             if not missing:

@@ -13,8 +13,9 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient
 
 from storage.base import Message, Store
-from storage.mongo import REV_INDEX, REVS_INDEX, MongoStore
+from storage.mongo import MongoStore
 from storage.mongo_counter import PROBE
+from storage.mongo_documents import REV_INDEX, REVS_INDEX
 from storage.mongo_revisions import RevisionBackfill
 from tests.support.mongo import seed_mongo
 from tests.support.nodes import ROOT

@@ -23,7 +23,9 @@ from pymongo import AsyncMongoClient
 
 from storage.base import Message, StorageUnavailable, Store
 from storage.memory import MemoryStore
-from storage.mongo import (
+from storage.mongo import MongoStore
+from storage.mongo_counter import PROBE
+from storage.mongo_documents import (
     CLIENT_MSG_INDEX,
     LIVE_INDEX,
     MARKER_INDEX,
@@ -31,11 +33,9 @@ from storage.mongo import (
     REV_INDEX,
     REVS_INDEX,
     SEQ_INDEX,
-    MongoStore,
-    _client_msg_filter,
-    _live_message_filter,
+    client_msg_filter,
+    live_message_filter,
 )
-from storage.mongo_counter import PROBE
 from tests.support.mongo import SecantusProcess, free_port, secantus_uri, seed_mongo
 
 ALICE = "65aaaaaaaaaaaaaaaaaaaa01"  # "  Alice " + " Liddell "
@@ -473,7 +473,7 @@ async def test_hot_queries_use_bounded_index_scans(mongo_uri: str, mongo_db_name
         _index_scan(await probe.explain(), SEQ_INDEX, max_keys=PROBE + 1)
         _index_scan(await store.seq_probe_cursor(gid, 77).explain(), SEQ_INDEX, max_keys=2)
         # Deduplication by client_msg_id.
-        lookup = db.messages.find(_client_msg_filter(gid, uid, "c-10"))
+        lookup = db.messages.find(client_msg_filter(gid, uid, "c-10"))
         _index_scan(await lookup.explain(), CLIENT_MSG_INDEX, max_keys=2)
         # Unread counts and the read marker.
         _index_scan(await explain_count(live), LIVE_INDEX, max_keys=5)
@@ -483,7 +483,7 @@ async def test_hot_queries_use_bounded_index_scans(mongo_uri: str, mongo_db_name
         # A message by id; edit and delete add conditions to that lookup.
         mid = ObjectId(sent[10]["id"])
         _index_scan(await db.messages.find({"_id": mid}).explain(), "_id_", max_keys=2)
-        edit = db.messages.find(_live_message_filter(mid, gid, uid))
+        edit = db.messages.find(live_message_filter(mid, gid, uid))
         if "secantusVersion" not in await client.admin.command("buildInfo"):
             # SecantusDB answers this filter from its `_id` clause, but its explain
             # mirrors a planner without that fallback and reports a COLLSCAN.
