@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
@@ -23,6 +22,7 @@ from storage.base import Message, StorageUnavailable
 from . import schemas
 from .auth import TokenVerifier, token_from_handshake
 from .chat import ChatService
+from .connections import Connection, ConnectionSlots, HandshakeRefused, refusal
 from .errors import ChatError, invalid
 from .interfaces import Limiter, Observer, Presence
 from .membership import MembershipTracker
@@ -33,17 +33,6 @@ from .typing_throttle import TypingThrottle
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
-
-
-@dataclass(slots=True)
-class Connection:
-    sid: str
-    user_id: str
-    name: str | None  # None until the users document could be read
-    groups: set[str] = field(default_factory=set)
-    closed: bool = False  # set by the disconnect handler; an event still running undoes its effects
-    expires_at: int = 0  # the token's exp: the connection ends then (SessionExpiry)
-    warned: bool = False  # session_expiring was sent for expires_at
 
 
 Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -73,10 +62,7 @@ class ChatEvents:
         self.refusals = RefusalLog(log)  # repeatable refusals: a line per user and code per interval
         self.connections: dict[str, Connection] = {}
         self.expiry = SessionExpiry(sio, self.connections)
-        # user id -> connections (slots) it holds on this node
-        # (handshakes in progress included, so simultaneous ones cannot overshoot).
-        self.max_connections_per_user = max_connections_per_user
-        self._slots: dict[str, int] = {}
+        self.slots = ConnectionSlots(max_connections_per_user)
         self._handling = 0  # events being handled now
         self._idle = asyncio.Event()
         self._idle.set()
@@ -117,7 +103,7 @@ class ChatEvents:
         user_id = slot = None
         try:
             user_id, expires_at = self.verifier.identify(token_from_handshake(auth, environ))
-            self._take_slot(user_id)
+            self.slots.take(user_id)
             slot = user_id
             conn = Connection(sid, user_id, None, expires_at=expires_at)
             await self._resolve_name(conn)
@@ -125,40 +111,20 @@ class ChatEvents:
                 # The transport closed while the name was read: python-socketio
                 # does not call the disconnect handler of a pending handshake.
                 raise ChatError("unauthorized", "The connection closed during the handshake.")
-        except (ChatError, _Refused) as exc:
-            self._free_slot(slot)
+        except (ChatError, HandshakeRefused) as exc:
+            self.slots.give_back(slot)
             self.refusals.refused(user_id, exc.code, "handshake", sid=sid, reason=exc.message)
-            raise _refusal(exc.code, exc.message) from None
+            raise refusal(exc.code, exc.message) from None
         except Exception:
-            self._free_slot(slot)
+            self.slots.give_back(slot)
             log.exception("handshake failed sid=%s", sid)
-            raise _refusal("internal", ChatError("internal").message) from None
+            raise refusal("internal", ChatError("internal").message) from None
         self.connections[sid] = conn
         self.membership.connected(conn)
         self.observer.connections(+1)
         await self.expiry.start(conn)
         log.debug("connected sid=%s user=%s", sid, user_id)
         return True
-
-    def _take_slot(self, user_id: str) -> None:
-        """Count one more connection of the user on this node, or refuse it."""
-        held = self._slots.get(user_id, 0)
-        if held >= self.max_connections_per_user:
-            raise _Refused(
-                "too_many_connections",
-                f"This user already has {held} connections open on this server; close one first.",
-            )
-        self._slots[user_id] = held + 1
-
-    def _free_slot(self, user_id: str | None) -> None:
-        """Give back a slot ``_take_slot`` counted (nothing for ``None``)."""
-        if user_id is None:
-            return
-        left = self._slots[user_id] - 1
-        if left:
-            self._slots[user_id] = left
-        else:
-            del self._slots[user_id]
 
     async def disconnect(self, sid: str, *args: Any) -> Any:
         if self.sio.manager.is_connected(sid, NAMESPACE):
@@ -170,7 +136,7 @@ class ChatEvents:
         conn.closed = True
         self.expiry.forget(conn)
         self.membership.disconnected(conn)
-        self._free_slot(conn.user_id)
+        self.slots.give_back(conn.user_id)
         self.observer.connections(-1)
         for group_id in list(conn.groups):
             await self._leave_room(conn, group_id)
@@ -456,17 +422,3 @@ def _check_open(conn: Connection) -> None:
     """Stop an event whose connection closed meanwhile (its answer goes nowhere)."""
     if conn.closed:
         raise ChatError("unauthorized", "The connection has closed.")
-
-
-class _Refused(Exception):
-    """A handshake refusal with a code of its own (not an ack error code)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _refusal(code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
-    """What reaches ``connect_error``: the message, and ``data`` ``{code, message}``
-    (with one argument python-socketio sends no ``data``)."""
-    return socketio.exceptions.ConnectionRefusedError(message, {"code": code, "message": message})

@@ -25,7 +25,8 @@ from storage.base import StorageUnavailable
 from .errors import ChatError
 
 if TYPE_CHECKING:
-    from .events import ChatEvents, Connection
+    from .connections import Connection
+    from .events import ChatEvents
 
 log = logging.getLogger(__name__)
 

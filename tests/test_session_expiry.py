@@ -19,7 +19,7 @@ import jwt
 import pytest
 
 from cluster.rate_limits import Bucket, RateLimits
-from handlers.events import Connection
+from handlers.connections import Connection
 from handlers.session_expiry import SessionExpiry
 from server.keys import EVENTS
 from tests.support.chat import ANA, BEN, MATHS, SECRET, ChatClient, make_settings, make_token
