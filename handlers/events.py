@@ -223,6 +223,7 @@ class ChatEvents:
 
     async def join_group(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
+        epoch = self.membership.epoch
         group = await self.chat.group_for(conn.user_id, group_id)
         # Enter the room before reading, so nothing sent in between is missed
         # (it may arrive twice: clients de-duplicate by seq).
@@ -233,6 +234,10 @@ class ChatEvents:
             conn.groups.add(group_id)
             self.observer.rooms(+1)
         try:
+            if first_time and self.membership.epoch != epoch:
+                # Memberships were re-read while this join checked its own: a removal
+                # applied then could not see this connection in the room. Check again.
+                await self.chat.group_for(conn.user_id, group_id)
             page = await self.chat.join_page(group_id, data)
             read = await self.chat.read_state(conn.user_id, group_id)
             # The connection may have closed, or left the group, while this join

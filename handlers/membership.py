@@ -46,6 +46,10 @@ class MembershipTracker:
         self._pending: set[str] = set()  # users whose groups are still to be read
         self._loader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one read-and-apply at a time: later reads win
+        # Counts re-reads of memberships, moved on as soon as one has read the store
+        # (before it applies what it found): a join that sees it move between its
+        # own membership check and entering the room checks again (``join_group``).
+        self.epoch = 0
 
     # -- connections (called by the events) --
 
@@ -94,6 +98,7 @@ class MembershipTracker:
         """Re-read one group's members and apply the difference to this node's users."""
         async with self._lock:
             members = await self.chat.group_members(group_id) or frozenset()
+            self.epoch += 1
             revoked: list[tuple[str, str]] = []
             added: list[tuple[str, str]] = []
             by_user = self._by_user()
@@ -114,6 +119,7 @@ class MembershipTracker:
         """Re-read the groups of every user connected here and apply the differences."""
         async with self._lock:
             found = await self.chat.user_groups(list(self._local))
+            self.epoch += 1
             revoked: list[tuple[str, str]] = []
             added: list[tuple[str, str]] = []
             by_user = self._by_user()

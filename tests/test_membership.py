@@ -200,6 +200,39 @@ async def test_the_platform_call_applies_a_change_on_the_embedded_store(backend,
 
 
 @pytest.mark.parametrize("backend", ["memory"])
+async def test_a_removal_applied_while_a_join_checks_membership_keeps_the_room_closed(
+    backend, connect, server_url, store
+):
+    """Ben's join has passed its membership check when the platform removes him and the
+    change is applied; only then does the join enter the room. He must not stay in it."""
+    ben, ana = await connect(BEN), await connect(ANA)
+    await ok(ana, "join_group", {"group_id": MATHS})
+    checked, go_on = asyncio.Event(), asyncio.Event()
+    get_group = store.get_group
+
+    async def slow_for_ben(group_id, user_id):
+        access = await get_group(group_id, user_id)
+        if user_id == BEN and not checked.is_set():
+            checked.set()
+            await go_on.wait()
+        return access
+
+    store.get_group = slow_for_ben
+    join = asyncio.ensure_future(ben.call("join_group", {"group_id": MATHS}))
+    await asyncio.wait_for(checked.wait(), 5)
+    store.set_members(MATHS, [ANA, CAROL])
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{server_url}/study-groups/{MATHS}/membership-changed", headers=SERVICE)
+        assert resp.status == 200
+    go_on.set()
+    ack = await join
+    assert ack["ok"] is False and ack["error"]["code"] == "not_member", ack
+    await ok(ana, "send_message", {"group_id": MATHS, "content": "after Ben left"})
+    await ben.settle()
+    assert ben.events("message") == []
+
+
+@pytest.mark.parametrize("backend", ["memory"])
 async def test_the_platform_call_after_deleting_a_group(backend, connect, server_url, store):
     ana = await connect(ANA)
     await ok(ana, "join_group", {"group_id": MATHS})
