@@ -101,13 +101,14 @@ async def test_rev_order_goes_on_when_the_fill_fails():
 async def test_rev_order_forgets_idle_groups_but_not_waiting_ones():
     """The per-group table used to keep every group ever seen."""
     got = _Delivered()
-    order = RevOrder(got, wait_s=10.0, idle_s=0.1)
+    # idle_s well above what 1,000 offers take on a loaded machine: no prune in between.
+    order = RevOrder(got, wait_s=10.0, idle_s=0.5)
     for i in range(1000):
         order.offer(f"g{i}", 1, _msg(1))
     order.offer("waiting", 1, _msg(1))
     order.offer("waiting", 3, _msg(3))  # holds 3 until 2 comes
     assert len(order) == 1001
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.6)
     order.offer("busy", 1, _msg(1))
     assert len(order) == 2  # "waiting" and "busy"
     order.offer("waiting", 2, _msg(2))
