@@ -556,8 +556,10 @@ class MongoStore:
                 known = self._revs.known(gid)
                 rev = (known if known is not None and attempt == 0 else await self._top_rev(gid)) + 1
                 try:
+                    # `$ne`: the unique index cannot refuse a number this same message
+                    # took meanwhile (another process's change of it): that must lose too.
                     doc = await self._messages.find_one_and_update(
-                        selector,
+                        {**selector, "revs": {"$ne": rev}},
                         {"$set": {**changes, "rev": rev}, "$push": {"revs": rev}},
                         return_document=ReturnDocument.AFTER,
                     )
@@ -565,6 +567,9 @@ class MongoStore:
                     if await self._lost_race(gid, exc, 0, rev, attempt):
                         continue
                     raise StorageUnavailable(f"unexpected duplicate key: {exc}") from exc
+                if doc is None and await self._messages.find_one({**selector, "revs": rev}, {"_id": 1}):
+                    self._revs.remember(gid, rev)  # lost to a change of this very message
+                    continue
                 if doc is not None:
                     self._revs.remember(gid, rev)
                 return doc

@@ -103,6 +103,26 @@ async def _rev_history(collection: Any, group: ObjectId) -> list[int]:
     return sorted(taken)
 
 
+async def test_a_message_changed_by_two_processes_takes_two_revs(mongo_uri: str, mongo_db_name: str) -> None:
+    """The unique index cannot tell a number apart from one the same message already
+    holds: a process whose idea of the top is stale must still not reuse it."""
+    await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
+    first, second = MongoStore(mongo_uri, mongo_db_name), MongoStore(mongo_uri, mongo_db_name)
+    await first.open()
+    await second.open()
+    try:
+        sent, _ = await first.add_message(ZOOLOGY, sender_id=ALICE, sender_name="x", content="v1",
+                                          client_msg_id=None)
+        other = await second.edit_message(ZOOLOGY, sent["id"], ALICE, "v2")
+        mine = await first.edit_message(ZOOLOGY, sent["id"], ALICE, "v3")
+        assert other and mine and (sent["rev"], other["rev"], mine["rev"]) == (1, 2, 3)
+        assert await second.latest_rev(ZOOLOGY) == 3
+        assert await _rev_history(first.database.messages, ObjectId(ZOOLOGY)) == [1, 2, 3]
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_concurrent_changes_from_several_clients_keep_rev_exact(mongo_uri: str, mongo_db_name: str) -> None:
     """Sends, edits and deletes through 4 store clients at once: every rev taken once,
     none skipped, and a higher rev is never visible before a lower one."""
