@@ -108,15 +108,21 @@ class ChatService:
         group = await self.group_for(user_id, group_id)
         if mentions:
             await self._check_mentions(group_id, mentions)
-        async with self._writer(group_id):
-            message, duplicate = await self.store.add_message(
-                group_id, sender_id=user_id, sender_name=name, content=content, client_msg_id=client_msg_id,
-                mentions=mentions,
-            )
-            if not duplicate:
-                await publish(message)
+        message, duplicate = await self._store_and_publish(
+            group_id, publish, sender_id=user_id, sender_name=name, content=content,
+            client_msg_id=client_msg_id, mentions=mentions,
+        )
         if self.notifier is not None:
             await self.notifier.message_stored(message, group)
+        return message, duplicate
+
+    async def _store_and_publish(self, group_id: str, publish: Publish, **fields: Any) -> tuple[Message, bool]:
+        """Store a new message under the group's writer lock and, unless it repeats an
+        earlier send, ``publish`` it before the group's next change."""
+        async with self._writer(group_id):
+            message, duplicate = await self.store.add_message(group_id, **fields)
+            if not duplicate:
+                await publish(message)
         return message, duplicate
 
     async def _check_mentions(self, group_id: str, mentions: Sequence[str]) -> None:
@@ -147,13 +153,10 @@ class ChatService:
             raise ChatError("group_not_found")
         if mentions:
             await self._check_mentions(group_id, mentions)
-        async with self._writer(group_id):
-            message, duplicate = await self.store.add_message(
-                group_id, sender_id=None, sender_name=service, content=content,
-                client_msg_id=client_msg_id, kind="system", mentions=mentions,
-            )
-            if not duplicate:
-                await publish(message)
+        message, duplicate = await self._store_and_publish(
+            group_id, publish, sender_id=None, sender_name=service, content=content,
+            client_msg_id=client_msg_id, kind="system", mentions=mentions,
+        )
         if duplicate and (message["kind"] != "system" or message["sender_name"] != service):
             # The key space is the group's, shared by the platform's services.
             raise invalid({"client_msg_id": ["Already used in this group by another sender."]})
