@@ -20,12 +20,20 @@ SERVICE_ROLE = "service"  # the ``role`` claim of the platform's own tokens
 MAX_SERVICE_NAME = 64
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    expires_at: int
+    moderator: bool
+
+
 @dataclass(frozen=True)
 class TokenConfig:
     key: str
     algorithms: tuple[str, ...] = ("HS256",)
     issuer: str | None = None
     audience: str | None = None
+    moderator_claim: str = "chat_moderator"  # ``true`` there makes the user a moderator
 
 
 class TokenVerifier:
@@ -37,11 +45,12 @@ class TokenVerifier:
     def verify(self, token: Any) -> str:
         """Return the user id (lowercase hex) or raise ``ChatError('unauthorized')``
         (a service token included: services do not sign in as users)."""
-        return self.identify(token)[0]
+        return self.identify(token).user_id
 
-    def identify(self, token: Any) -> tuple[str, int]:
-        """``verify``'s user id and the token's ``exp`` (whole seconds since the epoch),
-        for connections that end with their token; refusals as ``verify``'s."""
+    def identify(self, token: Any) -> Identity:
+        """``verify``'s user id, the token's ``exp`` (whole seconds since the epoch),
+        for connections that end with their token, and whether the user moderates;
+        refusals as ``verify``'s."""
         claims = self._decode(token)
         if claims.get("role") == SERVICE_ROLE:
             raise ChatError("unauthorized", "A service token cannot sign in as a user.")
@@ -50,7 +59,8 @@ class TokenVerifier:
             raise ChatError("unauthorized", "The token's subject is not a user id.")
         # PyJWT has checked int(exp) against the clock (so exp may also be a float
         # or a numeric string): the same int() here, which cannot fail after it.
-        return sub.lower(), int(claims["exp"])
+        moderator = claims.get(self._config.moderator_claim) is True
+        return Identity(sub.lower(), int(claims["exp"]), moderator)
 
     def verify_service(self, token: Any) -> str:
         """Return the calling service's name (the ``sub`` of a token whose ``role`` is

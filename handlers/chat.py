@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
+from storage import conversation
 from storage.base import GroupAccess, GroupSummary, Message, ReadState, Store
 from storage.keyed_lock import KeyedLock
 
@@ -53,11 +54,13 @@ class ChatService:
 
     async def history(self, user_id: str, data: dict[str, Any]) -> dict[str, Any]:
         await self.group_for(user_id, data["group_id"])
+        name = data.get("filter")
         messages, has_more = await self.store.get_messages(
             data["group_id"],
             limit=data["limit"],
             before_seq=data.get("before_seq"),
             after_seq=data.get("after_seq"),
+            tag=None if name is None else conversation.filter_tag(name, user_id),
         )
         return {"ok": True, "messages": messages, "has_more": has_more}
 
@@ -100,6 +103,8 @@ class ChatService:
         client_msg_id: str | None,
         publish: Publish,
         mentions: Sequence[str] = (),
+        reply_to: str | None = None,
+        kind: str = conversation.PLAIN,
     ) -> tuple[Message, bool]:
         """Store a member's message and, unless it repeats an earlier send of the same
         ``client_msg_id``, ``publish`` it before the group's next message is stored.
@@ -108,9 +113,15 @@ class ChatService:
         group = await self.group_for(user_id, group_id)
         if mentions:
             await self._check_mentions(group_id, mentions)
+        quoted = None
+        if reply_to is not None:
+            replied = await self.store.get_message(group_id, reply_to)
+            if replied is None:
+                raise ChatError("message_not_found", "The message replied to is not in this group.")
+            quoted = conversation.reply_snapshot(replied)
         message, duplicate = await self._store_and_publish(
             group_id, publish, sender_id=user_id, sender_name=name, content=content,
-            client_msg_id=client_msg_id, mentions=mentions,
+            client_msg_id=client_msg_id, mentions=mentions, reply_to=quoted, kind=kind,
         )
         if self.notifier is not None:
             await self.notifier.message_stored(message, group)
@@ -170,7 +181,10 @@ class ChatService:
         latest_seq = await self.store.latest_seq(group_id)
         latest_rev = await self.store.latest_rev(group_id)
         read = await self.store.read_state(group_id, user_id)
-        return GroupSummary(group.id, group.name, latest_seq, read.unread_count, latest_rev).to_wire()
+        open_questions = await self.store.open_questions(group_id)
+        return GroupSummary(
+            group.id, group.name, latest_seq, read.unread_count, latest_rev, read.mention_count, open_questions
+        ).to_wire()
 
     async def group_members(self, group_id: str) -> frozenset[str] | None:
         """The group's members now; ``None`` when it does not exist."""
@@ -200,27 +214,109 @@ class ChatService:
         return updated
 
     async def delete(
-        self, user_id: str, group_id: str, message_id: str, *, publish: Publish
+        self, user_id: str, group_id: str, message_id: str, *, publish: Publish, moderator: bool = False
     ) -> Message | None:
-        """The sender's delete: the message as it is now. Only the call that deleted
-        it ``publish``-es it (not one that found it deleted already, by this or
+        """The sender's delete, or a moderator's of anyone's message (recorded in
+        ``deleted_by``): the message as it is now. Only the call that deleted it
+        ``publish``-es it (not one that found it deleted already, by this or
         another connection)."""
         await self.group_for(user_id, group_id)
-        current = await self.own_message(user_id, group_id, message_id)
+        current = await self.own_message(user_id, group_id, message_id, moderator=moderator)
         if current["deleted"]:
             return current
+        others = current["sender_id"] != user_id
         async with self._writer(group_id):
-            deleted = await self.store.delete_message(group_id, message_id, user_id)
+            deleted = await self.store.delete_message(
+                group_id, message_id, None if others else user_id, deleted_by=user_id if others else None
+            )
             if deleted is not None:
                 await publish(deleted)
                 return deleted
         return await self.store.get_message(group_id, message_id)
 
-    async def own_message(self, user_id: str, group_id: str, message_id: str) -> Message:
-        """A message of ``group_id`` that ``user_id`` sent (``message_not_found`` before ``forbidden``)."""
+    async def own_message(
+        self, user_id: str, group_id: str, message_id: str, *, moderator: bool = False
+    ) -> Message:
+        """A message of ``group_id`` that ``user_id`` sent, or any for a ``moderator``
+        (``message_not_found`` before ``forbidden``)."""
         message = await self.store.get_message(group_id, message_id)
         if message is None:
             raise ChatError("message_not_found")
-        if message["sender_id"] != user_id:
+        if message["sender_id"] != user_id and not moderator:
             raise ChatError("forbidden", "Only the sender can change this message.")
+        return message
+
+    # -- conversation: reactions, pins, answers --
+
+    async def react(
+        self, user_id: str, group_id: str, message_id: str, emoji: str, on: bool, *, publish: Publish
+    ) -> Message:
+        """Add or take back ``user_id``'s reaction; ``publish``-ed when it changed anything."""
+        await self.group_for(user_id, group_id)
+        try:
+            return await self._change(
+                group_id, publish, lambda: self.store.react(group_id, message_id, user_id, emoji, on)
+            )
+        except conversation.TooManyEmoji:
+            raise invalid({"emoji": [f"A message takes at most {conversation.MAX_EMOJI_PER_MESSAGE} "
+                                     "different emoji."]}) from None
+
+    async def pin(self, user_id: str, group_id: str, message_id: str, pinned: bool, *, publish: Publish) -> Message:
+        """Any member pins or unpins a live message."""
+        await self.group_for(user_id, group_id)
+        try:
+            return await self._change(
+                group_id, publish, lambda: self.store.pin(group_id, message_id, user_id if pinned else None)
+            )
+        except conversation.TooManyPins:
+            raise invalid({"pinned": [f"A group has at most {conversation.MAX_PINNED_PER_GROUP} "
+                                      "pinned messages; unpin one first."]}) from None
+
+    async def accept_answer(
+        self, user_id: str, group_id: str, question_id: str, answer_id: str | None,
+        *, publish: Publish, moderator: bool = False,
+    ) -> tuple[Message, bool]:
+        """The asker (or a moderator) accepts a later live message of the group as the
+        answer, or takes the acceptance back: the question, and whether it changed."""
+        group = await self.group_for(user_id, group_id)
+        question = await self.store.get_message(group_id, question_id)
+        if question is None or question["deleted"]:
+            raise ChatError("message_not_found", "The question is not in this group.")
+        if question["kind"] != conversation.QUESTION:
+            raise invalid({"question_id": ["This message is not a question."]})
+        answer = None
+        if answer_id is not None:
+            answer = await self.store.get_message(group_id, answer_id)
+            if answer is None or answer["deleted"]:
+                raise ChatError("message_not_found", "The answer is not in this group.")
+            if answer["seq"] <= question["seq"]:
+                raise invalid({"answer_id": ["The answer must come after the question."]})
+        if question["sender_id"] != user_id and not moderator:
+            raise ChatError("forbidden", "Only the person who asked (or a moderator) can accept an answer.")
+        changed = False
+
+        async def publish_change(message: Message) -> None:
+            nonlocal changed
+            changed = True
+            await publish(message)
+
+        updated = await self._change(
+            group_id, publish_change, lambda: self.store.set_answer(group_id, question_id, answer_id)
+        )
+        if changed and answer is not None and self.notifier is not None:
+            await self.notifier.answer_accepted(updated, answer, group)
+        return updated, changed
+
+    async def _change(
+        self, group_id: str, publish: Publish, change: Callable[[], Awaitable[tuple[Message, bool] | None]]
+    ) -> Message:
+        """Run a store change under the group's writer lock; ``publish`` it if it changed
+        anything; ``message_not_found`` when there was no such live message."""
+        async with self._writer(group_id):
+            result = await change()
+            if result is None:
+                raise ChatError("message_not_found", "There is no such message (or it was deleted).")
+            message, changed = result
+            if changed:
+                await publish(message)
         return message

@@ -16,6 +16,7 @@ class Connection:
     closed: bool = False  # set by the disconnect handler; an event still running undoes its effects
     expires_at: int = 0  # the token's exp: the connection ends then (SessionExpiry)
     warned: bool = False  # session_expiring was sent for expires_at
+    moderator: bool = False  # the token's moderator claim
 
 
 class ConnectionSlots:

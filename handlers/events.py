@@ -84,6 +84,9 @@ class ChatEvents:
             "edit_message": self.edit_message,
             "delete_message": self.delete_message,
             "refresh_token": self.refresh_token,
+            "react": self.react,
+            "pin_message": self.pin_message,
+            "accept_answer": self.accept_answer,
         }.items():
             self.sio.on(event, self._boundary(event, handler))
         self.sio.on("*", self.unknown_event)
@@ -102,10 +105,11 @@ class ChatEvents:
         environ, auth = args[0], args[1] if len(args) > 1 else None
         user_id = slot = None
         try:
-            user_id, expires_at = self.verifier.identify(token_from_handshake(auth, environ))
+            identity = self.verifier.identify(token_from_handshake(auth, environ))
+            user_id = identity.user_id
             self.slots.take(user_id)
             slot = user_id
-            conn = Connection(sid, user_id, None, expires_at=expires_at)
+            conn = Connection(sid, user_id, None, expires_at=identity.expires_at, moderator=identity.moderator)
             await self._resolve_name(conn)
             if self.sio.get_environ(sid) is None:
                 # The transport closed while the name was read: python-socketio
@@ -240,6 +244,7 @@ class ChatEvents:
                 await self.chat.group_for(conn.user_id, group_id)
             page = await self.chat.join_page(group_id, data)
             read = await self.chat.read_state(conn.user_id, group_id)
+            open_questions = await self.chat.store.open_questions(group_id)
             # The connection may have closed, or left the group, while this join
             # read the store or recorded presence: that cleanup ran before the
             # record existed and could not undo it, so this join does.
@@ -261,6 +266,8 @@ class ChatEvents:
             **page,
             "last_read_seq": read.last_read_seq,
             "unread_count": read.unread_count,
+            "mention_count": read.mention_count,
+            "open_questions": open_questions,
             "online": online,
         }
 
@@ -297,6 +304,7 @@ class ChatEvents:
         message, duplicate = await self.chat.send(
             conn.user_id, group_id, name=name, content=data["content"],
             client_msg_id=data.get("client_msg_id"), publish=publish, mentions=data.get("mentions", ()),
+            reply_to=data.get("reply_to"), kind=data.get("kind", "message"),
         )
         return {"ok": True, "message": message, "duplicate": duplicate}
 
@@ -321,35 +329,62 @@ class ChatEvents:
 
     async def mark_read(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         state = await self.chat.mark_read(conn.user_id, data["group_id"], data["seq"])
-        return {"ok": True, "last_read_seq": state.last_read_seq, "unread_count": state.unread_count}
+        return {"ok": True, "last_read_seq": state.last_read_seq, "unread_count": state.unread_count,
+                "mention_count": state.mention_count}
 
     async def edit_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
-
-        async def publish(message: Message) -> None:
-            await self._broadcast("message_updated", message, group_id)
-
         updated = await self.chat.edit(
-            conn.user_id, group_id, data["message_id"], data["content"], publish=publish
+            conn.user_id, group_id, data["message_id"], data["content"], publish=self._updated(group_id)
         )
         return {"ok": True, "message": updated}
 
     async def delete_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
+        message = await self.chat.delete(
+            conn.user_id, group_id, data["message_id"],
+            publish=self._updated(group_id, "message_deleted"), moderator=conn.moderator,
+        )
+        return {"ok": True, "message": message}
+
+    async def react(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        group_id = data["group_id"]
+        message = await self.chat.react(
+            conn.user_id, group_id, data["message_id"], data["emoji"], data["on"], publish=self._updated(group_id)
+        )
+        return {"ok": True, "message": message}
+
+    async def pin_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        group_id = data["group_id"]
+        message = await self.chat.pin(
+            conn.user_id, group_id, data["message_id"], data["pinned"], publish=self._updated(group_id)
+        )
+        return {"ok": True, "message": message}
+
+    async def accept_answer(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        group_id = data["group_id"]
+        question, _ = await self.chat.accept_answer(
+            conn.user_id, group_id, data["question_id"], data["answer_id"],
+            publish=self._updated(group_id), moderator=conn.moderator,
+        )
+        return {"ok": True, "message": question}
+
+    def _updated(self, group_id: str, event: str = "message_updated") -> Callable[[Message], Awaitable[None]]:
+        """What broadcasts a change of one of the group's messages to its room."""
 
         async def publish(message: Message) -> None:
-            await self._broadcast("message_deleted", message, group_id)
+            await self._broadcast(event, message, group_id)
 
-        message = await self.chat.delete(conn.user_id, group_id, data["message_id"], publish=publish)
-        return {"ok": True, "message": message}
+        return publish
 
     async def refresh_token(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         """A new token for the same user moves the connection's end to its ``exp``."""
-        user_id, exp = self.verifier.identify(data["token"])
-        if user_id != conn.user_id:
+        identity = self.verifier.identify(data["token"])
+        if identity.user_id != conn.user_id:
             raise ChatError("forbidden", "The token is for another user; sign in again to switch users.")
         _check_open(conn)
-        self.expiry.extend(conn, exp)
+        conn.moderator = identity.moderator
+        self.expiry.extend(conn, identity.expires_at)
         return {"ok": True, "expires_at": expires_at_text(conn.expires_at)}
 
     # -- helpers --

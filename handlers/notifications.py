@@ -7,9 +7,9 @@ twice, as a retried send does, writes it once: a send that was stored but not
 acked (the node died, storage failed after the store) is retried by its client
 with the same ``client_msg_id``, and that retry writes whatever was missing.
 
-Kinds: ``chat.mention`` now; ``chat.reply`` (to the replied message's sender)
-and ``chat.answer_accepted`` (to the answer's sender) use the same envelope,
-``event_id`` and ``Notifier.notify``.
+Kinds: ``chat.mention`` (to each mentioned user), ``chat.reply`` (to the
+replied message's sender) and ``chat.answer_accepted`` (to the answer's
+sender; the message is the question, whose ``answer_id`` names the answer).
 """
 
 from __future__ import annotations
@@ -53,9 +53,19 @@ class Notifier:
         self._written = written  # wakes the local sender
 
     async def message_stored(self, message: Message, group: GroupAccess) -> None:
-        """The events a stored message causes: a mention of anyone but its sender."""
+        """The events a stored message causes: a mention of anyone but its sender, and
+        a reply to someone else's message."""
         sender = message["sender_id"]
         await self.notify(MENTION, message["id"], (u for u in message["mentions"] if u != sender), group, message)
+        replied = (message.get("reply_to") or {}).get("sender_id")
+        if replied is not None and replied != sender:
+            await self.notify(REPLY, message["id"], (replied,), group, message)
+
+    async def answer_accepted(self, question: Message, answer: Message, group: GroupAccess) -> None:
+        """The answer's sender learns their message was accepted (unless they asked too)."""
+        author = answer["sender_id"]
+        if author is not None and author != question["sender_id"]:
+            await self.notify(ANSWER_ACCEPTED, answer["id"], (author,), group, question)
 
     async def notify(
         self, kind: str, subject_id: str, recipients: Iterable[str], group: GroupAccess, message: Message

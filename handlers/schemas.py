@@ -12,8 +12,10 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+import emoji as emoji_data
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, pre_load
 
+from storage import conversation
 from storage.base import ID_RE
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -23,7 +25,7 @@ MAX_MENTIONS = 50
 MAX_TOKEN = 8192  # characters of a JWT in refresh_token (the handshake's auth is bounded by the packet limit)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
-MAX_MENTIONS = 50
+MAX_EMOJI_LENGTH = 32  # code points; the longest RGI sequences have about ten
 _INT_RE = re.compile(r"-?[0-9]{1,20}")
 
 
@@ -115,6 +117,31 @@ class Mentions(fields.Field):
         return ids
 
 
+class Choice(fields.Field):
+    """One of a few strings."""
+
+    def __init__(self, choices: tuple[str, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.choices = choices
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or value not in self.choices:
+            raise ValidationError(f"Must be one of: {', '.join(self.choices)}.")
+        return value
+
+
+class Emoji(fields.Field):
+    """One fully-qualified emoji of Unicode's emoji data (RGI: skin tones and ZWJ
+    sequences included), as the ``emoji`` package ships it; no text, no spaces."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = _check_text(value)
+        known = emoji_data.EMOJI_DATA.get(value) if len(value) <= MAX_EMOJI_LENGTH else None
+        if known is None or known.get("status") != emoji_data.STATUS["fully_qualified"]:
+            raise ValidationError("Must be one emoji (fully qualified, as emoji keyboards send it).")
+        return value
+
+
 class Token(fields.Field):
     """A JWT as text: 1 to ``MAX_TOKEN`` characters (verified by the handler, not here)."""
 
@@ -170,12 +197,31 @@ class SendMessage(GroupRef):
     content = Content(required=True)
     client_msg_id = ClientMsgId()
     mentions = Mentions()
+    reply_to = ObjectIdString()
+    kind = Choice((conversation.PLAIN, conversation.QUESTION))
 
 
 class GetHistory(GroupRef):
     before_seq = StrictInteger(minimum=1)
     after_seq = StrictInteger(minimum=0)
     limit = StrictInteger(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT)
+    filter = Choice(conversation.FILTERS)
+
+
+class React(GroupRef):
+    message_id = ObjectIdString(required=True)
+    emoji = Emoji(required=True)
+    on = StrictBoolean(required=True)
+
+
+class PinMessage(GroupRef):
+    message_id = ObjectIdString(required=True)
+    pinned = StrictBoolean(required=True)
+
+
+class AcceptAnswer(GroupRef):
+    question_id = ObjectIdString(required=True)
+    answer_id = ObjectIdString(required=True, allow_none=True)  # null takes the acceptance back
 
 
 class GetChanges(GroupRef):
@@ -216,6 +262,9 @@ SCHEMAS: dict[str, Schema] = {
     "edit_message": EditMessage(),
     "delete_message": DeleteMessage(),
     "refresh_token": RefreshToken(),
+    "react": React(),
+    "pin_message": PinMessage(),
+    "accept_answer": AcceptAnswer(),
 }
 
 

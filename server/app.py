@@ -137,6 +137,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
             algorithms=settings.jwt_algorithms,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
+            moderator_claim=settings.jwt_moderator_claim,
         )
     )
     presence = cluster.presence if cluster else LocalPresence()

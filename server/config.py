@@ -33,6 +33,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "JWT_ALGORITHMS": ("comma-separated accepted algorithms", "`HS256` with a secret, `RS256` with a key"),
     "JWT_ISSUER": ("required `iss` claim", "unset (not checked)"),
     "JWT_AUDIENCE": ("required `aud` claim", "unset (not checked)"),
+    "JWT_MODERATOR_CLAIM": (
+        "claim that marks a moderator (when `true`: may delete any message, pin, accept answers)",
+        "`chat_moderator`",
+    ),
     "REDIS_URL": ("Redis message queue shared by several nodes", "unset: one node"),
     "CORS_ORIGINS": ("comma-separated extra origins allowed for Socket.IO and HTTP", "none"),
     "LOG_LEVEL": ("logging level", "`INFO`"),
@@ -127,6 +131,7 @@ class Settings:
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    jwt_moderator_claim: str = "chat_moderator"
     redis_url: str | None = None
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -242,6 +247,7 @@ class Settings:
             max_connections_per_user=max_per_user,
             trust_proxy=trust in _TRUE,
             metrics_token=env.get("METRICS_TOKEN"),
+            jwt_moderator_claim=env.get("JWT_MODERATOR_CLAIM") or "chat_moderator",
             **_webhook_settings(env, problems),
         )
 

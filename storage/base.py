@@ -20,7 +20,7 @@ class Message(TypedDict):
     """A stored chat message exactly as it goes on the wire."""
 
     type: str
-    kind: str  # "message", or "system" for the platform's own messages
+    kind: str  # "message", "question", or "system" for the platform's own messages
     id: str
     seq: int
     rev: int  # the revision of the message's latest change (0: stored before revisions)
@@ -34,6 +34,12 @@ class Message(TypedDict):
     edited_at: str | None
     deleted: bool
     mentions: list[str]  # user ids the sender mentioned ([] when none)
+    reply_to: dict[str, Any] | None  # what the reply quotes (``conversation.reply_snapshot``)
+    reactions: list[dict[str, Any]]  # [{emoji, count, user_ids}] in the order first used
+    pinned: dict[str, Any] | None  # {by, at} while pinned
+    answer_id: str | None  # a question's accepted answer
+    attachments: list[dict[str, Any]]
+    deleted_by: str | None  # a moderator who deleted someone else's message
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,8 @@ class GroupSummary:
     latest_seq: int
     unread_count: int
     latest_rev: int
+    mention_count: int = 0
+    open_questions: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -66,6 +74,8 @@ class GroupSummary:
             "latest_seq": self.latest_seq,
             "latest_rev": self.latest_rev,
             "unread_count": self.unread_count,
+            "mention_count": self.mention_count,
+            "open_questions": self.open_questions,
         }
 
 
@@ -73,6 +83,7 @@ class GroupSummary:
 class ReadState:
     last_read_seq: int
     unread_count: int
+    mention_count: int = 0  # live messages of others above the marker that mention the reader
 
 
 class StorageUnavailable(Exception):
@@ -115,11 +126,12 @@ class Store(Protocol):
         client_msg_id: str | None,
         mentions: Sequence[str] = (),
         kind: str = "message",
+        reply_to: dict[str, Any] | None = None,
     ) -> tuple[Message, bool]:
         """Store a message with the group's next ``seq`` and next ``rev``.
 
         ``mentions`` (lowercase ids, distinct, members: checked by the caller)
-        is stored as given. Returns ``(message, duplicate)``: when ``(sender,
+        and ``reply_to`` (``conversation.reply_snapshot``) are stored as given. Returns ``(message, duplicate)``: when ``(sender,
         group, client_msg_id)`` was stored before, the first stored message and
         ``True``. The platform's own messages (``kind="system"``) have no sender
         id: their ``client_msg_id`` is one key space per group.
@@ -135,12 +147,14 @@ class Store(Protocol):
         limit: int,
         before_seq: int | None = None,
         after_seq: int | None = None,
+        tag: str | None = None,
     ) -> tuple[list[Message], bool]:
         """A page of messages, oldest first, and whether more exist in that direction.
 
         With neither bound: the latest ``limit`` (``has_more``: older exist).
         ``before_seq``: the newest ``limit`` below it (older exist).
         ``after_seq``: the oldest ``limit`` above it (newer exist).
+        With ``tag`` (``conversation.tags``), only the messages that have it.
         """
 
     async def latest_seq(self, group_id: str) -> int: ...
@@ -166,12 +180,36 @@ class Store(Protocol):
         next ``rev``); ``None`` if none matched."""
 
     async def delete_message(
-        self, group_id: str, message_id: str, sender_id: str
+        self, group_id: str, message_id: str, sender_id: str | None, *, deleted_by: str | None = None
     ) -> Message | None:
-        """Tombstone a live message of ``sender_id`` (taking the group's next ``rev``);
+        """Tombstone a live message of ``sender_id`` (any sender's for ``None``: a
+        moderator's, recorded as ``deleted_by``), taking the group's next ``rev``;
         ``None`` if none matched."""
 
-    async def read_state(self, group_id: str, user_id: str) -> ReadState: ...
+    async def react(
+        self, group_id: str, message_id: str, user_id: str, emoji: str, on: bool
+    ) -> tuple[Message, bool] | None:
+        """Add or remove ``user_id``'s ``emoji`` on a live message (the group's next
+        ``rev`` when that changes anything): the message and whether it changed;
+        ``None`` when there is no such live message. Raises
+        ``conversation.TooManyEmoji`` for one emoji too many."""
+
+    async def pin(
+        self, group_id: str, message_id: str, by: str | None
+    ) -> tuple[Message, bool] | None:
+        """Pin a live message (``by`` the user, now) or unpin it (``None``), as
+        ``react`` answers. Raises ``conversation.TooManyPins`` for one pin too many."""
+
+    async def set_answer(
+        self, group_id: str, question_id: str, answer_id: str | None
+    ) -> tuple[Message, bool] | None:
+        """Set or clear a live question's accepted answer, as ``react`` answers."""
+
+    async def open_questions(self, group_id: str) -> int:
+        """Live questions without an accepted answer."""
+
+    async def read_state(self, group_id: str, user_id: str) -> ReadState:
+        """The marker, and the unread messages and mentions of others above it."""
 
     async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
         """Move the marker to ``max(previous, min(seq, latest_seq))``."""
@@ -204,5 +242,9 @@ def now_ms() -> datetime:
 
 
 def tombstone(message: Message) -> Message:
-    """The deleted form of ``message``: identity and metadata kept, content gone."""
-    return {**message, "content": "", "deleted": True}
+    """The deleted form of ``message``: identity and metadata kept; content, mentions,
+    reactions, pin and attachments gone."""
+    return {
+        **message, "content": "", "deleted": True, "mentions": [], "reactions": [],
+        "pinned": None, "attachments": [],
+    }

@@ -10,9 +10,11 @@ from __future__ import annotations
 import bisect
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bson import ObjectId
 
+from . import conversation
 from .base import (
     GroupAccess,
     GroupSummary,
@@ -41,6 +43,8 @@ class _Group:
     # has changed since is skipped when read.
     changes: list[tuple[int, str]] = field(default_factory=list)
     superseded: int = 0  # entries of ``changes`` whose message changed again
+    reactors: dict[str, conversation.Reactions] = field(default_factory=dict)  # message id -> every reactor
+    tagged: dict[str, list[int]] = field(default_factory=dict)  # tag -> seqs of the messages that have it
 
 
 class MemoryStore:
@@ -103,17 +107,14 @@ class MemoryStore:
         return found
 
     async def list_groups(self, user_id: str) -> list[GroupSummary]:
-        summaries = [
-            GroupSummary(
-                gid,
-                group.name,
-                len(group.messages),
-                self._unread(group, user_id, self._read.get((gid, user_id), 0)),
-                group.rev,
-            )
-            for gid, group in self._groups.items()
-            if user_id in group.members
-        ]
+        summaries = []
+        for gid, group in self._groups.items():
+            if user_id in group.members:
+                read = self._read_state(group, user_id, self._read.get((gid, user_id), 0))
+                summaries.append(GroupSummary(
+                    gid, group.name, len(group.messages), read.unread_count, group.rev,
+                    read.mention_count, len(group.tagged.get(conversation.TAG_UNANSWERED, ())),
+                ))
         summaries.sort(key=lambda s: (s.name, s.id))
         return summaries
 
@@ -127,6 +128,7 @@ class MemoryStore:
         client_msg_id: str | None,
         mentions: Sequence[str] = (),
         kind: str = "message",
+        reply_to: dict[str, Any] | None = None,
     ) -> tuple[Message, bool]:
         group = self._groups[group_id]
         if client_msg_id is not None:
@@ -136,6 +138,7 @@ class MemoryStore:
         return self.seed_message(
             group_id, sender_id=sender_id, sender_name=sender_name,
             content=content, client_msg_id=client_msg_id, mentions=mentions, kind=kind,
+            reply_to=reply_to,
         ), False
 
     def seed_message(
@@ -148,6 +151,7 @@ class MemoryStore:
         client_msg_id: str | None = None,
         mentions: Sequence[str] = (),
         kind: str = "message",
+        reply_to: dict[str, Any] | None = None,
     ) -> Message:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
@@ -168,9 +172,16 @@ class MemoryStore:
             "edited_at": None,
             "deleted": False,
             "mentions": list(mentions),
+            "reply_to": reply_to,
+            "reactions": [],
+            "pinned": None,
+            "answer_id": None,
+            "attachments": [],
+            "deleted_by": None,
         }
         group.messages.append(message)
         group.by_id[message["id"]] = message
+        self._retag(group, None, message)
         if client_msg_id is not None:
             group.by_client_id[(sender_id, client_msg_id)] = message
         group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
@@ -188,8 +199,11 @@ class MemoryStore:
         limit: int,
         before_seq: int | None = None,
         after_seq: int | None = None,
+        tag: str | None = None,
     ) -> tuple[list[Message], bool]:
         messages = self._groups[group_id].messages
+        if tag is not None:
+            return self._tagged_page(self._groups[group_id], tag, limit, before_seq, after_seq)
         if after_seq is not None:
             page = messages[after_seq : after_seq + limit]
             return list(page), after_seq + limit < len(messages)
@@ -240,31 +254,74 @@ class MemoryStore:
         return updated
 
     async def delete_message(
-        self, group_id: str, message_id: str, sender_id: str
+        self, group_id: str, message_id: str, sender_id: str | None, *, deleted_by: str | None = None
     ) -> Message | None:
         group = self._groups[group_id]
         current = group.by_id.get(message_id)
-        if current is None or current["deleted"] or current["sender_id"] != sender_id:
+        if current is None or current["deleted"] or sender_id not in (None, current["sender_id"]):
             return None
         updated = tombstone(current)
+        updated["deleted_by"] = deleted_by
         updated["rev"] = self._next_rev(group, message_id)
         self._replace(group, updated)
-        seqs = group.live_seqs_by_sender[sender_id]
+        group.reactors.pop(message_id, None)
+        seqs = group.live_seqs_by_sender[current["sender_id"]]
         del seqs[bisect.bisect_left(seqs, updated["seq"])]
         group.live_count -= 1
         return updated
 
+    async def react(
+        self, group_id: str, message_id: str, user_id: str, emoji: str, on: bool
+    ) -> tuple[Message, bool] | None:
+        group = self._groups[group_id]
+        current = group.by_id.get(message_id)
+        if current is None or current["deleted"]:
+            return None
+        reactions = conversation.react(group.reactors.get(message_id, []), user_id, emoji, on)
+        if reactions is None:
+            return current, False
+        group.reactors[message_id] = reactions
+        return self._change(group, current, reactions=conversation.reactions_to_wire(reactions)), True
+
+    async def pin(
+        self, group_id: str, message_id: str, by: str | None
+    ) -> tuple[Message, bool] | None:
+        group = self._groups[group_id]
+        current = group.by_id.get(message_id)
+        if current is None or current["deleted"]:
+            return None
+        if (current["pinned"] is not None) == (by is not None):
+            return current, False
+        if by is not None and len(group.tagged.get(conversation.TAG_PINNED, ())) >= conversation.MAX_PINNED_PER_GROUP:
+            raise conversation.TooManyPins
+        pinned = None if by is None else {"by": by, "at": iso_timestamp(now_ms())}
+        return self._change(group, current, pinned=pinned), True
+
+    async def set_answer(
+        self, group_id: str, question_id: str, answer_id: str | None
+    ) -> tuple[Message, bool] | None:
+        group = self._groups[group_id]
+        current = group.by_id.get(question_id)
+        if current is None or current["deleted"]:
+            return None
+        if current["answer_id"] == answer_id:
+            return current, False
+        return self._change(group, current, answer_id=answer_id), True
+
+    async def open_questions(self, group_id: str) -> int:
+        return len(self._groups[group_id].tagged.get(conversation.TAG_UNANSWERED, ()))
+
     async def read_state(self, group_id: str, user_id: str) -> ReadState:
         group = self._groups[group_id]
         last = self._read.get((group_id, user_id), 0)
-        return ReadState(last, self._unread(group, user_id, last))
+        return self._read_state(group, user_id, last)
 
     async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
         group = self._groups[group_id]
         key = (group_id, user_id)
         last = max(self._read.get(key, 0), min(seq, len(group.messages)))
         self._read[key] = last
-        return ReadState(last, self._unread(group, user_id, last))
+        return self._read_state(group, user_id, last)
 
     # -- helpers --
 
@@ -285,8 +342,51 @@ class MemoryStore:
                 group.superseded = 0
         return group.rev
 
+    def _change(self, group: _Group, current: Message, **fields: Any) -> Message:
+        """``current`` with ``fields`` changed, at the group's next revision."""
+        updated: Message = {**current, **fields}  # type: ignore[typeddict-item]
+        updated["rev"] = self._next_rev(group, current["id"])
+        self._replace(group, updated)
+        return updated
+
+    def _read_state(self, group: _Group, user_id: str, last: int) -> ReadState:
+        mentions = group.tagged.get(conversation.mention_tag(user_id), [])
+        mentioned = len(mentions) - bisect.bisect_right(mentions, last)
+        return ReadState(last, self._unread(group, user_id, last), mentioned)
+
     @staticmethod
-    def _replace(group: _Group, updated: Message) -> None:
+    def _tagged_page(
+        group: _Group, tag: str, limit: int, before_seq: int | None, after_seq: int | None
+    ) -> tuple[list[Message], bool]:
+        """``get_messages`` over the messages that have ``tag``."""
+        seqs = group.tagged.get(tag, [])
+        if after_seq is not None:
+            start = bisect.bisect_right(seqs, after_seq)
+            page = seqs[start : start + limit]
+            more = start + limit < len(seqs)
+        else:
+            end = len(seqs) if before_seq is None else bisect.bisect_left(seqs, before_seq)
+            start = max(0, end - limit)
+            page, more = seqs[start:end], start > 0
+        return [group.messages[seq - 1] for seq in page], more
+
+    @staticmethod
+    def _retag(group: _Group, before: Message | None, after: Message) -> None:
+        """Move ``after`` between the tag lists its change puts it in or takes it out of."""
+        old = set(conversation.tags(before)) if before is not None else set()
+        new = set(conversation.tags(after))
+        seq = after["seq"]
+        for tag in old - new:
+            seqs = group.tagged[tag]
+            del seqs[bisect.bisect_left(seqs, seq)]
+            if not seqs:
+                del group.tagged[tag]
+        for tag in new - old:
+            bisect.insort(group.tagged.setdefault(tag, []), seq)
+
+    @classmethod
+    def _replace(cls, group: _Group, updated: Message) -> None:
+        cls._retag(group, group.messages[updated["seq"] - 1], updated)
         group.messages[updated["seq"] - 1] = updated
         group.by_id[updated["id"]] = updated
         if updated["client_msg_id"] is not None:

@@ -68,7 +68,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from . import mongo_membership
+from . import conversation, mongo_conversation, mongo_membership
 from .base import (
     GroupAccess,
     GroupSummary,
@@ -240,8 +240,11 @@ class MongoStore:
             gid = group["_id"]
             latest, rev = await _both(self._top_seq(gid), self._top_rev(gid))
             last = markers.get(gid, 0)
-            unread = 0 if last >= latest else await self._unread(gid, uid, last)
-            return GroupSummary(str(gid), group_name(group), latest, unread, rev)
+            read = ReadState(last, 0) if last >= latest else await self._read_state(gid, uid, last)
+            open_questions = await mongo_conversation.count_tagged(self._messages, gid, conversation.TAG_UNANSWERED)
+            return GroupSummary(
+                str(gid), group_name(group), latest, read.unread_count, rev, read.mention_count, open_questions
+            )
 
         results = await asyncio.gather(*(summary(g) for g in groups), return_exceptions=True)
         for result in results:
@@ -264,6 +267,7 @@ class MongoStore:
         client_msg_id: str | None,
         mentions: Sequence[str] = (),
         kind: str = "message",
+        reply_to: dict[str, Any] | None = None,
     ) -> tuple[Message, bool]:
         gid, sid = oid(group_id), None if sender_id is None else oid(sender_id)
         async with self._writer(str(gid)):
@@ -284,6 +288,13 @@ class MongoStore:
             }
             if mentions:
                 doc["mentions"] = [oid(user_id) for user_id in mentions]
+            if reply_to is not None:
+                doc["reply_to"] = mongo_conversation.stored_reply(reply_to)
+            tags = conversation.tags(
+                {"deleted": False, "kind": kind, "sender_id": sender_id, "mentions": mentions}
+            )
+            if tags:
+                doc["tags"] = tags
             for attempt in range(MAX_INSERT_ATTEMPTS):
                 seq, rev = await self._tops(gid, probe=attempt > 0)
                 doc.update(seq=seq + 1, rev=rev + 1, revs=[rev + 1], timestamp=now_ms())
@@ -338,8 +349,11 @@ class MongoStore:
         limit: int,
         before_seq: int | None = None,
         after_seq: int | None = None,
+        tag: str | None = None,
     ) -> tuple[list[Message], bool]:
         gid = oid(group_id)
+        if tag is not None:
+            return await mongo_conversation.tagged_page(self._messages, gid, tag, limit, before_seq, after_seq)
         if after_seq is not None:
             # One extra row says whether newer ones exist.
             docs = await self.range_cursor(gid, after_seq, after_seq + limit + 1).to_list(None)
@@ -399,11 +413,52 @@ class MongoStore:
 
     @_unavailable
     async def delete_message(
-        self, group_id: str, message_id: str, sender_id: str
+        self, group_id: str, message_id: str, sender_id: str | None, *, deleted_by: str | None = None
     ) -> Message | None:
-        return await self._update_live(
-            group_id, message_id, sender_id, {"content": "", "deleted": True}
-        )
+        gid, mid = oid_or_none(group_id), oid_or_none(message_id)
+        if gid is None or mid is None:
+            return None
+        selector: dict[str, Any] = {"_id": mid, "group_id": gid, "deleted": False}
+        if sender_id is not None:
+            selector = live_message_filter(mid, gid, oid(sender_id))
+        tombstone = {
+            "content": "", "deleted": True, "tags": [], "mentions": [], "reactions": [], "pinned": None,
+            "deleted_by": None if deleted_by is None else oid(deleted_by),
+        }
+        doc = await self.change(gid, selector, tombstone)
+        return None if doc is None else to_wire(doc)
+
+    @_unavailable
+    async def react(
+        self, group_id: str, message_id: str, user_id: str, emoji: str, on: bool
+    ) -> tuple[Message, bool] | None:
+        decide = mongo_conversation.reaction_change(user_id, emoji, on)
+        return await self._modify(group_id, message_id, decide)
+
+    @_unavailable
+    async def pin(
+        self, group_id: str, message_id: str, by: str | None
+    ) -> tuple[Message, bool] | None:
+        decide = await mongo_conversation.pin_change(self._messages, oid(group_id), by)
+        return await self._modify(group_id, message_id, decide)
+
+    @_unavailable
+    async def set_answer(
+        self, group_id: str, question_id: str, answer_id: str | None
+    ) -> tuple[Message, bool] | None:
+        return await self._modify(group_id, question_id, mongo_conversation.answer_change(answer_id))
+
+    @_unavailable
+    async def open_questions(self, group_id: str) -> int:
+        return await mongo_conversation.count_tagged(self._messages, oid(group_id), conversation.TAG_UNANSWERED)
+
+    async def _modify(
+        self, group_id: str, message_id: str, decide: mongo_conversation.Decide
+    ) -> tuple[Message, bool] | None:
+        gid, mid = oid_or_none(group_id), oid_or_none(message_id)
+        if gid is None or mid is None:
+            return None
+        return await mongo_conversation.modify(self._messages, self.change, gid, mid, decide)
 
     # -- read markers --
 
@@ -411,8 +466,7 @@ class MongoStore:
     async def read_state(self, group_id: str, user_id: str) -> ReadState:
         gid, uid = oid(group_id), oid(user_id)
         doc = await self._markers.find_one({"user_id": uid, "group_id": gid}, {"seq": 1})
-        last = 0 if doc is None else int(doc["seq"])
-        return ReadState(last, await self._unread(gid, uid, last))
+        return await self._read_state(gid, uid, 0 if doc is None else int(doc["seq"]))
 
     @_unavailable
     async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
@@ -435,8 +489,7 @@ class MongoStore:
                 if attempt == 2:
                     raise StorageUnavailable("read marker upsert kept colliding") from None
         last = int(doc["seq"])
-        unread = 0 if last >= latest else await self._unread(gid, uid, last)
-        return ReadState(last, unread)
+        return ReadState(last, 0) if last >= latest else await self._read_state(gid, uid, last)
 
     # -- queries (public so tests can explain exactly what runs) --
 
@@ -522,6 +575,13 @@ class MongoStore:
         if probe or seq is None or rev is None:
             return await _both(self._top_seq(gid), self._top_rev(gid))
         return seq, rev
+
+    async def _read_state(self, gid: ObjectId, uid: ObjectId, last: int) -> ReadState:
+        unread, mentioned = await _both(
+            self._unread(gid, uid, last),
+            mongo_conversation.count_tagged(self._messages, gid, conversation.mention_tag(str(uid)), last),
+        )
+        return ReadState(last, unread, mentioned)
 
     async def _unread(self, gid: ObjectId, uid: ObjectId, last: int) -> int:
         live, own = self.unread_filters(gid, uid, last)

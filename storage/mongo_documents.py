@@ -16,6 +16,7 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from .base import Message, iso_timestamp
+from .conversation import reactions_to_wire
 
 SEQ_INDEX = "group_seq"
 REVS_INDEX = "group_revs"
@@ -24,6 +25,7 @@ CLIENT_MSG_INDEX = "group_sender_client_msg"
 LIVE_INDEX = "group_deleted_seq"
 OWN_LIVE_INDEX = "group_sender_deleted_seq"
 MARKER_INDEX = "user_group"
+TAGS_INDEX = "group_tags_seq"
 
 MESSAGE_INDEXES = [
     IndexModel([("group_id", ASCENDING), ("seq", ASCENDING)], name=SEQ_INDEX, unique=True),
@@ -58,6 +60,8 @@ MESSAGE_INDEXES = [
         ],
         name=OWN_LIVE_INDEX,
     ),
+    # Filtered histories and the mention and open-question counts (storage.mongo_conversation).
+    IndexModel([("group_id", ASCENDING), ("tags", ASCENDING), ("seq", ASCENDING)], name=TAGS_INDEX),
 ]
 MARKER_INDEXES = [
     # user first: one query reads all of a user's markers for `list_groups`.
@@ -72,6 +76,7 @@ def to_wire(doc: dict[str, Any]) -> Message:
     sender = doc.get("sender") or sid or ""
     edited = doc.get("edited_at")
     deleted = bool(doc.get("deleted", False))
+    pinned = doc.get("pinned")
     return {
         "type": "message",
         "kind": doc.get("kind") or "message",
@@ -87,8 +92,26 @@ def to_wire(doc: dict[str, Any]) -> Message:
         "client_msg_id": doc.get("client_msg_id"),
         "edited_at": None if edited is None else iso_timestamp(edited),
         "deleted": deleted,
-        "mentions": [str(user_id) for user_id in doc.get("mentions") or ()],
+        "mentions": [] if deleted else [str(user_id) for user_id in doc.get("mentions") or ()],
+        "reply_to": _reply_to_wire(doc.get("reply_to")),
+        "reactions": [] if deleted else reactions_to_wire(
+            (r["emoji"], [str(u) for u in r["users"]]) for r in doc.get("reactions") or ()
+        ),
+        "pinned": None if deleted or not pinned else {"by": str(pinned["by"]), "at": iso_timestamp(pinned["at"])},
+        "answer_id": _hex_or_none(doc.get("answer_id")),
+        "attachments": [],
+        "deleted_by": _hex_or_none(doc.get("deleted_by")),
     }
+
+
+def _hex_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _reply_to_wire(reply: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not reply:
+        return None
+    return {**reply, "id": str(reply["id"]), "sender_id": _hex_or_none(reply.get("sender_id"))}
 
 
 def client_msg_filter(gid: ObjectId, sid: ObjectId | None, client_msg_id: str) -> dict[str, Any]:

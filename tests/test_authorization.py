@@ -68,6 +68,7 @@ IDENTITIES = [
 EVENTS = [
     "list_groups", "join_group", "leave_group", "send_message", "get_history",
     "typing", "mark_read", "edit_message", "delete_message", "get_changes", "refresh_token",
+    "react", "pin_message", "accept_answer",
 ]
 USER_ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages"]
 SERVICE_ROUTES = ["POST /study-groups/{id}/messages", "POST /study-groups/{id}/membership-changed"]
@@ -89,7 +90,8 @@ def target(identity: str) -> str:
 def payload(identity: str, event: str, scene: Scene) -> Any:
     group = target(identity)
     if identity == "sender-id-spoofing" and event in ("send_message", "typing", "mark_read",
-                                                    "edit_message", "delete_message"):
+                                                    "edit_message", "delete_message",
+                                                    "react", "pin_message", "accept_answer"):
         group = MATHS  # Carol is a member here: only a believed sender_id could make Ana act
     message_id = scene.ana_message[group]
     payloads = {
@@ -104,6 +106,9 @@ def payload(identity: str, event: str, scene: Scene) -> Any:
         "edit_message": {"group_id": group, "message_id": message_id, "content": "rewritten"},
         "delete_message": {"group_id": group, "message_id": message_id},
         "refresh_token": {"token": make_token(ANA)},  # becoming Ana on a connection of one's own
+        "react": {"group_id": group, "message_id": message_id, "emoji": "👍", "on": True},
+        "pin_message": {"group_id": group, "message_id": message_id, "pinned": True},
+        "accept_answer": {"group_id": group, "question_id": message_id, "answer_id": None},
     }
     data = payloads[event]
     if identity == "sender-id-spoofing":
@@ -349,12 +354,15 @@ async def test_members_can_still_do_all_of_it_after_the_refusals(scene):
         ("mark_read", {"group_id": MATHS, "seq": 3}),
         ("send_message", {"group_id": MATHS, "content": "hello", "sender_id": ANA}),
         ("edit_message", {"group_id": MATHS, "message_id": maths_id, "content": "rewritten"}),
+        ("react", {"group_id": MATHS, "message_id": maths_id, "emoji": "👍", "on": True}),
+        ("pin_message", {"group_id": MATHS, "message_id": maths_id, "pinned": True}),
         ("delete_message", {"group_id": MATHS, "message_id": maths_id}),
         ("refresh_token", {"token": make_token(ANA)}),
     ]:
         ack = await scene.ana.call(event, data)
         assert ack["ok"] is True, (event, ack)
     seen = scene.seen["ben"]
-    await scene.ben.wait_for(lambda: len(scene.ben.received) >= seen + 4)
+    await scene.ben.wait_for(lambda: len(scene.ben.received) >= seen + 6)
     await scene.ben.settle()
-    assert [event for event, _ in scene.ben.received[seen:]] == ["typing", "message", "message_updated", "message_deleted"]
+    assert [event for event, _ in scene.ben.received[seen:]] == [
+        "typing", "message", "message_updated", "message_updated", "message_updated", "message_deleted"]

@@ -6,13 +6,8 @@ import asyncio
 
 import aiohttp
 
-from tests.support.chat import ANA, BEN, CAROL, DAN, EVE, MATHS, NOWHERE, PHYSICS, make_token
-
-MESSAGE_FIELDS = {
-    "type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
-    "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
-}
-from tests.support.chat import both_stores as backend  # noqa: E402  (every test on both stores)
+from tests.support.chat import ANA, BEN, CAROL, DAN, EVE, MATHS, MESSAGE_FIELDS, NOWHERE, PHYSICS, make_token
+from tests.support.chat import both_stores as backend
 
 
 async def send(client, content, group=MATHS, **extra):
@@ -27,8 +22,8 @@ async def test_list_groups_returns_the_callers_groups_by_name(connect):
     assert ack == {
         "ok": True,
         "groups": [
-            {"id": MATHS, "name": "Maths", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
-            {"id": PHYSICS, "name": "Physics", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
+            {"id": MATHS, "name": "Maths", "latest_seq": 0, "latest_rev": 0, "unread_count": 0, "mention_count": 0, "open_questions": 0},
+            {"id": PHYSICS, "name": "Physics", "latest_seq": 0, "latest_rev": 0, "unread_count": 0, "mention_count": 0, "open_questions": 0},
         ],
     }
     assert await ana.call("list_groups", {}) == ack

@@ -63,6 +63,7 @@ from tests.support.chat import (
     DAN,
     EVE,
     MATHS,
+    MESSAGE_FIELDS,
     NOWHERE,
     PHYSICS,
     ChatClient,
@@ -75,10 +76,6 @@ MAX_SAFE = 2**53 - 1
 CODES = {
     "invalid_payload", "unauthorized", "forbidden", "not_member", "group_not_found",
     "message_not_found", "rate_limited", "storage_unavailable", "internal",
-}
-MESSAGE_FIELDS = {
-    "type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
-    "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
 }
 SERVER_EVENTS = {"message", "message_updated", "message_deleted", "typing", "presence"}
 GROUP_NAMES = {MATHS: "Maths", PHYSICS: "Physics"}

@@ -77,8 +77,8 @@ async def test_groups_lists_the_callers_groups(http, server_url):
     assert await resp.json() == {
         "ok": True,
         "groups": [
-            {"id": MATHS, "name": "Maths", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
-            {"id": PHYSICS, "name": "Physics", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
+            {"id": MATHS, "name": "Maths", "latest_seq": 0, "latest_rev": 0, "unread_count": 0, "mention_count": 0, "open_questions": 0},
+            {"id": PHYSICS, "name": "Physics", "latest_seq": 0, "latest_rev": 0, "unread_count": 0, "mention_count": 0, "open_questions": 0},
         ],
     }
     for user in (DAN, EVE):

@@ -28,7 +28,7 @@ import jwt
 import pytest
 
 from tests.support.chat import ANA as MATHS_ANA
-from tests.support.chat import BEN, CAROL, MATHS, make_token
+from tests.support.chat import BEN, CAROL, MATHS, MESSAGE_FIELDS, make_token
 from tests.test_multinode import seeded_db, start_nodes  # fixtures
 
 # Generous limits that only keep a silent server from hanging the run.
@@ -58,10 +58,6 @@ SEEDED = [  # Calculus I, seq 1..3
     (JUAN, "I do, I'll share them after class."),
 ]
 
-MESSAGE_FIELDS = {
-    "type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
-    "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
-}
 HEX_ID = re.compile(r"[0-9a-f]{24}")
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 

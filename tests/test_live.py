@@ -95,16 +95,17 @@ async def test_read_markers_and_unread_counts(connect):
     ack = await join(ben)
     assert (ack["last_read_seq"], ack["unread_count"]) == (0, 4)
     groups = (await ben.call("list_groups"))["groups"]
-    assert groups[0] == {"id": MATHS, "name": "Maths", "latest_seq": 5, "latest_rev": 5, "unread_count": 4}
+    assert groups[0] == {"id": MATHS, "name": "Maths", "latest_seq": 5, "latest_rev": 5, "unread_count": 4,
+                         "mention_count": 0, "open_questions": 0}
 
     assert await ben.call("mark_read", {"group_id": MATHS, "seq": 3}) == {
-        "ok": True, "last_read_seq": 3, "unread_count": 1}
+        "ok": True, "last_read_seq": 3, "unread_count": 1, "mention_count": 0}
     # Never moves back.
     assert await ben.call("mark_read", {"group_id": MATHS, "seq": 1}) == {
-        "ok": True, "last_read_seq": 3, "unread_count": 1}
+        "ok": True, "last_read_seq": 3, "unread_count": 1, "mention_count": 0}
     # Clamped to the latest seq.
     assert await ben.call("mark_read", {"group_id": MATHS, "seq": 999}) == {
-        "ok": True, "last_read_seq": 5, "unread_count": 0}
+        "ok": True, "last_read_seq": 5, "unread_count": 0, "mention_count": 0}
     # Markers are per user, across connections.
     again = await connect(BEN)
     ack = await join(again)

@@ -33,6 +33,7 @@ from storage.mongo_documents import (
     REV_INDEX,
     REVS_INDEX,
     SEQ_INDEX,
+    TAGS_INDEX,
     client_msg_filter,
     live_message_filter,
 )
@@ -128,9 +129,9 @@ async def test_list_groups_by_name_with_counts(store: Store) -> None:
     await store.mark_read(ZOOLOGY, ALICE, 1)
     groups = [g.to_wire() for g in await store.list_groups(ALICE)]
     assert groups == [
-        {"id": ALGEBRA, "name": "Algebra", "latest_seq": 2, "latest_rev": 2, "unread_count": 1},
-        {"id": ALGEBRA_TOO, "name": "Algebra", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
-        {"id": ZOOLOGY, "name": "Zoology", "latest_seq": 1, "latest_rev": 1, "unread_count": 0},
+        {"id": ALGEBRA, "name": "Algebra", "latest_seq": 2, "latest_rev": 2, "unread_count": 1, "mention_count": 0, "open_questions": 0},
+        {"id": ALGEBRA_TOO, "name": "Algebra", "latest_seq": 0, "latest_rev": 0, "unread_count": 0, "mention_count": 0, "open_questions": 0},
+        {"id": ZOOLOGY, "name": "Zoology", "latest_seq": 1, "latest_rev": 1, "unread_count": 0, "mention_count": 0, "open_questions": 0},
     ]
     assert [g.id for g in await store.list_groups(BOB)] == [ALGEBRA, CHEMISTRY, ZOOLOGY]
     assert await store.list_groups(EVE) == []
@@ -362,7 +363,7 @@ async def test_indexes_are_created_idempotently(mongo_uri: str, mongo_db_name: s
             return {ix["name"] async for ix in await db[collection].list_indexes()}
 
         assert await names("messages") == {
-            "_id_", SEQ_INDEX, REVS_INDEX, REV_INDEX, CLIENT_MSG_INDEX, LIVE_INDEX, OWN_LIVE_INDEX}
+            "_id_", SEQ_INDEX, REVS_INDEX, REV_INDEX, CLIENT_MSG_INDEX, LIVE_INDEX, OWN_LIVE_INDEX, TAGS_INDEX}
         assert await names("read_markers") == {"_id_", MARKER_INDEX}
         # The wider application's collections are only read.
         assert await names("users") == await names("study_groups") == {"_id_"}

@@ -32,6 +32,13 @@ NAMES = {ANA: "Ana García", BEN: "Ben Okafor", CAROL: "Carol", DAN: "Dan Wu"}
 USERS = [(ANA, "  Ana ", "García "), (BEN, "Ben", "Okafor"), (CAROL, "Carol", ""), (DAN, "Dan", "Wu")]
 GROUPS = [(MATHS, "Maths", [ANA, BEN, CAROL]), (PHYSICS, "Physics", [ANA, CAROL])]
 
+# Every field of the message object (docs/protocol.md).
+MESSAGE_FIELDS = {
+    "type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name",
+    "content", "timestamp", "client_msg_id", "edited_at", "deleted", "mentions",
+    "reply_to", "reactions", "pinned", "answer_id", "attachments", "deleted_by",
+}
+
 
 def make_token(user_id: str, *, secret: str = SECRET, ttl: int = 3600, **claims: Any) -> str:
     now = int(time.time())
