@@ -377,7 +377,8 @@ def group_ref(group_id: str) -> str:
 
 
 def history_query(group_id: str, query: Mapping[str, str]) -> dict[str, Any]:
-    """Validate the HTTP history route (path id and query strings) by ``get_history``'s rules.
+    """Validate the HTTP history route (path id and query strings: ``limit``,
+    ``before_seq``, ``after_seq``, ``filter``) by ``get_history``'s rules.
 
     Unknown parameters are ignored; an empty or non-integer value is an error.
     """
@@ -391,6 +392,8 @@ def history_query(group_id: str, query: Mapping[str, str]) -> dict[str, Any]:
             errors[name] = ["Must be an integer."]
         else:
             data[name] = int(raw)
+    if "filter" in query:
+        data["filter"] = query["filter"]
     try:
         loaded = load("get_history", (data,))
     except ValidationError as exc:
