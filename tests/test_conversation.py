@@ -295,3 +295,11 @@ async def test_replies_and_accepted_answers_notify_people_who_are_away(aiohttp_s
     finally:
         for sio in clients:
             await sio.disconnect()
+
+
+def test_the_moderator_claim_is_a_setting():
+    from server.config import Settings
+
+    base = {"MONGODB_URI": "memory://", "JWT_SECRET": "x" * 32}
+    assert Settings.from_env(base).jwt_moderator_claim == "chat_moderator"
+    assert Settings.from_env({**base, "JWT_MODERATOR_CLAIM": "is_mod"}).jwt_moderator_claim == "is_mod"
