@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.support.chat import ANA, BEN, CAROL, MATHS
-from tests.test_multinode import seeded_db, start_nodes  # noqa: F401  (fixtures)
+from tests.test_multinode import seeded_db, start_nodes
 
 EMOJI = ["👍", "🎉", "🤔", "👨‍👩‍👧", "🇪🇸"]
 
