@@ -282,8 +282,8 @@ def seqs(page: dict[str, Any]) -> list[int]:
 
 
 ANA_GROUPS = [
-    {"id": CALCULUS, "name": "Calculus I", "latest_seq": 3, "latest_rev": 3, "unread_count": 2},
-    {"id": CHEMISTRY, "name": "Organic Chemistry", "latest_seq": 0, "latest_rev": 0, "unread_count": 0},
+    {"id": CALCULUS, "name": "Calculus I", "latest_seq": 3, "latest_rev": 3, "unread_count": 2, "mention_count": 0, "open_questions": 0},
+    {"id": CHEMISTRY, "name": "Organic Chemistry", "latest_seq": 0, "latest_rev": 0, "unread_count": 0, "mention_count": 0, "open_questions": 0},
 ]
 
 
@@ -641,7 +641,7 @@ def test_mark_read(node, demo_server, tokens, transport):
     assert seen["join"]["last_read_seq"] == 0 and seen["join"]["unread_count"] == 2
 
     def read(last: int, unread: int) -> dict[str, Any]:
-        return {"ok": True, "last_read_seq": last, "unread_count": unread}
+        return {"ok": True, "last_read_seq": last, "unread_count": unread, "mention_count": 0}
 
     assert seen["steps"] == {
         "read_1": read(1, 2),
@@ -655,9 +655,11 @@ def test_mark_read(node, demo_server, tokens, transport):
 
     ana_groups = seen["groups_after_sends"]["ana"]["groups"]
     # Juan's new message is unread for Ana; her own is not.
-    assert ana_groups[0] == {"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "latest_rev": 5, "unread_count": 1}
+    assert ana_groups[0] == {"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "latest_rev": 5, "unread_count": 1,
+                             "mention_count": 0, "open_questions": 0}
     juan_groups = seen["groups_after_sends"]["juan"]["groups"]
-    assert juan_groups == [{"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "latest_rev": 5, "unread_count": 3}]
+    assert juan_groups == [{"id": CALCULUS, "name": "Calculus I", "latest_seq": 5, "latest_rev": 5, "unread_count": 3,
+                           "mention_count": 0, "open_questions": 0}]
 
     assert seen["juan_delete"]["ok"] is True
     # A deleted message is no longer unread.
@@ -698,6 +700,40 @@ def test_edit_and_delete(node, demo_server, tokens, transports):
     # One broadcast each: the repeated delete and the refused edit sent nothing.
     for who in ("ana", "juan"):
         assert seen["seen"][who] == {"updated": [edited], "deleted": [tombstone]}, who
+
+
+@pytest.mark.parametrize("transports", PAIRS)
+def test_conversation(node, demo_server, tokens, transports):
+    """Questions, replies, mentions, reactions, pins and answers from socket.io-client."""
+    seen = run_scenario(node, demo_server, "conversation", transports=transports, tokens=tokens)
+    assert seen["transports"] == transports
+    question, reply = seen["asked"]["message"], seen["reply"]["message"]
+    assert (question["kind"], question["answer_id"], question["reply_to"]) == ("question", None, None)
+    assert reply["reply_to"] == {"id": question["id"], "seq": question["seq"], "sender_id": ANA,
+                                 "sender_name": question["sender_name"], "excerpt": question["content"],
+                                 "deleted": False}
+    assert reply["mentions"] == [ANA]
+    (calculus,) = [g for g in seen["listed"]["groups"] if g["id"] == CALCULUS]
+    assert (calculus["mention_count"], calculus["open_questions"]) == (1, 1)
+    assert (seen["rejoin"]["mention_count"], seen["rejoin"]["open_questions"]) == (1, 1)
+
+    after = [ack["message"]["reactions"] for ack in seen["reactions"]]
+    assert after[0] == [{"emoji": "👍🏽", "count": 1, "user_ids": [JUAN]}]
+    assert after[2] == [{"emoji": "👍🏽", "count": 2, "user_ids": [JUAN, ANA]},
+                        {"emoji": "👨‍👩‍👧", "count": 1, "user_ids": [ANA]}]
+    assert after[3] == after[2]  # reacting twice changes nothing
+    assert after[4] == [{"emoji": "👍🏽", "count": 1, "user_ids": [ANA]}, {"emoji": "👨‍👩‍👧", "count": 1, "user_ids": [ANA]}]
+    assert_refused(seen["bad_emoji"], "invalid_payload")
+    assert seen["pin"]["message"]["pinned"]["by"] == JUAN
+    assert_refused(seen["not_asker"], "forbidden")
+    accepted = seen["accept"]["message"]
+    assert accepted["answer_id"] == reply["id"] and accepted["pinned"] == seen["pin"]["message"]["pinned"]
+    assert seen["unanswered"]["messages"] == []
+    assert [m["id"] for m in seen["pinned"]["messages"]] == [question["id"]]
+    assert [m["id"] for m in seen["mentions"]["messages"]] == [reply["id"]]
+    # Juan saw every change once, in rev order: four reactions that changed something, the pin, the answer.
+    revs = [m["rev"] for m in seen["juan_updates"]]
+    assert revs == sorted(revs) and len(revs) == 6 and seen["juan_updates"][-1] == accepted
 
 
 # ---------------------------------------------------------------- revisions on several nodes

@@ -137,7 +137,8 @@ async def test_an_added_user_gets_the_group(watching, connect, groups):
     await groups.update_one({"_id": ObjectId(MATHS)}, {"$push": {"members": ObjectId(DAN)}})
     [added] = await dan.wait_event("group_added", timeout=5)
     assert time.monotonic() - changed < LIMIT_S
-    assert added == {"group": {"id": MATHS, "name": "Maths", "latest_seq": 2, "latest_rev": 2, "unread_count": 2}}
+    assert added == {"group": {"id": MATHS, "name": "Maths", "latest_seq": 2, "latest_rev": 2, "unread_count": 2,
+                               "mention_count": 0, "open_questions": 0}}
     # Now a member like any other.
     assert (await ok(dan, "join_group", {"group_id": MATHS}))["unread_count"] == 2
     sent = await ok(ana, "send_message", {"group_id": MATHS, "content": "welcome Dan"})

@@ -443,6 +443,43 @@ const scenarios = {
     };
   },
 
+  /** A question, a reply that mentions the asker, reactions, a pin and an accepted answer. */
+  async conversation(ctx) {
+    const ana = await signIn(ctx, "ana");
+    const juan = await signIn(ctx, "juan");
+    const c = { group_id: CALCULUS };
+    await ana.call("join_group", c);
+    await juan.call("join_group", c);
+    const asked = await ana.call("send_message", { ...c, content: "¿Cómo se deriva $x^2$?", kind: "question" });
+    const qid = asked?.message?.id;
+    await ana.call("leave_group", c); // away: Juan's mention waits for her
+    const reply = await juan.call("send_message", {
+      ...c, content: "Con la regla de la potencia: $2x$", reply_to: qid, mentions: [USER_IDS.ana],
+    });
+    const rid = reply?.message?.id;
+    const listed = await ana.call("list_groups");
+    const rejoin = await ana.call("join_group", c);
+    const reactions = [];
+    for (const [who, emoji, on] of [[juan, "👍🏽", true], [ana, "👍🏽", true], [ana, "👨‍👩‍👧", true],
+                                    [ana, "👍🏽", true], [juan, "👍🏽", false]]) {
+      reactions.push(await who.call("react", { ...c, message_id: rid, emoji, on }));
+    }
+    const badEmoji = await ana.call("react", { ...c, message_id: rid, emoji: "+1", on: true });
+    const pin = await juan.call("pin_message", { ...c, message_id: qid, pinned: true });
+    const notAsker = await juan.call("accept_answer", { ...c, question_id: qid, answer_id: rid });
+    const accept = await ana.call("accept_answer", { ...c, question_id: qid, answer_id: rid });
+    const last = accept?.message?.rev;
+    await juan.waitFor("message_updated", (m) => m.rev === last, "acceptance");
+    return {
+      transports: { ana: ana.transport, juan: juan.transport },
+      asked, reply, listed, rejoin, reactions, bad_emoji: badEmoji, pin, not_asker: notAsker, accept,
+      unanswered: await juan.call("get_history", { ...c, filter: "unanswered" }),
+      pinned: await juan.call("get_history", { ...c, filter: "pinned" }),
+      mentions: await ana.call("get_history", { ...c, filter: "mentions" }),
+      juan_updates: juan.received("message_updated"),
+    };
+  },
+
   /**
    * Mixed sends, edits and deletes by three writers spread over the nodes in
    * `ctx.urls`, while a fourth client keeps leaving and coming back (on any
