@@ -73,6 +73,12 @@ def message(group_id: str, seq: int, sender_id: str, content: str) -> dict[str, 
         "edited_at": None,
         "deleted": False,
         "mentions": [],
+        "reply_to": None,
+        "reactions": [],
+        "pinned": None,
+        "answer_id": None,
+        "attachments": [],
+        "deleted_by": None,
     }
 
 

@@ -60,6 +60,7 @@ io.on('connection', (socket) => {
       type: 'message', kind: 'message', id: newId(), seq: g.history.length + 1, rev: g.history.length + 1, group_id: data.group_id,
       sender_id: socket.data.user, sender: name, sender_name: name, content: data.content,
       timestamp: new Date().toISOString(), client_msg_id: null, edited_at: null, deleted: false,
+      mentions: [], reply_to: null, reactions: [], pinned: null, answer_id: null, attachments: [], deleted_by: null,
     };
     g.history.push(msg);
     io.to(data.group_id).emit('message', msg);
