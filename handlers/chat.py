@@ -275,9 +275,9 @@ class ChatService:
     async def accept_answer(
         self, user_id: str, group_id: str, question_id: str, answer_id: str | None,
         *, publish: Publish, moderator: bool = False,
-    ) -> tuple[Message, bool]:
+    ) -> Message:
         """The asker (or a moderator) accepts a later live message of the group as the
-        answer, or takes the acceptance back: the question, and whether it changed."""
+        answer, or takes the acceptance back: the question as it is now."""
         group = await self.group_for(user_id, group_id)
         question = await self.store.get_message(group_id, question_id)
         if question is None or question["deleted"]:
@@ -305,7 +305,7 @@ class ChatService:
         )
         if changed and answer is not None and self.notifier is not None:
             await self.notifier.answer_accepted(updated, answer, group)
-        return updated, changed
+        return updated
 
     async def _change(
         self, group_id: str, publish: Publish, change: Callable[[], Awaitable[tuple[Message, bool] | None]]

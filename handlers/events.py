@@ -21,8 +21,9 @@ from storage.base import Message, StorageUnavailable
 
 from . import schemas
 from .auth import TokenVerifier, token_from_handshake
-from .chat import ChatService
+from .chat import ChatService, Publish
 from .connections import Connection, ConnectionSlots, HandshakeRefused, refusal
+from .conversation_events import ConversationEvents
 from .errors import ChatError, invalid
 from .interfaces import Limiter, Observer, Presence
 from .membership import MembershipTracker
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/"
 
 
-Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]  # what _boundary wraps
 
 
 class ChatEvents:
@@ -84,9 +85,7 @@ class ChatEvents:
             "edit_message": self.edit_message,
             "delete_message": self.delete_message,
             "refresh_token": self.refresh_token,
-            "react": self.react,
-            "pin_message": self.pin_message,
-            "accept_answer": self.accept_answer,
+            **ConversationEvents(self.chat, self._updated).handlers(),
         }.items():
             self.sio.on(event, self._boundary(event, handler))
         self.sio.on("*", self.unknown_event)
@@ -347,36 +346,6 @@ class ChatEvents:
         )
         return {"ok": True, "message": message}
 
-    async def react(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-        group_id = data["group_id"]
-        message = await self.chat.react(
-            conn.user_id, group_id, data["message_id"], data["emoji"], data["on"], publish=self._updated(group_id)
-        )
-        return {"ok": True, "message": message}
-
-    async def pin_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-        group_id = data["group_id"]
-        message = await self.chat.pin(
-            conn.user_id, group_id, data["message_id"], data["pinned"], publish=self._updated(group_id)
-        )
-        return {"ok": True, "message": message}
-
-    async def accept_answer(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
-        group_id = data["group_id"]
-        question, _ = await self.chat.accept_answer(
-            conn.user_id, group_id, data["question_id"], data["answer_id"],
-            publish=self._updated(group_id), moderator=conn.moderator,
-        )
-        return {"ok": True, "message": question}
-
-    def _updated(self, group_id: str, event: str = "message_updated") -> Callable[[Message], Awaitable[None]]:
-        """What broadcasts a change of one of the group's messages to its room."""
-
-        async def publish(message: Message) -> None:
-            await self._broadcast(event, message, group_id)
-
-        return publish
-
     async def refresh_token(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         """A new token for the same user moves the connection's end to its ``exp``."""
         identity = self.verifier.identify(data["token"])
@@ -388,6 +357,14 @@ class ChatEvents:
         return {"ok": True, "expires_at": expires_at_text(conn.expires_at)}
 
     # -- helpers --
+
+    def _updated(self, group_id: str, event: str = "message_updated") -> Publish:
+        """What broadcasts a change of one of the group's messages to its room."""
+
+        async def publish(message: Message) -> None:
+            await self._broadcast(event, message, group_id)
+
+        return publish
 
     async def _broadcast(self, event: str, message: Message, group_id: str, received: float | None = None) -> None:
         """Emit to the room. The fan-out hands the frame to every local connection
