@@ -61,7 +61,12 @@ MESSAGE_INDEXES = [
         name=OWN_LIVE_INDEX,
     ),
     # Filtered histories and the mention and open-question counts (storage.mongo_conversation).
-    IndexModel([("group_id", ASCENDING), ("tags", ASCENDING), ("seq", ASCENDING)], name=TAGS_INDEX),
+    # Partial: most messages have no tags, and their writes then skip this index.
+    IndexModel(
+        [("group_id", ASCENDING), ("tags", ASCENDING), ("seq", ASCENDING)],
+        name=TAGS_INDEX,
+        partialFilterExpression={"tags": {"$gt": ""}},
+    ),
 ]
 MARKER_INDEXES = [
     # user first: one query reads all of a user's markers for `list_groups`.

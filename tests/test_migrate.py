@@ -34,6 +34,7 @@ from tests.support.chat import (
     EVE,
     GROUPS,
     MATHS,
+    MESSAGE_FIELDS,
     PHYSICS,
     SECRET,
     USERS,
@@ -195,8 +196,7 @@ async def test_every_record_shape_is_copied_in_order_and_reads_back_like_any_mes
         (content, sender_id, sender, iso(moment)) for content, sender_id, sender, moment in expected
     ]
     for seq, message in enumerate(messages, start=1):
-        assert set(message) == {"type", "kind", "id", "seq", "rev", "group_id", "sender_id", "sender", "sender_name", "content",
-                                "timestamp", "client_msg_id", "edited_at", "deleted", "mentions"}
+        assert set(message) == MESSAGE_FIELDS
         assert re.fullmatch(r"[0-9a-f]{24}", message["id"])
         assert (message["type"], message["seq"], message["rev"], message["group_id"]) == ("message", seq, seq, MATHS)
         assert message["sender_name"] == message["sender"]
