@@ -216,7 +216,7 @@ async def test_every_record_shape_is_copied_in_order_and_reads_back_like_any_mes
     groups = (await ana.call("list_groups"))["groups"]
     maths = next(g for g in groups if g["id"] == MATHS)
     assert maths == {"id": MATHS, "name": "Maths", "latest_seq": GOOD, "latest_rev": GOOD,
-                     "unread_count": GOOD - own}
+                     "unread_count": GOOD - own, "mention_count": 0, "open_questions": 0}
     # And the history goes on from there.
     sent = await ana.call("send_message", {"group_id": MATHS, "content": "first message on the new server"})
     assert sent["message"]["seq"] == GOOD + 1
