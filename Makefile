@@ -7,8 +7,14 @@ PY := $(VENV)/bin/python
 
 .PHONY: test check deps system-deps python-deps js-deps demo soak bench
 
+# The suite in two parts: most of it on JOBS workers at once (a test module stays
+# on one worker, so its fixtures start once), then the tests that measure latency,
+# memory or time alone, so that the parallel part cannot disturb their readings.
+JOBS ?= 3
+
 test: deps check
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "not slow and not serial" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "serial and not slow" $(PYTEST_ARGS)
 
 # Static checks: types over the whole tree but tests, lint over all of it.
 check: python-deps

@@ -47,6 +47,9 @@ from tests.support.probes import (
 from tests.support.raw import RawSocket
 from tests.support.seeded_server import READ_DELAY_ENV
 
+# Measures latency, memory or time: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.serial
+
 __all__ = ["hostile_node"]  # the fixture, used by name below
 
 BASE_ENV = {

@@ -27,6 +27,9 @@ from tests.support.chat import (
     refused,
 )
 
+# Measures latency, memory or time: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.serial
+
 # -- tokens PyJWT raises something other than InvalidTokenError for --
 
 LONE_SURROGATE = "\ud800"

@@ -15,11 +15,15 @@ import contextlib
 from collections import Counter
 from typing import Any
 
+import pytest
 import socketio
 
 from tests.support.chat import CAROL, MATHS, make_token
 from tests.support.probes import hostile_node
 from tests.test_hostile import BASE_ENV, MIN_ATTACK_S, NodeFactory, for_at_least, under_attack, verdict
+
+# Measures latency, memory or time: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.serial
 
 EMOJI = ["👍", "👍🏽", "🎉", "🤔", "👨‍👩‍👧", "🇪🇸", "#️⃣", "😀", "😃", "😄",
          "😁", "😆", "😅", "🤣", "😂", "🙂", "🙃", "😉", "😊", "😇", "🥰", "😍"]  # 22: two over the limit

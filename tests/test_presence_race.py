@@ -37,6 +37,9 @@ from tests.support.chat import (
 )
 from tests.support.raw import RawSocket
 
+# Measures latency, memory or time: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.serial
+
 
 class SlowStore(MemoryStore):
     """The embedded store, answering reads after ``delay`` seconds like a database would."""

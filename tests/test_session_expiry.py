@@ -24,6 +24,9 @@ from handlers.session_expiry import SessionExpiry
 from server.keys import EVENTS
 from tests.support.chat import ANA, BEN, MATHS, SECRET, ChatClient, make_settings, make_token
 
+# Measures latency, memory or time: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.serial
+
 OTHER_SECRET = "another-secret-that-is-also-long-enough-for-hs256"
 TRANSPORTS = pytest.mark.parametrize("transport", ["websocket", "polling"])
 

@@ -12,6 +12,9 @@ from server.keys import EVENTS
 from tests.support.chat import ANA, BEN, CAROL, MATHS, make_settings, make_token
 from tests.support.raw import RawSocket
 
+# Measures latency, memory or time: runs alone, after the parallel part of the suite.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def settings():
