@@ -132,6 +132,10 @@ MAX_EMOJI_PER_MESSAGE, MAX_PINNED_PER_GROUP, EXCERPT = 20, 50, 140
 # One emoji each (RGI: a skin tone, a ZWJ family, a flag, a keycap), and what is not one emoji.
 VALID_EMOJI = ["\U0001F44D", "\U0001F44D\U0001F3FD", "\U0001F468\u200d\U0001F469\u200d\U0001F467",
                "\U0001F1EA\U0001F1F8", "#\ufe0f\u20e3"]
+# Twenty more, to reach the limit of different emoji on one message.
+MORE_EMOJI = ["\U0001F600", "\U0001F602", "\u2764\ufe0f", "\U0001F389", "\U0001F525", "\U0001F440", "\U0001F64F",
+              "\u2705", "\U0001F4AF", "\U0001F914", "\U0001F622", "\U0001F62E", "\U0001F44F", "\U0001F680",
+              "\u2b50", "\U0001F4A1", "\U0001F4DA", "\u270f\ufe0f", "\U0001F9EE", "\U0001F30D"]
 INVALID_EMOJI = [
     "", " ", "\u3000", "\n", "ok", "+1", ":thumbsup:", "\U0001F44D ", " \U0001F44D", "\U0001F44D\n",
     "\U0001F44D\U0001F44D", "\U0001F44D\U0001F1EA\U0001F1F8", "\U0001F1EA\U0001F1F8\U0001F1EA\U0001F1F8",
@@ -205,7 +209,7 @@ def _emoji_verdict(value: str) -> bool | None:
     """One RGI emoji: the listed ones are; no text, white space, control character
     or anything longer than the longest RGI sequence (10 code points) is. Of
     Unicode's letters only U+2139 (information source) is an emoji."""
-    if value in VALID_EMOJI:
+    if value in VALID_EMOJI or value in MORE_EMOJI:
         return True
     if value in INVALID_EMOJI or not 1 <= len(value) <= 10 or value.isascii():
         return False
@@ -1318,6 +1322,34 @@ async def test_binary_attachments_anywhere(rig):
     await explore(400, step)
     await rig.finish()
     assert {event for event, _ in rig.outcomes} >= set(EVENTS), tally(rig)
+
+
+async def test_one_emoji_and_one_pin_too_many(rig):
+    """The limits the fuzzing runs never reach, through the same predictor and
+    reconciliation: a 21st different emoji on a message, a 51st pin in a group."""
+    target = rig._of(PHYSICS)[0]["id"]
+
+    async def react(emoji: str, on: bool = True) -> None:
+        await rig.exercise("react", ({"group_id": PHYSICS, "message_id": target, "emoji": emoji, "on": on},))
+
+    for emoji in [*VALID_EMOJI, *MORE_EMOJI][:MAX_EMOJI_PER_MESSAGE]:
+        await react(emoji)
+    await react(MORE_EMOJI[-1])  # one too many
+    await react(VALID_EMOJI[0], on=False)  # taking one back is no new emoji
+    await react(VALID_EMOJI[1])  # nor is an emoji already there
+    await react(MORE_EMOJI[-1])  # and now there is room
+    for i in range(MAX_PINNED_PER_GROUP):
+        await rig.exercise("send_message", ({"group_id": PHYSICS, "content": f"pin me {i}"},))
+    for message in rig._of(PHYSICS)[-MAX_PINNED_PER_GROUP:]:
+        await rig.exercise("pin_message", ({"group_id": PHYSICS, "message_id": message["id"], "pinned": True},))
+    await rig.exercise("pin_message", ({"group_id": PHYSICS, "message_id": target, "pinned": True},))
+    await rig.exercise("pin_message", ({"group_id": PHYSICS, "message_id": rig._of(PHYSICS)[-1]["id"], "pinned": True},))
+    await rig.exercise("delete_message", ({"group_id": PHYSICS, "message_id": rig._of(PHYSICS)[-1]["id"]},))
+    await rig.exercise("pin_message", ({"group_id": PHYSICS, "message_id": target, "pinned": True},))  # room again
+    await rig.exercise("get_history", ({"group_id": PHYSICS, "filter": "pinned", "limit": 100},))
+    await rig.finish()
+    assert (rig.outcomes["react", "invalid_payload"], rig.outcomes["pin_message", "invalid_payload"]) == (1, 1), tally(rig)
+    assert rig.effects["react", "change"] == MAX_EMOJI_PER_MESSAGE + 2 and rig.effects["react", "noop"] == 1, rig.effects
 
 
 # -- raw Socket.IO frames --
