@@ -43,6 +43,7 @@ tests below instead of drowning every later input in timeouts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import unicodedata
@@ -1665,12 +1666,14 @@ async def test_history_route_with_braces_in_the_id_answers_the_400_envelope(serv
     assert body["ok"] is False and body["error"]["code"] == "invalid_payload", body
 
 
+@functools.cache  # built once per kind: building (and validating) strategies is most of a draw's cost
 def _near(kind: str) -> st.SearchStrategy[Any]:
     """Values of a field's kind, mostly valid, with the odd one of any JSON type."""
     close = {
-        "id": ids(), "content": st.one_of(EDGE_CONTENT, texts(8)), "client_msg_id": texts(10),
-        "bool": st.booleans(), "id or null": st.one_of(st.none(), ids()), **SPECIFIC,
-    }.get(kind, st.integers(-2, 120))
+        "id": ids, "content": lambda: st.one_of(EDGE_CONTENT, texts(8)), "client_msg_id": lambda: texts(10),
+        "bool": st.booleans, "id or null": lambda: st.one_of(st.none(), ids()),
+        **{name: (lambda s=strategy: s) for name, strategy in SPECIFIC.items()},
+    }.get(kind, lambda: st.integers(-2, 120))()
     return st.one_of(close, close, close, close, LEAVES)
 
 
