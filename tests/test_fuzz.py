@@ -1503,7 +1503,8 @@ GROUPS_OF = {ANA: [MATHS, PHYSICS], BEN: [MATHS], DAN: [], EVE: []}
 async def test_http_routes_with_arbitrary_ids_queries_and_credentials(connect, server_url, watched):
     ana = await connect(ANA)
     for i in range(3):
-        assert (await ana.call("send_message", {"group_id": MATHS, "content": f"{SECRET_WORD} {i}"}))["ok"]
+        kind = "question" if i == 1 else "message"
+        assert (await ana.call("send_message", {"group_id": MATHS, "content": f"{SECRET_WORD} {i}", "kind": kind}))["ok"]
     assert (await ana.call("send_message", {"group_id": PHYSICS, "content": f"physics {SECRET_WORD}"}))["ok"]
     await watched.wait_event("message", 3)
     problems: list[Problem] = []
@@ -1552,6 +1553,7 @@ async def test_http_routes_with_arbitrary_ids_queries_and_credentials(connect, s
                 elif user == ANA and body != await ana.call("list_groups"):
                     problems.append(Problem("groups route differs from list_groups", call, show(body)))
             elif status == 200:
+                statuses["filtered", 200] += "filter" in params
                 via_event = await ana.call("get_history", {"group_id": group, **params})
                 if body != via_event:
                     problems.append(Problem("history route differs from get_history", call,
@@ -1572,6 +1574,8 @@ async def test_http_routes_with_arbitrary_ids_queries_and_credentials(connect, s
         await exchange("messages", MATHS, [("limit", "2")], ana_header, ANA)
         await exchange("messages", PHYSICS, [("after_seq", "0")], ana_header, ANA)
         await exchange("messages", MATHS, [], dan_header, DAN)
+        await exchange("messages", MATHS, [("filter", "questions"), ("limit", "1")], ana_header, ANA)
+        await exchange("messages", MATHS, [("filter", "everything")], ana_header, ANA)
         await explore(600, step)
     await watched.settle()
     assert [m["content"] for m in watched.events("message")] == [f"{SECRET_WORD} {i}" for i in range(3)]
@@ -1580,6 +1584,7 @@ async def test_http_routes_with_arbitrary_ids_queries_and_credentials(connect, s
     # The inputs reached every documented answer of both routes.
     assert set(statuses) >= {("messages", s) for s in (200, 400, 401, 403, 404)} | {
         ("groups", 200), ("groups", 401)}, statuses
+    assert statuses["filtered", 200] >= 1, statuses  # a filtered history answered, equal to get_history's
 
 
 # -- explicit reproducers for what fuzzing found (and must stay fixed) --
