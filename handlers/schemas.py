@@ -293,7 +293,9 @@ def _plain_loader(schema: Schema):
         try:
             for name, field, required, default in spec:
                 value = payload.get(name)
-                if value is None:  # absent, or null for an optional field
+                if value is None and not (field.allow_none and required and name in payload):
+                    # absent, or null for an optional field (null for a required
+                    # nullable one, such as accept_answer's answer_id, is a value)
                     if required:
                         return None
                     if default is not missing:
