@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 
 # The suite in two parts: most of it on JOBS workers at once (a test module stays
 # on one worker, so its fixtures start once), then the tests that measure latency,
-# memory or time alone, so that the parallel part cannot disturb their readings.
+# memory or time, and those that write thousands of documents, alone: the parallel
+# part would disturb their readings or push them past their time limits.
 JOBS ?= 3
 
 test: deps check

@@ -409,6 +409,7 @@ def assert_prefix(db: Any, order: list[int]) -> int:
     return len(done)
 
 
+@pytest.mark.serial  # thousands of database writes: alone, or a loaded machine times it out
 @pytest.mark.timeout(120)
 def test_a_large_array_streams_and_interrupted_runs_resume_without_copying_twice(mongo_uri, mongo_db_name, db):
     seed_sync(db)

@@ -148,6 +148,8 @@ async def connect_to(node: Node, user_id: str) -> ChatClient:
     return client
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.serial  # thousands of database writes: alone, or a loaded machine times it out
 async def test_mixed_changes_on_two_nodes_and_a_client_that_keeps_reconnecting(start_nodes, clients):
     """1,000 sends, edits and deletes by 3 clients on 2 nodes; a fourth client that
     leaves and comes back at random points (on either node) ends up holding exactly

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 
@@ -217,6 +218,8 @@ async def test_rev_queries_use_bounded_index_scans(mongo_uri: str, mongo_db_name
         await store.close()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.serial  # thousands of database writes: alone, or a loaded machine times it out
 async def test_older_messages_get_revisions_while_the_group_is_used(mongo_uri: str, mongo_db_name: str) -> None:
     """Messages stored before revisions existed: ``migrate-revisions`` numbers them in seq
     order, idempotently, while live changes go on, and catch-up then includes them."""
