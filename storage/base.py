@@ -11,7 +11,10 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from . import search_words
 
 ID_RE = re.compile(r"[0-9a-fA-F]{24}")  # use with fullmatch
 
@@ -207,6 +210,13 @@ class Store(Protocol):
 
     async def open_questions(self, group_id: str) -> int:
         """Live questions without an accepted answer."""
+
+    async def search_messages(
+        self, group_ids: Sequence[str], query: search_words.Query, *, limit: int, before_seq: int | None = None
+    ) -> tuple[list[Message], bool]:
+        """The newest ``limit`` live messages of ``group_ids`` that ``query`` matches
+        (``storage.search_words``), below ``before_seq`` in each group, newest first
+        across groups; and whether more exist."""
 
     async def read_state(self, group_id: str, user_id: str) -> ReadState:
         """The marker, and the unread messages and mentions of others above it."""

@@ -26,6 +26,8 @@ from .base import (
     now_ms,
     tombstone,
 )
+from .memory_search import WordIndex
+from .search_words import Query, message_words, newest_first
 
 
 @dataclass
@@ -45,6 +47,7 @@ class _Group:
     superseded: int = 0  # entries of ``changes`` whose message changed again
     reactors: dict[str, conversation.Reactions] = field(default_factory=dict)  # message id -> every reactor
     tagged: dict[str, list[int]] = field(default_factory=dict)  # tag -> seqs of the messages that have it
+    words: WordIndex = field(default_factory=WordIndex)  # search
 
 
 class MemoryStore:
@@ -182,6 +185,7 @@ class MemoryStore:
         group.messages.append(message)
         group.by_id[message["id"]] = message
         self._retag(group, None, message)
+        group.words.update(message["seq"], message_words(content))
         if client_msg_id is not None:
             group.by_client_id[(sender_id, client_msg_id)] = message
         group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
@@ -308,6 +312,17 @@ class MemoryStore:
             return current, False
         return self._change(group, current, answer_id=answer_id), True
 
+    async def search_messages(
+        self, group_ids: Sequence[str], query: Query, *, limit: int, before_seq: int | None = None
+    ) -> tuple[list[Message], bool]:
+        pages = []
+        for group_id in group_ids:
+            group = self._groups.get(group_id)
+            if group is not None:
+                seqs, more = group.words.search(query, limit=limit, before_seq=before_seq)
+                pages.append(([group.messages[seq - 1] for seq in seqs], more))
+        return newest_first(pages, limit)
+
     async def open_questions(self, group_id: str) -> int:
         return len(self._groups[group_id].tagged.get(conversation.TAG_UNANSWERED, ()))
 
@@ -386,7 +401,10 @@ class MemoryStore:
 
     @classmethod
     def _replace(cls, group: _Group, updated: Message) -> None:
-        cls._retag(group, group.messages[updated["seq"] - 1], updated)
+        before = group.messages[updated["seq"] - 1]
+        cls._retag(group, before, updated)
+        if (before["content"], before["deleted"]) != (updated["content"], updated["deleted"]):
+            group.words.update(updated["seq"], [] if updated["deleted"] else message_words(updated["content"]))
         group.messages[updated["seq"] - 1] = updated
         group.by_id[updated["id"]] = updated
         if updated["client_msg_id"] is not None:

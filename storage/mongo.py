@@ -68,7 +68,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from . import conversation, mongo_conversation, mongo_membership
+from . import conversation, mongo_conversation, mongo_membership, mongo_search
 from .base import (
     GroupAccess,
     GroupSummary,
@@ -95,6 +95,7 @@ from .mongo_documents import (
     oid_or_none,
     to_wire,
 )
+from .search_words import Query
 
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 2.0
@@ -285,6 +286,7 @@ class MongoStore:
                 "client_msg_id": client_msg_id,
                 "edited_at": None,
                 "deleted": False,
+                **mongo_search.words_field(content),
             }
             if mentions:
                 doc["mentions"] = [oid(user_id) for user_id in mentions]
@@ -408,7 +410,8 @@ class MongoStore:
         self, group_id: str, message_id: str, sender_id: str, content: str
     ) -> Message | None:
         return await self._update_live(
-            group_id, message_id, sender_id, {"content": content, "edited_at": now_ms()}
+            group_id, message_id, sender_id,
+            {"content": content, "edited_at": now_ms(), **mongo_search.words_field(content)},
         )
 
     @_unavailable
@@ -422,8 +425,8 @@ class MongoStore:
         if sender_id is not None:
             selector = live_message_filter(mid, gid, oid(sender_id))
         tombstone = {
-            "content": "", "deleted": True, "tags": [], "mentions": [], "reactions": [], "pinned": None,
-            "deleted_by": None if deleted_by is None else oid(deleted_by),
+            "content": "", "deleted": True, "tags": [], "words": [], "mentions": [], "reactions": [],
+            "pinned": None, "deleted_by": None if deleted_by is None else oid(deleted_by),
         }
         doc = await self.change(gid, selector, tombstone)
         return None if doc is None else to_wire(doc)
@@ -447,6 +450,12 @@ class MongoStore:
         self, group_id: str, question_id: str, answer_id: str | None
     ) -> tuple[Message, bool] | None:
         return await self._modify(group_id, question_id, mongo_conversation.answer_change(answer_id))
+
+    @_unavailable
+    async def search_messages(
+        self, group_ids: Sequence[str], query: Query, *, limit: int, before_seq: int | None = None
+    ) -> tuple[list[Message], bool]:
+        return await mongo_search.search(self._messages, group_ids, query, limit=limit, before_seq=before_seq)
 
     @_unavailable
     async def open_questions(self, group_id: str) -> int:

@@ -26,6 +26,7 @@ LIVE_INDEX = "group_deleted_seq"
 OWN_LIVE_INDEX = "group_sender_deleted_seq"
 MARKER_INDEX = "user_group"
 TAGS_INDEX = "group_tags_seq"
+WORDS_INDEX = "group_words_seq"
 
 MESSAGE_INDEXES = [
     IndexModel([("group_id", ASCENDING), ("seq", ASCENDING)], name=SEQ_INDEX, unique=True),
@@ -67,6 +68,8 @@ MESSAGE_INDEXES = [
         name=TAGS_INDEX,
         partialFilterExpression={"tags": {"$gt": ""}},
     ),
+    # Search (storage.mongo_search): a key per distinct word of each live message.
+    IndexModel([("group_id", ASCENDING), ("words", ASCENDING), ("seq", ASCENDING)], name=WORDS_INDEX),
 ]
 MARKER_INDEXES = [
     # user first: one query reads all of a user's markers for `list_groups`.

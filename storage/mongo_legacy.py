@@ -28,6 +28,7 @@ from pymongo.errors import BulkWriteError
 from .base import StorageUnavailable, User, display_name
 from .mongo import MAX_INSERT_ATTEMPTS, MongoStore, _unavailable
 from .mongo_documents import REVS_INDEX, SEQ_INDEX, group_name, oid, oid_or_none, plain
+from .mongo_search import words_field
 
 LEGACY_INDEX = "group_legacy_index"
 LEGACY_CURSOR_BATCH = 5000
@@ -223,6 +224,7 @@ def _legacy_doc(gid: ObjectId, message: LegacyMessage) -> dict[str, Any]:
         "client_msg_id": None,
         "edited_at": None,
         "deleted": False,
+        **words_field(message.content),
         "legacy": {"index": message.legacy_index},
     }
 

@@ -1,0 +1,69 @@
+"""The embedded store's search: per group, a posting list of ``seq`` for every
+word and the sorted vocabulary (for the prefix), kept as messages change."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+
+from .search_words import Query, prefix_upper_bound
+
+
+class WordIndex:
+    """One group's words."""
+
+    def __init__(self) -> None:
+        self._postings: dict[str, list[int]] = {}  # word -> seqs of the live messages that have it
+        self._vocabulary: list[str] = []  # the keys of ``_postings``, sorted
+        self._words_of: dict[int, frozenset[str]] = {}
+
+    def update(self, seq: int, words: list[str]) -> None:
+        """Message ``seq`` now has ``words`` (``[]``: deleted, or none)."""
+        old = self._words_of.pop(seq, frozenset())
+        new = frozenset(words)
+        if new:
+            self._words_of[seq] = new
+        for word in old - new:
+            seqs = self._postings[word]
+            del seqs[bisect.bisect_left(seqs, seq)]
+            if not seqs:
+                del self._postings[word]
+                del self._vocabulary[bisect.bisect_left(self._vocabulary, word)]
+        for word in new - old:
+            having = self._postings.get(word)
+            if having is None:
+                self._postings[word] = [seq]
+                bisect.insort(self._vocabulary, word)
+            else:
+                bisect.insort(having, seq)
+
+    def search(self, query: Query, *, limit: int, before_seq: int | None) -> tuple[list[int], bool]:
+        """The seqs of the newest ``limit`` matches below ``before_seq``, newest first,
+        and whether more exist. Walks the shortest posting list of an exact word (or
+        every word the prefix starts, when there is no exact word)."""
+        lists = []
+        for word in query.exact:
+            posting = self._postings.get(word)
+            if not posting:
+                return [], False
+            lists.append(posting)
+        if lists:
+            lead = min(lists, key=len)
+        else:
+            low = bisect.bisect_left(self._vocabulary, query.prefix)
+            high = bisect.bisect_left(self._vocabulary, prefix_upper_bound(query.prefix))
+            words = self._vocabulary[low:high]
+            if not words:
+                return [], False
+            lead = self._postings[words[0]] if len(words) == 1 else sorted(
+                set(itertools.chain.from_iterable(self._postings[w] for w in words))
+            )
+        end = len(lead) if before_seq is None else bisect.bisect_left(lead, before_seq)
+        found: list[int] = []
+        for i in range(end - 1, -1, -1):
+            seq = lead[i]
+            if query.matches(self._words_of[seq]):
+                if len(found) == limit:
+                    return found, True
+                found.append(seq)
+        return found, False

@@ -1,0 +1,110 @@
+"""The words a message is found by, and the words of a search query.
+
+Both sides go through the same steps, so that what a person types finds what
+was written:
+
+1. Word breaking by Unicode's default word boundaries (UAX #29, through the
+   ``regex`` package): "don't", "3.14" and "mail.com" are one word each,
+   punctuation and spaces are none. Scripts written without spaces (Chinese,
+   Japanese) break into single characters, so a query finds them character by
+   character, not by dictionary words.
+2. Folding: case folded ("Straße" is "strasse"), compatibility-decomposed, and
+   combining marks dropped, so "Resolvió" is "resolvio" and "ﬁ" is "fi".
+3. Each word keeps its letters and digits only: "don't" is "dont", "3.14" is
+   "314". A message also stores the parts of such a word ("don", "t"; "mail",
+   "com"), so a query for one part finds it too.
+
+A message stores at most ``MAX_MESSAGE_WORDS`` distinct words (the first ones)
+of at most ``MAX_WORD_LENGTH`` code points (longer words are cut, on both sides,
+so they still match). A query holds 1 to ``MAX_QUERY_WORDS`` words; its last
+word matches as a prefix ("deriv" finds "derivadas"), the others exactly.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import regex
+
+from .base import Message
+
+MAX_WORD_LENGTH = 64  # code points of a stored or queried word
+MAX_MESSAGE_WORDS = 512  # distinct words stored per message
+MAX_QUERY_WORDS = 10
+MAX_QUERY_LENGTH = 200  # code points of the query text
+
+_BOUNDARIES = regex.compile(r"(?V1w)\b")  # UAX #29 word boundaries
+_LETTERS_AND_DIGITS = regex.compile(r"[\p{L}\p{N}]+")
+
+
+def fold(text: str) -> str:
+    """Case folded, compatibility-decomposed, without combining marks."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _words(text: str) -> list[list[str]]:
+    """Each word of ``text`` as its runs of letters and digits, folded."""
+    found = []
+    for segment in _BOUNDARIES.split(text):
+        runs = [run[:MAX_WORD_LENGTH] for run in _LETTERS_AND_DIGITS.findall(fold(segment))]
+        if runs:
+            found.append(runs)
+    return found
+
+
+def message_words(content: str) -> list[str]:
+    """The distinct words a message is found by, in the order they first appear."""
+    words: dict[str, None] = {}
+    for runs in _words(content):
+        whole = "".join(runs)[:MAX_WORD_LENGTH]
+        for word in (whole, *runs) if len(runs) > 1 else (whole,):
+            words[word] = None
+            if len(words) >= MAX_MESSAGE_WORDS:
+                return list(words)
+    return list(words)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed query: every word of ``exact`` and a word starting with ``prefix``."""
+
+    exact: tuple[str, ...]
+    prefix: str
+
+    def matches(self, words: frozenset[str] | set[str]) -> bool:
+        """Whether a message with ``words`` is a result."""
+        return all(word in words for word in self.exact) and (
+            self.prefix in words or any(word.startswith(self.prefix) for word in words)
+        )
+
+
+class QueryError(ValueError):
+    """A query the protocol refuses (no word, too many words)."""
+
+
+def parse_query(text: str) -> Query:
+    """The query's words (joined like a message's whole words); the last one typed is the prefix."""
+    words = ["".join(runs)[:MAX_WORD_LENGTH] for runs in _words(text)]
+    if not words:
+        raise QueryError("Must contain at least one word (letters or digits).")
+    if len(words) > MAX_QUERY_WORDS:
+        raise QueryError(f"At most {MAX_QUERY_WORDS} words, not {len(words)}.")
+    return Query(tuple(dict.fromkeys(words[:-1])), words[-1])
+
+
+def prefix_upper_bound(prefix: str) -> str:
+    """The least string above every string that starts with ``prefix``."""
+    return prefix + "\U0010ffff"
+
+
+def newest_first(pages: list[tuple[list[Message], bool]], limit: int) -> tuple[list[Message], bool]:
+    """One group's results per page (newest first, up to ``limit``, and whether more
+    exist) merged into the newest ``limit`` of all, and whether more exist."""
+    merged = sorted(
+        (m for page, _ in pages for m in page),
+        key=lambda m: (m["timestamp"], m["id"]),  # ids: ObjectIds, rising within a process
+        reverse=True,
+    )
+    return merged[:limit], len(merged) > limit or any(more for _, more in pages)

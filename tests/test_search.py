@@ -1,0 +1,172 @@
+"""Search in the ``Store`` contract on both backends (words, prefixes, accents, edits,
+deletes, paging, several groups), the words a message is found by, and the Mongo
+query behind it: an index range per group, never a collection scan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import AsyncMongoClient
+
+from storage import search_words
+from storage.base import Store, now_ms
+from storage.mongo import MongoStore
+from storage.mongo_documents import WORDS_INDEX
+from storage.mongo_search import WordsBackfill, query_cursor
+from storage.search_words import QueryError, message_words, parse_query
+from tests.support.mongo import seed_mongo
+from tests.test_store_contract import (
+    ALGEBRA,
+    ALICE,
+    BOB,
+    GROUPS,
+    USERS,
+    ZOOLOGY,
+    _explain_facts,
+    send,
+    store,
+)
+
+STUDY = [
+    "¿Alguien resolvió las derivadas parciales del ejercicio 3?",
+    "The derivative of x squared is 2x",
+    "Resolví el 4 con la regla de la cadena",
+    "Nos vemos mañana en la BIBLIOTECA a las 10",
+    "Here is the link to the notes from last week: https://example.edu/notes",
+]
+
+
+async def search(store: Store, text: str, groups: tuple[str, ...] = (ZOOLOGY,), *, limit: int = 20,
+                 before_seq: int | None = None) -> tuple[list[str], bool]:
+    found, more = await store.search_messages(list(groups), parse_query(text), limit=limit, before_seq=before_seq)
+    return [m["content"] for m in found], more
+
+
+# -- the words --
+
+
+def test_words_are_folded_and_broken_by_unicode_rules() -> None:
+    assert message_words("¿Alguien RESOLVIÓ las Derivadas?") == ["alguien", "resolvio", "las", "derivadas"]
+    assert message_words("Straße ﬁnal café CAFÉ") == ["strasse", "final", "cafe"]
+    # A word with inner punctuation is stored whole and in parts.
+    assert message_words("don't 3.14 notes@uni.edu") == [
+        "dont", "don", "t", "314", "3", "14", "notes", "uniedu", "uni", "edu"]
+    # Scripts written without spaces break into characters.
+    assert message_words("数学の問題") == ["数", "学", "の", "問", "題"]
+    assert message_words("!!! ... ---") == []
+    assert len(message_words(" ".join(f"w{i}" for i in range(2000)))) == search_words.MAX_MESSAGE_WORDS
+    assert message_words("x" * 500) == ["x" * search_words.MAX_WORD_LENGTH]
+
+
+def test_a_query_is_exact_words_and_a_last_prefix() -> None:
+    query = parse_query("  Resolvió  las DERIV")
+    assert (query.exact, query.prefix) == (("resolvio", "las"), "deriv")
+    assert query.matches({"resolvio", "las", "derivadas"}) and not query.matches({"resolvio", "derivadas"})
+    for bad in ("", "   ", "¿?!", " ".join(["a"] * 11)):
+        with pytest.raises(QueryError):
+            parse_query(bad)
+    assert parse_query(" ".join(["a"] * 10)).prefix == "a"
+
+
+# -- the store contract --
+
+
+async def test_spanish_and_english_are_found_without_case_or_accents(store: Store) -> None:
+    for i, text in enumerate(STUDY):
+        await send(store, (ALICE, BOB)[i % 2], text)
+    assert (await search(store, "resolvio"))[0] == [STUDY[0]]
+    assert (await search(store, "RESOLVÍ"))[0] == [STUDY[2], STUDY[0]]  # a prefix of "resolvio" too; newest first
+    assert (await search(store, "deriv"))[0] == [STUDY[1], STUDY[0]]
+    assert (await search(store, "manana biblio"))[0] == [STUDY[3]]
+    assert (await search(store, "notes last week"))[0] == [STUDY[4]]
+    assert (await search(store, "example.edu"))[0] == [STUDY[4]]
+    # Every word must be there; only the last one is a prefix.
+    assert (await search(store, "deriv las"))[0] == []
+    assert (await search(store, "las deriv"))[0] == [STUDY[0]]
+    assert (await search(store, "quimica"))[0] == []
+
+
+async def test_edits_are_reindexed_and_deleted_messages_never_match(store: Store) -> None:
+    first = await send(store, ALICE, "Las derivadas son fáciles")
+    second = await send(store, BOB, "Las integrales también")
+    edited = await store.edit_message(ZOOLOGY, first["id"], ALICE, "Las series convergen")
+    assert edited is not None
+    assert (await search(store, "deriv"))[0] == []
+    assert (await search(store, "converg"))[0] == ["Las series convergen"]
+    assert (await search(store, "las"))[0] == ["Las integrales también", "Las series convergen"]
+    await store.delete_message(ZOOLOGY, second["id"], BOB)
+    await store.delete_message(ZOOLOGY, first["id"], None, deleted_by=BOB)  # a moderator's
+    assert await search(store, "las") == ([], False)
+    assert await search(store, "integrales") == ([], False)
+
+
+async def test_results_page_newest_first_with_before_seq(store: Store) -> None:
+    sent = [await send(store, ALICE, f"tarea {i}" if i % 2 else "otra cosa") for i in range(1, 12)]
+    tareas = [m for m in sent if m["content"].startswith("tarea")]
+    page, more = await store.search_messages([ZOOLOGY], parse_query("tarea"), limit=4)
+    assert [m["seq"] for m in page] == [m["seq"] for m in reversed(tareas)][:4] and more
+    assert page[0] == await store.get_message(ZOOLOGY, page[0]["id"])  # the whole message object
+    rest, more = await store.search_messages([ZOOLOGY], parse_query("tarea"), limit=4, before_seq=page[-1]["seq"])
+    assert [m["seq"] for m in rest] == [m["seq"] for m in reversed(tareas)][4:] and not more
+
+
+async def test_several_groups_are_searched_newest_first(store: Store) -> None:
+    await send(store, ALICE, "examen zoología", group=ZOOLOGY)
+    await send(store, ALICE, "examen álgebra", group=ALGEBRA)
+    await send(store, BOB, "examen zoología otra vez", group=ZOOLOGY)
+    assert (await search(store, "examen", (ZOOLOGY, ALGEBRA)))[0] == [
+        "examen zoología otra vez", "examen álgebra", "examen zoología"]
+    assert await search(store, "examen", (ZOOLOGY, ALGEBRA), limit=2) == (
+        ["examen zoología otra vez", "examen álgebra"], True)
+    assert (await search(store, "examen", (ALGEBRA,)))[0] == ["examen álgebra"]
+
+
+# -- Mongo --
+
+
+async def test_a_search_is_an_index_range_of_the_group_not_a_scan(mongo_uri: str, mongo_db_name: str) -> None:
+    await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
+    store = MongoStore(mongo_uri, mongo_db_name)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+    await store.open()
+    try:
+        for i in range(300):
+            await send(store, ALICE, f"mensaje de relleno número {i}")
+            if i % 100 == 50:
+                await send(store, BOB, f"las derivadas parciales {i}")
+        messages = client[mongo_db_name].messages
+        for text, most in (("derivadas", 3), ("las deriv", 3), ("deriv", 3), ("parciales deriv", 3)):
+            stages, indexes, keys, docs = _explain_facts(
+                await query_cursor(messages, ZOOLOGY, parse_query(text), limit=20).explain())
+            assert "COLLSCAN" not in stages and indexes == {WORDS_INDEX}, (text, stages, indexes)
+            assert keys <= most and docs <= most, (text, keys, docs)
+    finally:
+        await store.close()
+        await client.close()
+
+
+async def test_messages_stored_before_search_get_their_words(mongo_uri: str, mongo_db_name: str) -> None:
+    await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
+    store = MongoStore(mongo_uri, mongo_db_name)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+    await store.open()
+    try:
+        live = await send(store, ALICE, "Apuntes de la semana pasada")
+        db = client[mongo_db_name]
+        older = [{"_id": ObjectId(), "group_id": ObjectId(ZOOLOGY), "seq": live["seq"] + i, "sender_id": ObjectId(BOB),
+                  "sender": "B", "content": f"apuntes viejos {i}", "deleted": False, "client_msg_id": None,
+                  "edited_at": None, "timestamp": now_ms()} for i in (1, 2)]
+        await db.messages.insert_many(older)
+        assert (await search(store, "apuntes"))[0] == ["Apuntes de la semana pasada"]
+        assert await WordsBackfill(db).run() == 2
+        assert (await search(store, "apuntes"))[0] == ["apuntes viejos 2", "apuntes viejos 1", "Apuntes de la semana pasada"]
+        # Written later by a server that does not know search (a rolling upgrade): the next run finds it.
+        await db.messages.insert_one({**older[0], "_id": ObjectId(), "seq": live["seq"] + 3, "content": "apuntes nuevos"})
+        assert await WordsBackfill(db).run() == 1
+        assert await WordsBackfill(db).run() == 0
+        assert (await search(store, "apuntes nuevos"))[0] == ["apuntes nuevos"]
+    finally:
+        await store.close()
+        await client.close()
