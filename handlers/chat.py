@@ -7,6 +7,7 @@ protocol fixes and turns store answers into success payloads.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from .errors import ChatError, invalid
 from .notifications import Notifier
 
 Publish = Callable[[Message], Awaitable[None]]
+SEARCHES_AT_ONCE = 4  # per process
 
 
 class ChatService:
@@ -28,6 +30,9 @@ class ChatService:
         self.notifier = notifier  # webhooks; None when they are not configured
         # One writer per group in this process: rev (and seq) order is broadcast order.
         self._writer = KeyedLock()
+        # Searches read more than other events: a few at a time, so a burst of them
+        # cannot take every storage connection from sends and joins.
+        self._searches = asyncio.Semaphore(SEARCHES_AT_ONCE)
 
     async def user_name(self, user_id: str) -> str | None:
         """The user's display name; ``None`` when there is no ``users`` document."""
@@ -63,6 +68,19 @@ class ChatService:
             tag=None if name is None else conversation.filter_tag(name, user_id),
         )
         return {"ok": True, "messages": messages, "has_more": has_more}
+
+    async def search(self, user_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """``search_messages``: in one group (a member's) or in all of the caller's groups."""
+        if "group_id" in data:
+            await self.group_for(user_id, data["group_id"])
+            group_ids = [data["group_id"]]
+        else:
+            group_ids = sorted((await self.store.user_groups([user_id]))[user_id])
+        async with self._searches:
+            results, has_more = await self.store.search_messages(
+                group_ids, data["query"], limit=data["limit"], before_seq=data.get("before_seq")
+            )
+        return {"ok": True, "results": results, "has_more": has_more}
 
     async def changes(self, user_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """``get_changes``: the messages changed after ``after_rev``, in ``rev`` order."""

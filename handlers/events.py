@@ -85,6 +85,7 @@ class ChatEvents:
             "edit_message": self.edit_message,
             "delete_message": self.delete_message,
             "refresh_token": self.refresh_token,
+            "search_messages": self.search_messages,
             **ConversationEvents(self.chat, self._updated).handlers(),
         }.items():
             self.sio.on(event, self._boundary(event, handler))
@@ -309,6 +310,9 @@ class ChatEvents:
 
     async def get_history(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         return await self.chat.history(conn.user_id, data)
+
+    async def search_messages(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
+        return await self.chat.search(conn.user_id, data)
 
     async def get_changes(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         return await self.chat.changes(conn.user_id, data)

@@ -15,7 +15,7 @@ from typing import Any
 import emoji as emoji_data
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, pre_load
 
-from storage import conversation
+from storage import conversation, search_words
 from storage.base import ID_RE
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -142,6 +142,20 @@ class Emoji(fields.Field):
         return value
 
 
+class SearchQuery(fields.Field):
+    """Search text: 1 to ``MAX_QUERY_LENGTH`` code points holding 1 to
+    ``MAX_QUERY_WORDS`` words (``storage.search_words``); loaded as the parsed query."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = _check_text(value)
+        if not 1 <= len(value) <= search_words.MAX_QUERY_LENGTH:
+            raise ValidationError(f"Must be 1 to {search_words.MAX_QUERY_LENGTH} characters.")
+        try:
+            return search_words.parse_query(value)
+        except search_words.QueryError as exc:
+            raise ValidationError(str(exc)) from None
+
+
 class Token(fields.Field):
     """A JWT as text: 1 to ``MAX_TOKEN`` characters (verified by the handler, not here)."""
 
@@ -246,6 +260,13 @@ class DeleteMessage(GroupRef):
     message_id = ObjectIdString(required=True)
 
 
+class SearchMessages(EventSchema):
+    query = SearchQuery(required=True)
+    group_id = ObjectIdString()
+    before_seq = StrictInteger(minimum=1)
+    limit = StrictInteger(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT)
+
+
 class RefreshToken(EventSchema):
     token = Token(required=True)
 
@@ -265,6 +286,7 @@ SCHEMAS: dict[str, Schema] = {
     "react": React(),
     "pin_message": PinMessage(),
     "accept_answer": AcceptAnswer(),
+    "search_messages": SearchMessages(),
 }
 
 
@@ -400,6 +422,33 @@ def history_query(group_id: str, query: Mapping[str, str]) -> dict[str, Any]:
         loaded = load("get_history", (data,))
     except ValidationError as exc:
         errors = {**exc.normalized_messages(), **errors}
+    if errors:
+        raise ValidationError(errors)
+    return loaded
+
+
+def search_query(query: Mapping[str, str]) -> dict[str, Any]:
+    """Validate ``GET /search`` (query strings ``q``, ``group_id``, ``limit``,
+    ``before_seq``) by ``search_messages``' rules; errors name the parameters."""
+    data: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for name in ("limit", "before_seq"):
+        if name in query:
+            if _INT_RE.fullmatch(query[name]):
+                data[name] = int(query[name])
+            else:
+                errors[name] = ["Must be an integer."]
+    if "q" in query:
+        data["query"] = query["q"]
+    if "group_id" in query:
+        data["group_id"] = query["group_id"]
+    try:
+        loaded = load("search_messages", (data,))
+    except ValidationError as exc:
+        found = exc.normalized_messages()
+        if isinstance(found, dict) and "query" in found:
+            found["q"] = found.pop("query")
+        errors = {**found, **errors}
     if errors:
         raise ValidationError(errors)
     return loaded

@@ -22,7 +22,7 @@ from handlers.notifications import Notifier
 from realtime.codec import StrictPacket
 from realtime.manager import FastManager
 from realtime.socket_server import FastSocketServer
-from storage import Store, make_outbox, make_store
+from storage import Store, make_outbox, make_store, mongo_search
 from storage.mongo import MongoStore
 from storage.mongo_revisions import backfill_in_background
 
@@ -190,8 +190,8 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     backfill = None
     if isinstance(store, MongoStore):
-        # Messages stored before revisions existed get theirs while the server serves.
-        backfill = asyncio.ensure_future(backfill_in_background(store))
+        # Messages stored before revisions (or search) existed get theirs while the server serves.
+        backfill = asyncio.ensure_future(_backfill(store))
     try:
         if CLUSTER in app:
             async for _ in app[CLUSTER].lifecycle(app[EVENTS]):
@@ -203,6 +203,11 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
             backfill.cancel()
             await asyncio.gather(backfill, return_exceptions=True)
         await store.close()
+
+
+async def _backfill(store: MongoStore) -> None:
+    await backfill_in_background(store)
+    await mongo_search.backfill_in_background(store.database)
 
 
 def _webhook_sender(settings: Settings, storage: Store, metrics: Metrics) -> WebhookSender | None:

@@ -34,6 +34,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/study-groups", list_groups)
     app.router.add_get("/study-groups/{group_id:[^/]+}/messages", group_messages)
+    app.router.add_get("/search", search)
     app.router.add_get("/demo/users", demo_users)
     app.router.add_post("/demo/token", demo_token)
     app.router.add_get("/", index)
@@ -101,6 +102,17 @@ async def group_messages(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise invalid(exc.normalized_messages()) from None
     return web.json_response(await request.app[CHAT].history(user_id, data))
+
+
+@api_route
+async def search(request: web.Request) -> web.Response:
+
+    user_id = await _authenticated(request)
+    try:
+        data = schemas.search_query(request.query)
+    except ValidationError as exc:
+        raise invalid(exc.normalized_messages()) from None
+    return web.json_response(await request.app[CHAT].search(user_id, data))
 
 
 async def healthz(request: web.Request) -> web.Response:
