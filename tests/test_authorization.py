@@ -68,9 +68,9 @@ IDENTITIES = [
 EVENTS = [
     "list_groups", "join_group", "leave_group", "send_message", "get_history",
     "typing", "mark_read", "edit_message", "delete_message", "get_changes", "refresh_token",
-    "react", "pin_message", "accept_answer",
+    "react", "pin_message", "accept_answer", "search_messages",
 ]
-USER_ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages"]
+USER_ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages", "GET /search"]
 SERVICE_ROUTES = ["POST /study-groups/{id}/messages", "POST /study-groups/{id}/membership-changed"]
 ROUTES = USER_ROUTES + SERVICE_ROUTES
 
@@ -109,6 +109,7 @@ def payload(identity: str, event: str, scene: Scene) -> Any:
         "react": {"group_id": group, "message_id": message_id, "emoji": "👍", "on": True},
         "pin_message": {"group_id": group, "message_id": message_id, "pinned": True},
         "accept_answer": {"group_id": group, "question_id": message_id, "answer_id": None},
+        "search_messages": {"query": SECRET, "group_id": group},
     }
     data = payloads[event]
     if identity == "sender-id-spoofing":
@@ -320,6 +321,18 @@ async def _http_as(server_url: str, identity: str, route: str) -> None:
             body = await resp.json()
             assert resp.status == 403 and set(body) == NO_LEAK and body["error"]["code"] == "not_member", body
             assert SECRET not in json.dumps(body)
+        elif route == "GET /search":
+            sep = "&" if query else "?"
+            resp = await http.get(f"{server_url}/search{query}{sep}q={SECRET}&group_id={target(identity)}",
+                                  headers=headers)
+            body = await resp.json()
+            assert resp.status == 403 and set(body) == NO_LEAK and body["error"]["code"] == "not_member", body
+            # Across the caller's own groups: nothing of the groups it is not in.
+            resp = await http.get(f"{server_url}/search{query}{sep}q={SECRET}", headers=headers)
+            body = await resp.json()
+            assert resp.status == 200 and body["ok"] is True, body
+            assert {m["group_id"] for m in body["results"]} <= ({MATHS} if USER[identity] == CAROL else set()), body
+            assert "Ana's own" not in json.dumps(body)
         else:  # the platform's routes: no user may call them, in a group of theirs or not
             for group in (target(identity), MATHS):
                 method, path, data = _route_request(route, group, query)
@@ -339,7 +352,7 @@ def test_the_table_covers_every_event_and_route(settings, store):
     app = create_app(settings, storage=store)
     routes = {
         f"{r.method} {r.resource.canonical}" for r in app.router.routes()
-        if r.resource.canonical.startswith("/study-groups") and r.method not in ("HEAD", "OPTIONS")
+        if r.resource.canonical.startswith(("/study-groups", "/search")) and r.method not in ("HEAD", "OPTIONS")
     }
     assert {route.replace("{id}", "{group_id}") for route in ROUTES} == routes
 
