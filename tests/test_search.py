@@ -10,11 +10,11 @@ import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 
-from storage import search_words
+from storage import mongo_search, search_words
 from storage.base import Store, now_ms
 from storage.mongo import MongoStore
 from storage.mongo_documents import WORDS_INDEX
-from storage.mongo_search import WordsBackfill, query_cursor
+from storage.mongo_search import FIRST_WINDOW, WordsBackfill, lead_filter, prefix_filter
 from storage.search_words import QueryError, message_words, parse_query
 from tests.support.mongo import seed_mongo
 from tests.test_store_contract import (
@@ -126,22 +126,45 @@ async def test_several_groups_are_searched_newest_first(store: Store) -> None:
 # -- Mongo --
 
 
-async def test_a_search_is_an_index_range_of_the_group_not_a_scan(mongo_uri: str, mongo_db_name: str) -> None:
+async def test_a_search_reads_index_windows_of_the_group_not_the_collection(
+    mongo_uri: str, mongo_db_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
     store = MongoStore(mongo_uri, mongo_db_name)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
     await store.open()
     try:
-        for i in range(300):
-            await send(store, ALICE, f"mensaje de relleno número {i}")
-            if i % 100 == 50:
-                await send(store, BOB, f"las derivadas parciales {i}")
+        total = FIRST_WINDOW * 2 + 100
+        gid = ObjectId(ZOOLOGY)
+        docs = []
+        for seq in range(1, total + 1):
+            text = f"las derivadas parciales {seq}" if seq % 500 == 0 else f"notes de relleno {seq}"
+            docs.append({"_id": ObjectId(), "group_id": gid, "seq": seq, "rev": seq, "revs": [seq], "kind": "message",
+                         "sender_id": ObjectId(ALICE), "sender": "A", "content": text, "words": message_words(text),
+                         "timestamp": now_ms(), "client_msg_id": None, "edited_at": None, "deleted": False})
         messages = client[mongo_db_name].messages
-        for text, most in (("derivadas", 3), ("las deriv", 3), ("deriv", 3), ("parciales deriv", 3)):
-            stages, indexes, keys, docs = _explain_facts(
-                await query_cursor(messages, ZOOLOGY, parse_query(text), limit=20).explain())
+        await messages.insert_many(docs)
+        assert (await search(store, "las deriv"))[0] == [f"las derivadas parciales {s}" for s in (1000, 500)]
+        newest = [f"notes de relleno {s}" for s in range(total, total - 7, -1)]
+        assert await search(store, "notes", limit=5) == (newest[:5], True)
+        assert await search(store, "relle", limit=5, before_seq=total - 1) == (newest[2:7], True)
+        # A rare prefix: past the walk of the newest messages, the older ones holding it.
+        monkeypatch.setattr(mongo_search, "NEWEST_READ_PER_RESULT", 3)
+        assert (await search(store, "deriv"))[0] == [f"las derivadas parciales {s}" for s in (1000, 500)]
+        assert (await search(store, "deriv", before_seq=1000))[0] == ["las derivadas parciales 500"]
+        top = total + 1
+        # What one search reads: one index window of its longest exact word, or (the
+        # query being one word, on SecantusDB) the range of words its prefix starts.
+        element_ranges = "secantusVersion" not in await client.admin.command("buildInfo")
+        for text, low, most in (("parciales", 1, 2), ("las deriv", 1, 2), ("deriv", 1, 2), ("derivadas", 1, 2),
+                                ("relleno notes", top - FIRST_WINDOW, FIRST_WINDOW)):
+            query = parse_query(text)
+            selector = lead_filter(gid, query, low, top)
+            if not query.exact and not element_ranges:
+                selector = prefix_filter(gid, query)
+            stages, indexes, keys, read = _explain_facts(await messages.find(selector).explain())
             assert "COLLSCAN" not in stages and indexes == {WORDS_INDEX}, (text, stages, indexes)
-            assert keys <= most and docs <= most, (text, keys, docs)
+            assert keys <= most and read <= most, (text, keys, read)
     finally:
         await store.close()
         await client.close()
