@@ -54,7 +54,9 @@ def _meta() -> dict[str, Any]:
             "versions": versions}
 
 
-def run_storage(procs: Procs, quick: bool) -> dict[str, Any]:
+def _on_secantus(procs: Procs, name: str, args: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run ``python -m bench.<name> --uri --db-pid --out <args>`` (on the swarm's core)
+    against a fresh SecantusDB (on the server's core); its JSON, or why there is none."""
     if not shutil.which("secantusd-py", path=str(ROOT / ".venv" / "bin")):
         return {"skipped": "secantusd-py is not installed in .venv"}
     data = WORK / "secantus"
@@ -62,34 +64,60 @@ def run_storage(procs: Procs, quick: bool) -> dict[str, Any]:
     port = free_port()
     db = procs.start("secantusd", [str(ROOT / ".venv" / "bin" / "secantusd-py"), "--host", "127.0.0.1",
                                    "--port", str(port), "--storage-path", str(data), "--log-level", "WARNING"])
-    out_file = WORK / "storage.json"
+    out_file = WORK / f"{name}.json"
     out_file.unlink(missing_ok=True)
     try:
         wait_port(port, db, timeout_s=60)
-        histories = "1000,10000" if quick else "1000,50000"
-        argv = [PYTHON, "-m", "bench.storage", "--uri", f"mongodb://127.0.0.1:{port}/?retryWrites=false",
-                "--db-pid", str(db.pid), "--histories", histories, "--out", str(out_file)]
-        if quick:
-            argv.append("--quick")
-        else:
-            argv.append("--break-test")
-        client = procs.start("storage", argv, core="0")
+        argv = [PYTHON, "-m", f"bench.{name}", "--uri", f"mongodb://127.0.0.1:{port}/?retryWrites=false",
+                "--db-pid", str(db.pid), "--out", str(out_file), *args]
+        client = procs.start(name, argv, core="0")
         try:
-            client.wait(timeout=300 if not quick else 120)
+            client.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return {"error": "storage scenario did not finish in time"}
+            return {"error": f"{name} scenario did not finish in time"}
         finally:
             procs.stop(client)
         if client.returncode != 0 or not out_file.exists():
-            return {"error": f"storage scenario failed (exit {client.returncode}); see {LOGS / 'storage.log'}"}
-        result = json.loads(out_file.read_text())
-        if quick:
-            result["note"] = "quick mode: 1k vs 10k history and no push-to-the-cap test"
-        return result
+            return {"error": f"{name} scenario failed (exit {client.returncode}); see {LOGS / f'{name}.log'}"}
+        return json.loads(out_file.read_text())
     except BenchError as exc:
         return {"error": str(exc)}
     finally:
         procs.stop(db, grace_s=10)
+
+
+def run_storage(procs: Procs, quick: bool) -> dict[str, Any]:
+    args = ["--histories", "1000,10000" if quick else "1000,50000", "--quick" if quick else "--break-test"]
+    result = _on_secantus(procs, "storage", args, 300 if not quick else 120)
+    if quick and "results" in result:
+        result["note"] = "quick mode: 1k vs 10k history and no push-to-the-cap test"
+    return result
+
+
+def run_search(procs: Procs, quick: bool) -> dict[str, Any]:
+    args = ["--messages", "10000", "--quick"] if quick else ["--messages", "100000"]
+    result = _on_secantus(procs, "search", args, 900 if not quick else 180)
+    if "queries" in result:
+        result["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": _meta()["commit"]}
+    return result
+
+
+def _search_only(procs: Procs, plan: Plan) -> int:
+    stem = "quick" if plan.quick else "latest"
+    path = RESULTS / f"{stem}.json"
+    if not path.exists():
+        print(f"bench: {path} does not exist; run the whole benchmark first", file=sys.stderr)
+        return 2
+    results = json.loads(path.read_text())
+    log.info("search: latency with %s messages in one group", "10,000" if plan.quick else "100,000")
+    try:
+        results["search"] = run_search(procs, plan.quick)
+    finally:
+        procs.stop_all()
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / f"{stem}.md").write_text(report.markdown(results))
+    print("\n".join(report.search_table(results)))
+    return 0
 
 
 def _lock():
@@ -112,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     parser.add_argument("--skip-storage", action="store_true")
     parser.add_argument("--skip-redis", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--search-only", action="store_true",
+                        help="measure search alone and put it into the existing results (latest or quick)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -128,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = time.monotonic()
+    if args.search_only:
+        return _search_only(procs, plan)
     results: dict[str, Any] = {"meta": _meta(), "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
                                "peers": {}, "redis": {}}
     try:
@@ -156,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             results["storage"] = run_storage(procs, plan.quick)
             if "error" in results["storage"] or "skipped" in results["storage"]:
                 log.warning("  storage: %s", results["storage"])
+        if args.skip_search:
+            results["search"] = {"skipped": "--skip-search"}
+        else:
+            log.info("search: latency with %s messages in one group", "10,000" if plan.quick else "100,000")
+            results["search"] = run_search(procs, plan.quick)
     finally:
         procs.stop_all()
     results["meta"]["duration_s"] = time.monotonic() - started

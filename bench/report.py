@@ -245,6 +245,29 @@ def storage_table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def search_table(results: dict[str, Any]) -> list[str]:
+    se = results.get("search") or {}
+    if "queries" not in se:
+        return [f"Not run: {se.get('skipped') or se.get('error') or 'not requested'}."]
+    meta = se.get("meta") or {}
+    rows = [f"{se['messages']:,} messages in one group, a page of {se['limit']}, one search at a time"
+            + (f" (measured {meta['date']}, commit `{meta['commit']}`)" if meta else "") + ". "
+            "`this`: `MongoStore.search_messages` (the words index); `embedded`: the in-memory store; "
+            "`scan`: a case-insensitive `$regex` over the group's messages, what a server without a words "
+            "index does (it misses accent-free matches).", "",
+            "| query | kind | this: p50 / p95 ms | CPU ms per search (DB + client) | results | embedded p50 ms "
+            "| scan p50 ms (results) | scan / this (p50) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for kind, row in se["queries"].items():
+        this, emb, scan = row["this"], row["embedded"], row.get("scan")
+        rows.append(
+            f"| `{row['query']}` | {kind} | **{_f(this['p50_ms'], 1)}** / {_f(this['p95_ms'], 1)} | "
+            f"{_f(this['cpu_ms_per_search'], 1)} | {this['results']} | {_f(emb['p50_ms'], 2)} | "
+            + (f"{_f(scan['p50_ms'])} ({scan['results']}) | {_ratio(scan['p50_ms'], this['p50_ms'])} |" if scan else "– | – |")
+        )
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["meta"]
     out = [
@@ -277,6 +300,8 @@ def markdown(results: dict[str, Any]) -> str:
     out += redis_table(results)
     out += ["", "## Per-send storage cost vs history (SecantusDB, MongoDB wire protocol)", ""]
     out += storage_table(results)
+    out += ["", "## Search (SecantusDB, MongoDB wire protocol)", ""]
+    out += search_table(results)
     out += ["", "Other load: share of the server's core (1) and of the swarm's core (0) that other processes "
             "used during the window (from /proc/stat; this machine is shared). ⚠ marks more than 15 %: wall-clock "
             "rates and latencies of that row are suspect, per-CPU-second figures less so. A window with more than "
