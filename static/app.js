@@ -4,6 +4,9 @@
 // data-testid attributes.
 
 import { Connection, Outbox } from "./client.js";
+import { Compose } from "./compose.js";
+import { Conversation } from "./conversation.js";
+import { reactionPicker } from "./message_view.js";
 import { People, TypingAnnouncer } from "./people.js";
 import { demoToken, demoUsers, forgetSession, saveSession, savedSession, tokenSubject } from "./session.js";
 import { Timeline, el } from "./timeline.js";
@@ -24,6 +27,8 @@ const ui = {
   groupName: $("group-name"), groupId: $("group-id"), placeholder: $("placeholder"),
   scroller: $("scroller"), historyTop: $("history-top"), loadOlder: $("load-older"), historyStart: $("history-start"),
   composer: $("composer"), input: $("message-input"), send: $("send"), editBanner: $("edit-banner"),
+  askQuestion: $("ask-question"), searchInput: $("search-input"), searchButton: $("search-button"),
+  unanswered: $("filter-unanswered"),
 };
 
 const state = {
@@ -44,6 +49,27 @@ const state = {
 const people = new People($("online"), $("typing"));
 people.onMyName = (name) => { ui.me.textContent = name; };
 const typing = new TypingAnnouncer((groupId, isTyping) => state.conn?.notify("typing", { group_id: groupId, is_typing: isTyping }));
+const compose = new Compose({
+  input: ui.input, replyBanner: $("reply-banner"), replyText: $("reply-text"), replyCancel: $("reply-cancel"),
+  questionToggle: ui.askQuestion, suggestions: $("mention-suggestions"), candidates: mentionCandidates,
+});
+const conversation = new Conversation({
+  pinnedBar: $("pinned-bar"), pinnedList: $("pinned-list"), panel: $("panel"), panelTitle: $("panel-title"),
+  panelList: $("panel-list"), panelClose: $("panel-close"), searchForm: $("search-form"), searchInput: ui.searchInput,
+  unanswered: ui.unanswered, request: (event, payload) => state.conn.request(event, payload),
+  groupName: (id) => state.groups.find((g) => g.id === id)?.name, jump: jumpTo,
+  error: (err) => showError(describe(err)),
+});
+
+/** Whom the open group's messages may mention: the members seen there (online or in its messages). */
+function mentionCandidates() {
+  const ids = new Set(people.online);
+  for (const m of state.view?.bySeq.values() ?? []) if (m.sender_id) ids.add(m.sender_id);
+  ids.delete(state.me);
+  return [...ids].map((id) => ({ id, name: people.nameOf(id) }))
+    .filter((p) => p.name && p.name !== p.id)
+    .sort((a, b) => a.name.localeCompare(b.name));
+}
 
 // -- errors and connection state --
 
@@ -89,6 +115,7 @@ function signIn(token, demoUser = null) {
   ui.signIn.hidden = true;
   ui.chat.hidden = false;
   ui.signOut.hidden = false;
+  ui.searchInput.disabled = ui.searchButton.disabled = false;
   state.conn = new Connection(token, {
     state: setConnectionState, connected: onConnected, refused: onRefused, event: onServerEvent,
     expiring: onSessionExpiring, ended: onSessionEnded,
@@ -114,6 +141,7 @@ function signOut() {
   ui.chat.hidden = true;
   ui.signIn.hidden = false;
   ui.signOut.hidden = true;
+  ui.searchInput.disabled = ui.searchButton.disabled = true;
   ui.me.textContent = "";
   setConnectionState("disconnected");
 }
@@ -284,6 +312,7 @@ function mergeIntoView(view, messages, options = {}) {
     // One of our sends came back (possibly from before a reconnect): stop resending it.
     if (m.sender_id === state.me && m.client_msg_id) state.outbox.settle(m);
   }
+  conversation.note(view, messages);
   const shown = view === state.view;
   const stick = shown && nearBottom();
   const added = view.merge(messages, options);
@@ -312,6 +341,10 @@ function renderGroups() {
       button.append(el("span", { class: "group-name" }, group.name));
       if (group.unread_count > 0) {
         button.append(el("span", { class: "badge", "data-testid": "unread-count", title: "unread messages" }, String(group.unread_count)));
+      }
+      if (group.mention_count > 0) {
+        button.append(el("span", { class: "badge mention", "data-testid": "mention-count", title: "messages that mention you" },
+          `@${group.mention_count}`));
       }
       const item = el("li");
       item.append(button);
@@ -350,6 +383,7 @@ async function openGroup(groupId) {
   people.reset();
   people.setOnline(ack.online);
   showGroup(next, ack.group.name);
+  conversation.open(next);
   next.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
   next.applyUpTo(ack.latest_rev); // read before the page: every change up to it is in the page
   mergeIntoView(next, ack.messages);
@@ -367,7 +401,10 @@ function showGroup(view, name = "") {
   ui.placeholder.hidden = view !== null;
   ui.groupName.textContent = view ? name : "No group open";
   ui.groupId.textContent = view ? view.groupId : "";
-  ui.input.disabled = ui.send.disabled = view === null; // offline sends wait in the outbox
+  ui.input.disabled = ui.send.disabled = ui.askQuestion.disabled = view === null; // offline sends wait in the outbox
+  ui.unanswered.disabled = view === null;
+  if (!view) conversation.open(null);
+  compose.reset();
   renderGroups();
   updateHistoryTop();
   if (view) ui.input.focus();
@@ -440,7 +477,7 @@ async function markRead() {
   try {
     const ack = await state.conn.request("mark_read", { group_id: view.groupId, seq: view.top });
     const group = state.groups.find((g) => g.id === view.groupId);
-    if (group) group.unread_count = ack.unread_count;
+    if (group) Object.assign(group, { unread_count: ack.unread_count, mention_count: ack.mention_count });
     renderGroups();
   } catch {
     view.lastMarked = 0; // best effort: try again with the next message
@@ -507,7 +544,7 @@ function submit() {
     saveEdit(text);
     return;
   }
-  const entry = state.outbox.add(state.view.groupId, text);
+  const entry = state.outbox.add(state.view.groupId, text, compose.take(text));
   state.view.addPending(entry, people.nameOf(state.me));
   ui.input.value = "";
   typing.stop();
@@ -588,8 +625,77 @@ function onMessageAction(button) {
     return;
   }
   const message = view.messageOf(button);
-  if (message && button.dataset.action === "edit") startEdit(message);
-  if (message && button.dataset.action === "delete") deleteMessage(message, button);
+  if (!message) return;
+  const action = button.dataset.action;
+  if (action === "edit") startEdit(message);
+  else if (action === "delete") deleteMessage(message, button);
+  else if (action === "reply") {
+    compose.setReply(message);
+    ui.input.focus();
+  } else if (action === "react") toggleReactionPicker(button);
+  else if (action === "pick-reaction") {
+    closeReactionPicker(true);
+    change("react", { message_id: message.id, emoji: button.dataset.emoji, on: true });
+  } else if (action === "toggle-reaction") {
+    change("react", { message_id: message.id, emoji: button.dataset.emoji, on: button.getAttribute("aria-pressed") !== "true" });
+  } else if (action === "pin") change("pin_message", { message_id: message.id, pinned: !message.pinned });
+  else if (action === "accept") {
+    const accepted = button.getAttribute("aria-pressed") === "true";
+    change("accept_answer", { question_id: button.dataset.questionId, answer_id: accepted ? null : message.id });
+  } else if (action === "jump") jumpTo(view.groupId, Number(button.dataset.jumpSeq));
+}
+
+/** A reaction, pin or acceptance: the ack carries the changed message (the room gets it too). */
+async function change(event, payload) {
+  const view = state.view;
+  try {
+    const ack = await state.conn.request(event, { group_id: view.groupId, ...payload });
+    if (state.view === view) mergeIntoView(view, [ack.message]);
+  } catch (err) {
+    showError(describe(err));
+  }
+}
+
+function toggleReactionPicker(button) {
+  const item = button.closest("li.message");
+  const open = item.querySelector(".reaction-picker");
+  closeReactionPicker(false);
+  if (open) return;
+  item.append(reactionPicker());
+  button.setAttribute("aria-expanded", "true");
+  item.querySelector(".reaction-picker button").focus();
+}
+
+/** Close the open picker; `refocus` puts the focus back on its message's React button. */
+function closeReactionPicker(refocus) {
+  for (const picker of document.querySelectorAll(".reaction-picker")) {
+    const item = picker.closest("li.message");
+    picker.remove();
+    const opener = item?.querySelector('[data-action="react"]');
+    opener?.setAttribute("aria-expanded", "false");
+    if (refocus) opener?.focus();
+  }
+}
+
+/** Open a message in its group (a search result, a pin, a quote): older pages load until it is there. */
+async function jumpTo(groupId, seq) {
+  if (state.view?.groupId !== groupId) await openGroup(groupId);
+  const view = state.view;
+  if (!view || view.groupId !== groupId) return;
+  while (!view.nodes.has(seq) && view.hasOlder && state.view === view && state.conn.connected) {
+    if (view.loadingOlder) await new Promise((resolve) => setTimeout(resolve, 50));
+    else await loadOlder();
+  }
+  const node = view.nodes.get(seq);
+  if (!node) {
+    showError("That message is not in this group's history any more.");
+    return;
+  }
+  node.scrollIntoView({ block: "center" });
+  node.classList.add("highlight");
+  setTimeout(() => view.nodes.get(seq)?.classList.remove("highlight"), 2500);
+  node.tabIndex = -1;
+  node.focus({ preventScroll: true });
 }
 
 // -- wiring --
@@ -625,11 +731,13 @@ function wire() {
     submit();
   });
   ui.input.addEventListener("keydown", (event) => {
+    if (compose.onKey(event)) return;
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       submit();
     } else if (event.key === "Escape") {
       cancelEdit();
+      compose.setReply(null);
     }
   });
   ui.input.addEventListener("input", () => {
@@ -643,6 +751,9 @@ function wire() {
   ui.scroller.addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
     if (button && state.view) onMessageAction(button);
+  });
+  ui.scroller.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && event.target.closest(".reaction-picker")) closeReactionPicker(true);
   });
   document.addEventListener("visibilitychange", markReadSoon);
 }

@@ -129,8 +129,9 @@ export class Outbox {
     this.entries = new Map(); // client_msg_id -> entry, in creation order
   }
 
-  add(groupId, content) {
-    const entry = { id: newClientMsgId(), groupId, content, attempt: 0, timer: null, error: null };
+  /** `extra`: send_message's other fields (reply_to, kind, mentions), sent with every try. */
+  add(groupId, content, extra = {}) {
+    const entry = { id: newClientMsgId(), groupId, content, extra, attempt: 0, timer: null, error: null };
     this.entries.set(entry.id, entry);
     return entry;
   }
@@ -144,7 +145,7 @@ export class Outbox {
     if (!this.connection.connected || entry.error) return; // flush() sends it on reconnect
     const attempt = ++entry.attempt;
     if (attempt > 1) this.callbacks.retrying(entry);
-    const payload = { group_id: entry.groupId, content: entry.content, client_msg_id: entry.id };
+    const payload = { ...entry.extra, group_id: entry.groupId, content: entry.content, client_msg_id: entry.id };
     this.connection.request("send_message", payload).then(
       (ack) => {
         this.settle(ack.message);

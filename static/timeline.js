@@ -1,6 +1,10 @@
 // One group's messages as the page shows them: each seq once, in seq order,
 // then our own sends that wait for their ack. Everything the server sends is
-// put on the page with textContent, never parsed as HTML.
+// put on the page as text nodes or elements made here, never parsed as HTML
+// (message_view.js and markdown.js render a message's parts).
+
+import { el } from "./dom.js";
+import { actions, badges, messageBody } from "./message_view.js";
 
 /**
  * Should `incoming` replace `current` (same seq)? The state with the higher
@@ -14,13 +18,7 @@ function supersedes(incoming, current) {
   return (incoming.edited_at || "") > (current.edited_at || "");
 }
 
-/** A small element with text (never HTML). */
-export function el(tag, attrs = {}, text = "") {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
-  if (text) node.textContent = text;
-  return node;
-}
+export { el };
 
 function formatTime(iso) {
   const date = new Date(iso);
@@ -36,6 +34,8 @@ export class Timeline {
     this.me = me;
     this.list = el("ol", { class: "messages", "data-group-id": groupId });
     this.bySeq = new Map(); // seq -> message
+    this.byId = new Map(); // id -> message
+    this.accepted = new Map(); // answer id -> the id of the question that accepted it
     this.nodes = new Map(); // seq -> <li>
     this.seqs = []; // sorted
     this.pending = new Map(); // client_msg_id -> <li>
@@ -99,12 +99,35 @@ export class Timeline {
       if (current && !supersedes(message, current)) continue;
       if (!current) added += 1;
       this.bySeq.set(message.seq, message);
+      this.byId.set(message.id, message);
       this._place(message);
+      if (message.kind === "question") this._questionChanged(current, message);
       if (message.sender_id === this.me && message.client_msg_id) this.removePending(message.client_msg_id);
     }
     if (added) this._advanceTop();
     this._advanceRev();
     return added;
+  }
+
+  /** A question arrived or changed: its answers and replies show it (accept buttons, marks). */
+  _questionChanged(before, question) {
+    if (before?.answer_id && this.accepted.get(before.answer_id) === question.id) this.accepted.delete(before.answer_id);
+    if (question.answer_id && !question.deleted) this.accepted.set(question.answer_id, question.id);
+    for (const message of this.bySeq.values()) {
+      const related = message.reply_to?.id === question.id
+        || message.id === question.answer_id || message.id === before?.answer_id;
+      if (related && message.id !== question.id) this._place(message);
+    }
+  }
+
+  /** The held question with this id, or null. */
+  question(id) {
+    const message = this.byId.get(id);
+    return message && message.kind === "question" ? message : null;
+  }
+
+  isAccepted(id) {
+    return this.accepted.has(id);
   }
 
   _advanceTop() {
@@ -137,8 +160,12 @@ export class Timeline {
   _render(message) {
     if (message.kind === "system") return this._renderSystem(message);
     const own = message.sender_id === this.me;
+    const mentionsMe = !message.deleted && (message.mentions || []).includes(this.me);
     const node = el("li", {
-      class: "message" + (own ? " own" : "") + (message.deleted ? " deleted" : ""),
+      class: "message" + (own ? " own" : "") + (message.deleted ? " deleted" : "")
+        + (message.kind === "question" ? " question" : "") + (mentionsMe ? " mentions-me" : ""),
+      "data-kind": message.kind || "message",
+      "data-mentions-me": String(mentionsMe),
       "data-testid": "message",
       "data-seq": String(message.seq),
       "data-rev": String(message.rev ?? 0),
@@ -156,16 +183,8 @@ export class Timeline {
       const title = `edited ${new Date(message.edited_at).toLocaleString()}`;
       meta.append(el("span", { class: "edited", "data-testid": "message-edited", title }, "(edited)"));
     }
-    if (own && !message.deleted) {
-      const actions = el("span", { class: "actions" });
-      actions.append(
-        el("button", { type: "button", "data-action": "edit", "data-testid": "message-edit" }, "Edit"),
-        el("button", { type: "button", "data-action": "delete", "data-testid": "message-delete" }, "Delete"),
-      );
-      meta.append(actions);
-    }
-    const text = message.deleted ? "message deleted" : message.content;
-    node.append(meta, el("p", { class: "content", "data-testid": "message-content" }, text));
+    meta.append(...badges(message, this), actions(message, this.me, this));
+    node.append(meta, ...messageBody(message, this.me, this));
     return node;
   }
 
