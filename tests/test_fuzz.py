@@ -116,6 +116,8 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
     "react": {"group_id": ("id", True), "message_id": ("id", True), "emoji": ("emoji", True), "on": ("bool", True)},
     "pin_message": {"group_id": ("id", True), "message_id": ("id", True), "pinned": ("bool", True)},
     "accept_answer": {"group_id": ("id", True), "question_id": ("id", True), "answer_id": ("id or null", True)},
+    "search_messages": {"query": ("query", True), "group_id": ("id", False), "limit": ("limit", False),
+                        "before_seq": ("before_seq", False)},
 }
 EVENTS = list(FIELDS)
 ALL_FIELD_NAMES = sorted({name for spec in FIELDS.values() for name in spec})
@@ -194,6 +196,8 @@ def verdict(kind: str, value: Any) -> bool | None:
         return False
     if kind == "emoji":
         return _emoji_verdict(value)
+    if kind == "query":
+        return _query_verdict(value)
     if kind == "content":
         if len(value) > 4000 or all(c in WHITE_SPACE for c in value):
             return False
@@ -204,6 +208,28 @@ def verdict(kind: str, value: Any) -> bool | None:
     if not 1 <= len(value) <= 64 or any(unicodedata.category(c) == "Cc" for c in value):
         return False
     return True if all("!" <= c <= "~" or c.isalnum() for c in value) else None
+
+
+def _query_verdict(value: str) -> bool | None:
+    """1 to 200 code points holding 1 to 10 words. Decided where the words are plain:
+    ASCII letters and digits between spaces (or no letter or digit at all)."""
+    if not 1 <= len(value) <= 200:
+        return False
+    if value.isascii() and not any(c.isalnum() for c in value):
+        return False
+    if all(c.isascii() and (c.isalnum() or c == " ") for c in value):
+        return 1 <= len(value.split()) <= 10
+    return None
+
+
+def plain_words(text: str) -> list[str]:
+    """A query of plain words (see ``_query_verdict``) as the protocol compares them."""
+    return text.lower().split()
+
+
+def folded(text: str) -> str:
+    """Case and accents gone, as the protocol compares words."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
 
 
 def _emoji_verdict(value: str) -> bool | None:
@@ -288,7 +314,7 @@ def predict(event: str, args: tuple[Any, ...], rig: Rig) -> Expect:
         return Expect(None)
     if data.get("sender_id", ANA).lower() != ANA:
         return Expect("forbidden")
-    if event == "list_groups":
+    if event == "list_groups" or event == "search_messages" and "group_id" not in data:
         return Expect("ok")
     group = data["group_id"].lower()
     if group not in GROUP_NAMES:
@@ -612,6 +638,9 @@ SPECIFIC: dict[str, st.SearchStrategy[Any]] = {
     "kind": st.sampled_from([*KINDS, "system", "Question", "question ", "", "questions", "message\x00"]),
     "filter": st.sampled_from([*FILTERS, "", "Pinned", "all", "mention", "question", "pinned\u200b", "unread"]),
     "emoji": EMOJI,
+    "query": st.one_of(texts(30), HUGE_TEXT, st.sampled_from([
+        "", " ", "a", "notes", "RESOLVIÓ deriv", "x" * 200, "x" * 201, " ".join(["w"] * 10), " ".join(["w"] * 11),
+        "¿?", "...", "\ud800", "a\ud800", "\u24b6", "数学", "don't", "e\u0301", "\u200b"])),
 }
 
 ACK = st.sampled_from([True, True, True, False])
@@ -681,10 +710,11 @@ ACK_KEYS = {
     "get_history": {"ok", "messages", "has_more"},
     "mark_read": {"ok", "last_read_seq", "unread_count", "mention_count"},
     "send_message": {"ok", "message", "duplicate"},
+    "search_messages": {"ok", "results", "has_more"},
     **dict.fromkeys(CHANGES, MESSAGE_ACK),
 }
 # Events whose success may show message content (any other ack must not).
-SHOWS_MESSAGES = {"join_group", "get_history", "send_message", *CHANGES}
+SHOWS_MESSAGES = {"join_group", "get_history", "send_message", "search_messages", *CHANGES}
 
 @dataclass
 class Problem:
@@ -883,10 +913,35 @@ class Rig:
             self.problem(f"{event} answered a new state at an old rev", call, f"{show(message)}, was {show(before)}")
         self._remember(message)
 
+    def _ok_search_messages(self, event: str, call: str, payload: dict[str, Any], group: str | None,
+                            expect: Expect, ack: dict[str, Any]) -> None:
+        """Every result is a live message of the groups asked, below ``before_seq``, in its
+        current state, newest first, holding the query's words; at most ``limit``."""
+        results, limit, before = ack["results"], payload.get("limit") or 50, payload.get("before_seq")
+        if not isinstance(results, list) or len(results) > limit or not isinstance(ack["has_more"], bool):
+            self.problem("search_messages answered more than its limit", call, show(ack))
+            return
+        groups = {group} if group else {MATHS, PHYSICS}
+        words = [folded(w) for w in plain_words(payload["query"])] if _query_verdict(payload["query"]) else []
+        for message in results:
+            if not isinstance(message, dict) or set(message) != MESSAGE_FIELDS:
+                self.problem("search result is not a message object", call, show(message))
+                return
+            if message["group_id"] not in groups or message["deleted"] or (before and message["seq"] >= before):
+                self.problem("search found a message outside what was asked", call, show(message))
+            elif not self.dirty and message != self.messages.get(message["id"]):
+                self.problem("search result is not the message's current state", call, show(message))
+            elif not all(w in folded(message["content"]) for w in words):
+                self.problem("search result does not hold the query's words", call, show(message))
+        times = [(m["timestamp"], m["id"]) for m in results]
+        if times != sorted(times, reverse=True):
+            self.problem("search results are not newest first", call, show(times))
+
     SUCCESS: dict[str, Callable[..., None]] = {
         "list_groups": _ok_list_groups, "leave_group": _ok_empty, "typing": _ok_empty,
         "join_group": _ok_join_group, "get_history": _ok_get_history, "mark_read": _ok_mark_read,
-        "send_message": _ok_send_message, **dict.fromkeys(CHANGES, _ok_change),
+        "send_message": _ok_send_message, "search_messages": _ok_search_messages,
+        **dict.fromkeys(CHANGES, _ok_change),
     }
 
     def _remember(self, message: dict[str, Any]) -> None:
@@ -1219,6 +1274,21 @@ def _valid_accept_answer(draw: Callable[..., Any], group: str, rig: Rig) -> dict
     return {"group_id": group, "question_id": question, "answer_id": answer_id}
 
 
+def _valid_search_messages(draw: Callable[..., Any], group: str, rig: Rig) -> dict[str, Any]:
+    # A word of a stored message (prefix or whole), or a fixed one.
+    stored = sorted({w for m in rig._of(group.lower()) for w in m["content"].split() if w.isascii() and w.isalnum()})
+    word = pick(draw, stored) if stored else "hello"
+    cut = draw(st.integers(1, 8))
+    payload: dict[str, Any] = {"query": draw(st.sampled_from([word, word[:cut], "hello world", SECRET_WORD, "zzz"]))}
+    if draw(st.booleans()):
+        payload["group_id"] = group
+    if draw(st.booleans()):
+        payload["limit"] = draw(st.integers(1, 100))
+    if draw(st.booleans()):
+        payload["before_seq"] = 1 + draw(PICK) % (rig._latest(group.lower()) + 2)
+    return payload
+
+
 VALID_PAYLOADS: dict[str, Callable[[Callable[..., Any], str, Rig], dict[str, Any]]] = {
     "list_groups": lambda draw, group, rig: {},
     "join_group": _valid_join_group,
@@ -1236,6 +1306,7 @@ VALID_PAYLOADS: dict[str, Callable[[Callable[..., Any], str, Rig], dict[str, Any
     "pin_message": lambda draw, group, rig: {"group_id": group, "message_id": _target(draw, group.lower(), rig),
                                              "pinned": draw(st.booleans())},
     "accept_answer": _valid_accept_answer,
+    "search_messages": _valid_search_messages,
 }
 
 
