@@ -6,12 +6,15 @@ Everything started here gets its own process group, recorded in ``bench/.work/pi
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +161,18 @@ def run_swarm(procs: Procs, cfg: dict[str, Any], *, timeout_s: float) -> dict[st
     if not lines:
         return {"error": f"swarm exited {proc.returncode} without a result; see {LOGS / 'swarm.log'}"}
     return json.loads(lines[-1])
+
+
+def scenario_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                  run: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]) -> None:
+    """The command line of a scenario the harness runs against a database server:
+    ``--uri``, ``--db-pid`` (for its CPU time) and ``--out`` (the JSON written), plus its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--uri", required=True)
+    parser.add_argument("--db-pid", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    add_arguments(parser)
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=1)

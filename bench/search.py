@@ -17,8 +17,6 @@ Run by the harness as ``python -m bench.search --uri ... --db-pid PID --out FILE
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import random
 import re
 import statistics
@@ -34,7 +32,7 @@ from storage.memory import MemoryStore
 from storage.mongo import MongoStore
 from storage.search_words import message_words, parse_query
 
-from .harness import proc_cpu_s
+from .harness import proc_cpu_s, scenario_main
 
 DB = "bench_search"
 # Sentences of a study group; the words' frequencies set each query's cost.
@@ -167,19 +165,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--uri", required=True)
-    parser.add_argument("--db-pid", type=int, required=True)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--limit", type=int, default=20)
-    parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-scan", action="store_true")
-    args = parser.parse_args()
-    result = asyncio.run(main_async(args))
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
+
+
+def main() -> None:
+    scenario_main(__doc__ or "", _arguments, main_async)
 
 
 if __name__ == "__main__":

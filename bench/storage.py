@@ -16,9 +16,7 @@ Run by the harness as ``python -m bench.storage --uri ... --db-pid PID --out FIL
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
-import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +28,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from .harness import proc_cpu_s
+from .harness import proc_cpu_s, scenario_main
 
 BSON_CAP = 16 * 1024 * 1024
 CONTENT = "1234.567|0|1|" + "x" * 51  # same size as the swarm's 64-character messages
@@ -220,18 +218,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--uri", required=True)
-    parser.add_argument("--db-pid", type=int, required=True)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--histories", default="1000,50000")
-    parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--break-test", action="store_true")
-    args = parser.parse_args()
-    result = asyncio.run(main_async(args))
-    with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
+
+
+def main() -> None:
+    scenario_main(__doc__ or "", _arguments, main_async)
 
 
 if __name__ == "__main__":
