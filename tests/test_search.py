@@ -152,6 +152,11 @@ async def test_a_search_reads_index_windows_of_the_group_not_the_collection(
         monkeypatch.setattr(mongo_search, "NEWEST_READ_PER_RESULT", 3)
         assert (await search(store, "deriv"))[0] == [f"las derivadas parciales {s}" for s in (1000, 500)]
         assert (await search(store, "deriv", before_seq=1000))[0] == ["las derivadas parciales 500"]
+        # MongoDB proper reads a lone prefix through windows of an element range
+        # ($elemMatch): the same answers (SecantusDB answers it too, by a scan).
+        monkeypatch.setattr(store, "_element_ranges", True)
+        assert (await search(store, "deriv"))[0] == [f"las derivadas parciales {s}" for s in (1000, 500)]
+        assert await search(store, "notes", limit=5) == (newest[:5], True)
         top = total + 1
         # What one search reads: one index window of its longest exact word, or (the
         # query being one word, on SecantusDB) the range of words its prefix starts.

@@ -34,6 +34,7 @@ from storage.mongo_documents import (
     REVS_INDEX,
     SEQ_INDEX,
     TAGS_INDEX,
+    WORDS_INDEX,
     client_msg_filter,
     live_message_filter,
 )
@@ -363,7 +364,8 @@ async def test_indexes_are_created_idempotently(mongo_uri: str, mongo_db_name: s
             return {ix["name"] async for ix in await db[collection].list_indexes()}
 
         assert await names("messages") == {
-            "_id_", SEQ_INDEX, REVS_INDEX, REV_INDEX, CLIENT_MSG_INDEX, LIVE_INDEX, OWN_LIVE_INDEX, TAGS_INDEX}
+            "_id_", SEQ_INDEX, REVS_INDEX, REV_INDEX, CLIENT_MSG_INDEX, LIVE_INDEX, OWN_LIVE_INDEX, TAGS_INDEX,
+            WORDS_INDEX}
         assert await names("read_markers") == {"_id_", MARKER_INDEX}
         # The wider application's collections are only read.
         assert await names("users") == await names("study_groups") == {"_id_"}
