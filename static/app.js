@@ -3,6 +3,7 @@
 // follows is commented where it is applied. Automation drives it through the
 // data-testid attributes.
 
+import { Announcer } from "./announcer.js";
 import { Connection, Outbox } from "./client.js";
 import { Compose } from "./compose.js";
 import { Conversation } from "./conversation.js";
@@ -28,7 +29,7 @@ const ui = {
   scroller: $("scroller"), historyTop: $("history-top"), loadOlder: $("load-older"), historyStart: $("history-start"),
   composer: $("composer"), input: $("message-input"), send: $("send"), editBanner: $("edit-banner"),
   askQuestion: $("ask-question"), searchInput: $("search-input"), searchButton: $("search-button"),
-  unanswered: $("filter-unanswered"),
+  unanswered: $("filter-unanswered"), groupsTitle: $("groups-title"),
 };
 
 const state = {
@@ -47,6 +48,7 @@ const state = {
   editing: null, // the message being edited
 };
 const people = new People($("online"), $("typing"));
+const announcer = new Announcer($("announcer"));
 people.onMyName = (name) => { ui.me.textContent = name; };
 const typing = new TypingAnnouncer((groupId, isTyping) => state.conn?.notify("typing", { group_id: groupId, is_typing: isTyping }));
 const compose = new Compose({
@@ -79,8 +81,19 @@ function showError(text) {
 }
 
 function clearError() {
+  const hadFocus = ui.errorBar.contains(document.activeElement);
   ui.error.textContent = "";
   ui.errorBar.hidden = true;
+  if (hadFocus) focusWhereWorkGoesOn();
+}
+
+/** The focus left a control that went away: put it where the person was working. */
+function focusWhereWorkGoesOn() {
+  if (!ui.chat.hidden) {
+    if (!ui.input.disabled) ui.input.focus();
+    else ui.groupsTitle.focus();
+  } else if (!ui.demoSection.hidden) ui.demoUser.focus();
+  else ui.tokenInput.focus();
 }
 
 const describe = (err) => (typeof err.describe === "function" ? err.describe() : String(err.message || err));
@@ -116,6 +129,7 @@ function signIn(token, demoUser = null) {
   ui.chat.hidden = false;
   ui.signOut.hidden = false;
   ui.searchInput.disabled = ui.searchButton.disabled = false;
+  ui.groupsTitle.focus(); // the sign-in form is gone: the next Tab reaches the groups
   state.conn = new Connection(token, {
     state: setConnectionState, connected: onConnected, refused: onRefused, event: onServerEvent,
     expiring: onSessionExpiring, ended: onSessionEnded,
@@ -144,6 +158,7 @@ function signOut() {
   ui.searchInput.disabled = ui.searchButton.disabled = true;
   ui.me.textContent = "";
   setConnectionState("disconnected");
+  focusWhereWorkGoesOn();
 }
 
 /** The server refused the handshake (`connect_error` with `{code, message}`). */
@@ -305,7 +320,8 @@ function fillGap(view) {
   })();
 }
 
-/** Messages from acks, events, history or changes into a timeline, whatever their order or overlap. */
+/** Messages from acks, events, history or changes into a timeline, whatever their order or overlap;
+ * returns how many were new to it. */
 function mergeIntoView(view, messages, options = {}) {
   for (const m of messages) {
     people.learn(m.sender_id, m.sender_name);
@@ -316,10 +332,11 @@ function mergeIntoView(view, messages, options = {}) {
   const shown = view === state.view;
   const stick = shown && nearBottom();
   const added = view.merge(messages, options);
-  if (!shown) return;
+  if (!shown) return added;
   if (added && stick) scrollToBottom();
   fillGap(view);
   markReadSoon();
+  return added;
 }
 
 // -- groups --
@@ -334,17 +351,21 @@ async function refreshGroups() {
 }
 
 function renderGroups() {
+  const focused = ui.groups.contains(document.activeElement) ? document.activeElement.dataset.groupId : null;
   ui.groups.replaceChildren(
     ...state.groups.map((group) => {
       const button = el("button", { type: "button", class: "group", "data-testid": "group", "data-group-id": group.id });
       if (state.view?.groupId === group.id) button.setAttribute("aria-current", "true");
       button.append(el("span", { class: "group-name" }, group.name));
-      if (group.unread_count > 0) {
-        button.append(el("span", { class: "badge", "data-testid": "unread-count", title: "unread messages" }, String(group.unread_count)));
-      }
+      // Badges are seen; screen readers hear the counts in words instead ("3 unread").
+      const badge = (testid, cls, shown, said) => {
+        button.append(el("span", { class: cls, "data-testid": testid, "aria-hidden": "true" }, shown),
+          el("span", { class: "visually-hidden" }, `, ${said}`));
+      };
+      if (group.unread_count > 0) badge("unread-count", "badge", String(group.unread_count), `${group.unread_count} unread`);
       if (group.mention_count > 0) {
-        button.append(el("span", { class: "badge mention", "data-testid": "mention-count", title: "messages that mention you" },
-          `@${group.mention_count}`));
+        badge("mention-count", "badge mention", `@${group.mention_count}`,
+          `${group.mention_count} ${group.mention_count === 1 ? "mention" : "mentions"} of you`);
       }
       const item = el("li");
       item.append(button);
@@ -352,6 +373,12 @@ function renderGroups() {
     }),
   );
   ui.noGroups.hidden = state.groups.length > 0 || !state.conn;
+  if (focused) {
+    // Counts change under a person moving through the list: the focus stays on their group.
+    const again = ui.groups.querySelector(`[data-group-id="${CSS.escape(focused)}"]`);
+    if (again) again.focus();
+    else ui.groupsTitle.focus();
+  }
 }
 
 /** Join a group (from the list or by id); only a successful join leaves the open one. */
@@ -395,9 +422,13 @@ async function openGroup(groupId) {
 
 /** Show a timeline, or the "pick a group" placeholder for `null`. */
 function showGroup(view, name = "") {
+  if (state.view !== view) announcer.reset();
   state.view = view;
   ui.scroller.querySelector("ol.messages")?.remove();
-  if (view) ui.scroller.append(view.list);
+  if (view) {
+    view.list.setAttribute("aria-label", `Messages in ${name}`);
+    ui.scroller.append(view.list);
+  }
   ui.placeholder.hidden = view !== null;
   ui.groupName.textContent = view ? name : "No group open";
   ui.groupId.textContent = view ? view.groupId : "";
@@ -447,8 +478,10 @@ async function loadOlder() {
   } catch (err) {
     showError(`Could not load older messages: ${describe(err)}`);
   } finally {
+    const hadFocus = document.activeElement === ui.loadOlder;
     view.loadingOlder = false;
     updateHistoryTop();
+    if (hadFocus && ui.loadOlder.hidden && state.view === view) focusMessage(view, view.oldest);
   }
   loadOlderToFill();
 }
@@ -499,13 +532,30 @@ function onServerEvent(event, payload) {
     if (!view) return;
     if (event === "message" && view === state.view) people.typing(payload.sender_id, false);
     if (event === "message_deleted" && state.editing?.id === payload.id) cancelEdit();
-    mergeIntoView(view, [payload]); // may arrive before or after our ack: merged by seq and rev
+    const added = mergeIntoView(view, [payload]); // may arrive before or after our ack: merged by seq and rev
+    if (event === "message" && added && view === state.view && payload.sender_id !== state.me) announceMessage(payload);
   } else if (event === "typing") {
     people.learn(payload.user_id, payload.name);
-    if (view && view === state.view && payload.user_id !== state.me) people.typing(payload.user_id, payload.is_typing);
+    if (view && view === state.view && payload.user_id !== state.me) {
+      if (payload.is_typing && !people.typers.has(payload.user_id)) announcer.typing(payload.user_id, people.nameOf(payload.user_id));
+      people.typing(payload.user_id, payload.is_typing);
+    }
   } else if (event === "presence") {
-    if (view && view === state.view) people.presence(payload);
+    if (view && view === state.view) {
+      if (payload.user_id !== state.me && people.online.has(payload.user_id) !== payload.online) {
+        announcer.presence(payload.name || people.nameOf(payload.user_id), payload.online);
+      }
+      people.presence(payload);
+    }
   }
+}
+
+/** A new message in the open group, for screen readers (batched with others that come with it). */
+function announceMessage(message) {
+  const sender = message.kind === "system"
+    ? `Announcement from ${message.sender_name || "the platform"}`
+    : message.sender_name || people.nameOf(message.sender_id);
+  announcer.message(sender, message.content, (message.mentions || []).includes(state.me));
 }
 
 /** The platform changed our groups: the list follows, and an open group we lost closes. */
@@ -622,6 +672,7 @@ function onMessageAction(button) {
     const id = button.closest("li").dataset.clientMsgId;
     state.outbox.dismiss(id);
     view.removePending(id);
+    ui.input.focus();
     return;
   }
   const message = view.messageOf(button);
@@ -694,8 +745,44 @@ async function jumpTo(groupId, seq) {
   node.scrollIntoView({ block: "center" });
   node.classList.add("highlight");
   setTimeout(() => view.nodes.get(seq)?.classList.remove("highlight"), 2500);
-  node.tabIndex = -1;
-  node.focus({ preventScroll: true });
+  focusMessage(view, seq, { scroll: false });
+}
+
+/** Put the keyboard on a message of the open group (it becomes the list's tab stop). */
+function focusMessage(view, seq, { scroll = true } = {}) {
+  const node = view.nodes.get(seq);
+  if (!node) return;
+  view.setActive(seq);
+  node.focus({ preventScroll: !scroll });
+}
+
+/** Keys in the message list: arrows, Home and End move between messages (older pages load
+ * at the top); Escape leaves a message's buttons for the message itself. */
+async function onListKey(event) {
+  const view = state.view;
+  const item = event.target.closest("li.message");
+  if (!view || !item || !item.dataset.seq || event.altKey || event.ctrlKey || event.metaKey) return;
+  const seq = Number(item.dataset.seq);
+  const onItem = event.target === item;
+  if (event.key === "Escape" && !onItem && !event.target.closest(".reaction-picker")) {
+    event.preventDefault();
+    focusMessage(view, seq);
+    return;
+  }
+  if (!onItem) return;
+  let to = null;
+  if (event.key === "ArrowUp" || event.key === "ArrowDown") {
+    event.preventDefault();
+    to = view.neighbour(seq, event.key === "ArrowUp" ? -1 : 1);
+    if (to === null && event.key === "ArrowUp" && view.hasOlder) {
+      await loadOlder();
+      to = view.neighbour(seq, -1);
+    }
+  } else if (event.key === "Home" || event.key === "End") {
+    event.preventDefault();
+    to = event.key === "Home" ? view.oldest : view.newest;
+  }
+  if (to !== null && state.view === view) focusMessage(view, to);
 }
 
 // -- wiring --
@@ -754,6 +841,11 @@ function wire() {
   });
   ui.scroller.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && event.target.closest(".reaction-picker")) closeReactionPicker(true);
+    else onListKey(event);
+  });
+  ui.scroller.addEventListener("focusin", (event) => {
+    const item = event.target.closest("li.message[data-seq]");
+    if (item && state.view) state.view.setActive(Number(item.dataset.seq));
   });
   document.addEventListener("visibilitychange", markReadSoon);
 }

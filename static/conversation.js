@@ -28,6 +28,9 @@ export class Conversation {
       else this.showUnanswered();
     });
     panelClose.addEventListener("click", () => this.closePanel());
+    panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") this.closePanel();
+    });
     const onJump = (event) => {
       const entry = event.target.closest("[data-jump-group]");
       if (entry) this.jump(entry.dataset.jumpGroup, Number(entry.dataset.jumpSeq));
@@ -113,15 +116,22 @@ export class Conversation {
       item.append(entry(m, `${where ? `${where} · ` : ""}${m.sender_name}: ${excerpt(m.content)}`, testid));
       return item;
     }) : [el("li", { class: "muted" }, empty)]));
+    if (this.panel.hidden) this.opener = document.activeElement; // where Close and Escape go back to
     this.panel.hidden = false;
     this.unanswered.setAttribute("aria-pressed", "false");
     this.panelTitle.focus();
   }
 
   closePanel() {
+    const hadFocus = this.panel.contains(document.activeElement);
     this.panel.hidden = true;
     this.panelList.replaceChildren();
     this.unanswered.setAttribute("aria-pressed", "false");
+    if (hadFocus) {
+      const back = this.opener?.isConnected && !this.opener.disabled ? this.opener : this.searchInput;
+      back.focus();
+    }
+    this.opener = null;
   }
 }
 

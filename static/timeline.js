@@ -27,12 +27,29 @@ function formatTime(iso) {
   return today ? time : `${date.toLocaleDateString()} ${time}`;
 }
 
+/** A message's item and its buttons in the tab order, or out of it (still clickable). */
+function setTabbable(node, on) {
+  node.tabIndex = on ? 0 : -1;
+  for (const button of node.querySelectorAll("button")) button.tabIndex = on ? 0 : -1;
+}
+
+/** A message was drawn anew while `focused` (in `old`) had the focus: give it to the same control. */
+function refocus(focused, old, node) {
+  let target = node;
+  if (focused !== old && focused.dataset.action) {
+    const emoji = focused.dataset.emoji ? `[data-emoji="${CSS.escape(focused.dataset.emoji)}"]` : "";
+    target = node.querySelector(`[data-action="${focused.dataset.action}"]${emoji}`) ?? node;
+  }
+  target.focus({ preventScroll: true });
+}
+
 export class Timeline {
   /** `me` is the signed-in user's id: their messages get edit and delete buttons. */
   constructor(groupId, me) {
     this.groupId = groupId;
     this.me = me;
-    this.list = el("ol", { class: "messages", "data-group-id": groupId });
+    // A list for screen readers (list-style: none alone drops that in some of them).
+    this.list = el("ol", { class: "messages", role: "list", "data-group-id": groupId });
     this.bySeq = new Map(); // seq -> message
     this.byId = new Map(); // id -> message
     this.accepted = new Map(); // answer id -> the id of the question that accepted it
@@ -51,6 +68,10 @@ export class Timeline {
     this.filling = null; // the running gap fill, if any
     this.catchingUp = false; // a rejoin after a reconnect is paging in what was missed
     this.lastMarked = 0; // the seq of our last mark_read
+    // The keyboard's way in: one message of the list is in the tab order (the one
+    // last focused, else the newest), with its buttons; arrow keys move between them.
+    this.active = null; // seq
+    this.tabStop = null; // the <li> in the tab order
   }
 
   get oldest() {
@@ -140,7 +161,11 @@ export class Timeline {
     const old = this.nodes.get(message.seq);
     this.nodes.set(message.seq, node);
     if (old) {
+      const focused = old.contains(document.activeElement) ? document.activeElement : null;
+      if (this.tabStop === old) this.tabStop = null;
       old.replaceWith(node);
+      this._updateTabStop();
+      if (focused) refocus(focused, old, node);
       return;
     }
     // Binary search for the position among the held seqs.
@@ -155,6 +180,28 @@ export class Timeline {
     const next = lo + 1 < this.seqs.length ? this.nodes.get(this.seqs[lo + 1]) : null;
     // The newest stored message goes before our unacked sends (or at the end).
     this.list.insertBefore(node, next || this.list.querySelector('[data-pending="true"], [data-failed="true"]'));
+    this._updateTabStop();
+  }
+
+  /** The message the keyboard is on (focused, or the last one focused). */
+  setActive(seq) {
+    this.active = seq;
+    this._updateTabStop();
+  }
+
+  /** The held message `step` places from `seq` (-1: the one before), or null at either end. */
+  neighbour(seq, step) {
+    const at = this.seqs.indexOf(seq);
+    const next = at < 0 ? -1 : at + step;
+    return next >= 0 && next < this.seqs.length ? this.seqs[next] : null;
+  }
+
+  _updateTabStop() {
+    const node = this.nodes.get(this.nodes.has(this.active) ? this.active : this.newest) ?? null;
+    if (node === this.tabStop) return;
+    if (this.tabStop) setTabbable(this.tabStop, false);
+    if (node) setTabbable(node, true);
+    this.tabStop = node;
   }
 
   _render(message) {
@@ -172,6 +219,7 @@ export class Timeline {
       "data-id": message.id,
       "data-sender-id": message.sender_id ?? "",
       "data-pending": "false",
+      tabindex: "-1",
     });
     const sender = message.sender_name || message.sender || message.sender_id || "unknown";
     const meta = el("div", { class: "meta" });
@@ -199,8 +247,7 @@ export class Timeline {
       "data-id": message.id,
       "data-sender-id": "",
       "data-pending": "false",
-      role: "note",
-      "aria-label": `Announcement from ${from}`,
+      tabindex: "-1",
     });
     const meta = el("div", { class: "meta" });
     meta.append(el("span", { class: "announcement", "data-testid": "message-sender" }, `Announcement from ${from}`),

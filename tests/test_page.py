@@ -402,7 +402,6 @@ async def test_announcements_and_membership_changes_show_on_the_page(browser, de
         for chat in (ana, juan):
             notice = chat.message(4)
             await expect(notice).to_have_attribute("data-kind", "system")
-            await expect(notice).to_have_attribute("aria-label", "Announcement from course-platform")
             await expect(notice.get_by_test_id("message-sender")).to_have_text("Announcement from course-platform")
             await expect(notice.get_by_test_id("message-content")).to_have_text("The exam moves to Friday.")
             await expect(notice.get_by_test_id("message-edit")).to_have_count(0)
