@@ -69,7 +69,7 @@ async def test_a_demo_session_renews_its_token_and_stays_connected(browser, demo
 
 
 async def test_a_token_session_is_told_it_ends_then_that_it_ended(browser, demo_app, demo_server):
-    token = demo_app[VERIFIER].issue(MEI, ttl_seconds=3)
+    token = demo_app[VERIFIER].issue(MEI, ttl_seconds=6)  # room for a loaded machine to sign in first
     chat = await open_page(browser, demo_server)
     await chat.hook("token-input").fill(token)
     await chat.hook("token-input").press("Enter")
