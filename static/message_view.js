@@ -37,9 +37,11 @@ function replyQuote(reply) {
   const text = reply.deleted ? "message deleted" : excerpt(reply.excerpt);
   const quote = el("button", {
     type: "button", class: "reply-quote", "data-action": "jump", "data-testid": "reply-quote",
-    "data-jump-seq": String(reply.seq), "aria-label": `Replying to ${reply.sender_name}: ${text}. Show that message.`,
+    "data-jump-seq": String(reply.seq), title: "Show that message",
   });
-  quote.append(el("span", { class: "quote-sender" }, reply.sender_name), el("span", { class: "quote-text" }, text));
+  // Its name is what it shows, with "Replying to" before it for screen readers.
+  quote.append(el("span", { class: "visually-hidden" }, "Replying to "), el("span", { class: "quote-sender" }, reply.sender_name),
+    el("span", { class: "visually-hidden" }, ": "), el("span", { class: "quote-text" }, text));
   return quote;
 }
 

@@ -1,1 +1,3 @@
-pytest_plugins = ["tests.support.chat", "tests.support.mongo", "tests.support.redis", "tests.support.nodes"]
+pytest_plugins = [
+    "tests.support.chat", "tests.support.mongo", "tests.support.redis", "tests.support.nodes", "tests.support.browser",
+]

@@ -131,6 +131,15 @@ async def test_axe_finds_no_serious_violation_on_any_screen(browser, demo_app, d
     await expect(ana.hook("search-result")).to_have_count(1)
     await assert_accessible(ana.page, "search results")
 
+    # Offline: the Reconnect button, and a send that waits for the connection.
+    await ana.page.evaluate("window.studyChat.socket.disconnect()")
+    await expect(ana.hook("reconnect")).to_be_visible()
+    await ana.send("Cuando vuelva la conexión")
+    await expect(ana.page.locator('[data-testid="message"][data-pending="true"]')).to_have_count(1)
+    await assert_accessible(ana.page, "disconnected, with a send waiting")
+    await ana.hook("reconnect").click()
+    await expect(ana.page.locator('[data-testid="message"][data-pending="true"]')).to_have_count(0)
+
     # A session that ends soon says so in its bar.
     mei = await open_page(browser, demo_server)
     await mei.page.emulate_media(color_scheme=scheme)

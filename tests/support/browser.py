@@ -21,6 +21,7 @@ from server.app import create_app
 from server.config import Settings
 from server.keys import STORE
 from storage.memory import MemoryStore
+from tests.support.a11y import assert_accessible
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -60,9 +61,10 @@ async def demo_server(aiohttp_server, demo_app: web.Application) -> TestServer:
 
 
 @pytest.fixture
-async def browser(demo_server: TestServer) -> AsyncIterator[Browser]:
+async def browser(demo_server: TestServer, request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
     """Headless Chromium; it needs ``demo_server`` only to be closed before the server stops,
-    so that no open connection holds up the server's shutdown."""
+    so that no open connection holds up the server's shutdown. Every page still open when a
+    passing test ends is checked with axe-core: whatever screen a test leaves, it is accessible."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"Chromium is not installed at {CHROMIUM}; the browser tests need Debian's chromium: "
@@ -75,6 +77,11 @@ async def browser(demo_server: TestServer) -> AsyncIterator[Browser]:
         )
         try:
             yield browser
+            if not getattr(request.node, "failed_call", False):
+                for context in browser.contexts:
+                    for page in context.pages:
+                        if not page.is_closed():
+                            await assert_accessible(page, f"last screen of {request.node.name}")
         finally:
             await browser.close()
 
@@ -158,3 +165,12 @@ async def sign_in_demo(browser: Browser, server: TestServer, user_id: str) -> Ch
     await chat.hook("demo-sign-in").click()
     await expect(chat.hook("connection-state")).to_have_text("connected")
     return chat
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Note a failed test body on its item: the ``browser`` fixture then skips its axe check,
+    which would only repeat the failure's screen."""
+    outcome = yield
+    if call.when == "call" and outcome.get_result().failed:
+        item.failed_call = True  # type: ignore[attr-defined]
