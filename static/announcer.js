@@ -18,6 +18,7 @@ export class Announcer {
     this.timer = null;
     this.lastAt = 0;
     this.typingSaid = new Map(); // user id -> when their typing was last announced
+    this.comings = new Map(); // name -> online, for this batch
   }
 
   /** A new message from someone else in the open group. */
@@ -35,7 +36,8 @@ export class Announcer {
   }
 
   presence(name, online) {
-    this._note(`${name} ${online ? "is online" : "went offline"}.`);
+    this.comings.set(name, online); // the latest change of each person in this batch
+    this._schedule();
   }
 
   /** Forget what was not said yet (another group opened, signed out). */
@@ -44,6 +46,7 @@ export class Announcer {
     this.timer = null;
     this.messages = [];
     this.notes = [];
+    this.comings.clear();
     this.typingSaid.clear();
     this.region.textContent = "";
   }
@@ -61,9 +64,10 @@ export class Announcer {
 
   _flush() {
     this.timer = null;
-    const text = [this._messagesSentence(), ...this.notes.slice(0, 3)].filter(Boolean).join(" ");
+    const text = [this._messagesSentence(), ...this.notes.slice(0, 3), this._comingsSentence()].filter(Boolean).join(" ");
     this.messages = [];
     this.notes = [];
+    this.comings.clear();
     if (!text) return;
     this.lastAt = Date.now();
     // A new text node each time: screen readers announce an addition, even of the same words.
@@ -80,6 +84,16 @@ export class Announcer {
     const from = senders.length <= 3 ? listOf(senders) : `${senders.length} people`;
     const mentions = messages.filter((m) => m.mentionsMe).length;
     return `${messages.length} new messages from ${from}${mentions ? `, ${mentions} mentioning you` : ""}. Latest, ${said}`;
+  }
+
+  /** Who came online or went offline: by name for a few, as counts in a busy group. */
+  _comingsSentence() {
+    const online = [...this.comings].filter(([, on]) => on).map(([name]) => name);
+    const offline = [...this.comings].filter(([, on]) => !on).map(([name]) => name);
+    const say = (names, one, many, verb) =>
+      names.length === 0 ? "" : names.length <= 3 ? `${listOf(names)} ${names.length === 1 ? one : many}.` : `${names.length} people ${verb}.`;
+    return [say(online, "is online", "are online", "came online"), say(offline, "went offline", "went offline", "went offline")]
+      .filter(Boolean).join(" ");
   }
 }
 

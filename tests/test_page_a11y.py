@@ -363,3 +363,24 @@ async def test_the_highlight_of_an_opened_message_moves_only_without_reduced_mot
     await expect(target).to_have_class(re.compile("highlight"))
     animations = await ana.page.evaluate("document.getAnimations().length")
     assert (animations == 0) == (motion == "reduce"), animations
+
+
+async def test_a_busy_batch_is_summed_up_not_read_out_name_by_name(browser, demo_server):
+    chat = await open_page(browser, demo_server)
+    said = await chat.page.evaluate("""async () => {
+        const { Announcer, BATCH_MS } = await import("/static/announcer.js");
+        const region = document.createElement("div");
+        const announcer = new Announcer(region);
+        for (const name of ["Ana", "Bea", "Carla", "Dani", "Eva"]) announcer.presence(name, true);
+        announcer.presence("Fede", false);
+        announcer.message("Ana", "uno");
+        announcer.message("Bea", "dos", true);
+        announcer.typing("u1", "Carla");
+        announcer.typing("u1", "Carla");
+        await new Promise((resolve) => setTimeout(resolve, BATCH_MS + 200));
+        return region.textContent;
+    }""")
+    assert said == (
+        "2 new messages from Ana and Bea, 1 mentioning you. Latest, Bea mentioned you: dos "
+        "Carla is typing. 5 people came online. Fede went offline."
+    )
