@@ -1,4 +1,5 @@
-"""Per-user rate limits: a token bucket for sends and one for every other event.
+"""Per-user rate limits: a token bucket for sends, one for every other event, and
+two for uploads (files, and their bytes: a check may take many tokens at once).
 
 Checked before any other work (even before the payload is parsed), so a flood
 of any kind costs the server little. ``LocalLimiter`` counts in this process;
@@ -38,9 +39,15 @@ class RateLimits:
     # Generous for people and scripted clients, bounded for floods.
     send: Bucket = Bucket(20.0, 200)
     other: Bucket = Bucket(50.0, 300)
+    upload: Bucket = Bucket(0.5, 30)  # files: 30 at once, then one per 2 s
+    upload_bytes: Bucket = Bucket(1024 * 1024, 200 * 1024 * 1024)  # 200 MiB at once, then 1 MiB/s
 
     def bucket_for(self, event: str) -> tuple[str, Bucket]:
-        return ("send", self.send) if event == "send_message" else ("other", self.other)
+        if event == "send_message":
+            return "send", self.send
+        if event in ("upload", "upload_bytes"):
+            return event, self.upload if event == "upload" else self.upload_bytes
+        return "other", self.other
 
 
 class LocalLimiter:
@@ -51,19 +58,21 @@ class LocalLimiter:
         self._clock = clock
         self._state: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, at
 
-    async def check(self, user_id: str, event: str) -> int | None:
-        """Take a token; return ``retry_after_ms`` when there is none."""
+    async def check(self, user_id: str, event: str, cost: int = 1) -> int | None:
+        """Take ``cost`` tokens (at most the bucket's size); return ``retry_after_ms``
+        when there are not that many."""
         kind, bucket = self._limits.bucket_for(event)
         if not bucket.enabled:
             return None
+        cost = min(cost, bucket.burst)
         now = self._clock()
         key = (user_id, kind)
         tokens, at = self._state.get(key, (float(bucket.burst), now))
         tokens = min(float(bucket.burst), tokens + (now - at) * bucket.rate)
-        if tokens < 1.0:
+        if tokens < cost:
             self._state[key] = (tokens, now)
-            return max(1, math.ceil((1.0 - tokens) / bucket.rate * 1000))
-        self._state[key] = (tokens - 1.0, now)
+            return max(1, math.ceil((cost - tokens) / bucket.rate * 1000))
+        self._state[key] = (tokens - cost, now)
         if len(self._state) > 50_000:
             self._prune(now)
         return None
@@ -72,29 +81,29 @@ class LocalLimiter:
         """Forget buckets that have refilled completely: they behave as new ones."""
         keep = {}
         for (user, kind), (tokens, at) in self._state.items():
-            bucket = self._limits.send if kind == "send" else self._limits.other
+            _, bucket = self._limits.bucket_for("send_message" if kind == "send" else kind)
             if tokens + (now - at) * bucket.rate < bucket.burst:
                 keep[(user, kind)] = (tokens, at)
         self._state = keep
 
 
 # Token buckets, one check per key, in order. KEYS: bucket keys. ARGV: now ms,
-# then rate per s and burst for each key. Returns, per key, 0 when a token was
-# taken, else the milliseconds until one is there.
+# then rate per s, burst and cost for each key. Returns, per key, 0 when the
+# tokens were taken, else the milliseconds until there are enough.
 _BUCKETS = """
 local now = tonumber(ARGV[1])
 local waits = {}
 for i, key in ipairs(KEYS) do
-  local rate, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local rate, burst, cost = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
   local state = redis.call('HMGET', key, 't', 'at')
   local tokens, at = tonumber(state[1]), tonumber(state[2])
   if tokens == nil then tokens, at = burst, now end
   tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
   local wait = 0
-  if tokens < 1 then
-    wait = math.ceil((1 - tokens) * 1000 / rate)
+  if tokens < cost then
+    wait = math.ceil((cost - tokens) * 1000 / rate)
   else
-    tokens = tokens - 1
+    tokens = tokens - cost
   end
   redis.call('HSET', key, 't', tokens, 'at', now)
   redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
@@ -117,23 +126,24 @@ class RedisLimiter:
         self._redis = connection
         self._limits = limits
         self._fallback = fallback
-        self._batch: list[tuple[str, float, float, asyncio.Future]] = []
+        self._batch: list[tuple[str, float, float, int, asyncio.Future]] = []
 
-    async def check(self, user_id: str, event: str) -> int | None:
+    async def check(self, user_id: str, event: str, cost: int = 1) -> int | None:
         kind, bucket = self._limits.bucket_for(event)
         if not bucket.enabled:
             return None
+        cost = min(cost, bucket.burst)
         if self._redis.client is None:
-            return await self._fallback.check(user_id, event)
+            return await self._fallback.check(user_id, event, cost)
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         if not self._batch:
             loop.call_soon(self._send_batch)
-        self._batch.append((f"{PREFIX}rate:{kind}:{user_id}", bucket.rate, bucket.burst, answer))
+        self._batch.append((f"{PREFIX}rate:{kind}:{user_id}", bucket.rate, bucket.burst, cost, answer))
         try:
             wait = await answer
         except (RedisError, OSError, StorageUnavailable):
-            return await self._fallback.check(user_id, event)
+            return await self._fallback.check(user_id, event, cost)
         return int(wait) or None
 
     def _send_batch(self) -> None:
@@ -141,7 +151,7 @@ class RedisLimiter:
         now = now_ms()
         for start in range(0, len(batch), SCRIPT_BATCH):
             chunk = batch[start:start + SCRIPT_BATCH]
-            args = [now, *(x for _, rate, burst, _ in chunk for x in (rate, burst))]
+            args = [now, *(x for _, rate, burst, cost, _ in chunk for x in (rate, burst, cost))]
             try:
                 waits = self._redis.call(BUCKETS, [key for key, *_ in chunk], args)
             except StorageUnavailable as exc:
@@ -151,7 +161,7 @@ class RedisLimiter:
             waits.add_done_callback(functools.partial(_answer_each, chunk))
 
 
-def _answer_each(chunk: list[tuple[str, float, float, asyncio.Future]], done: asyncio.Future) -> None:
+def _answer_each(chunk: list[tuple[str, float, float, int, asyncio.Future]], done: asyncio.Future) -> None:
     """The bucket script's answers, one per check of ``chunk``."""
     error = done.exception() if not done.cancelled() else asyncio.CancelledError()
     if error is not None:

@@ -22,8 +22,8 @@ class Presence(Protocol):
 
 
 class Limiter(Protocol):
-    async def check(self, user_id: str, event: str) -> int | None:
-        """Take a token for ``event``: ``None`` to allow, else ``retry_after_ms``."""
+    async def check(self, user_id: str, event: str, cost: int = 1) -> int | None:
+        """Take ``cost`` tokens for ``event``: ``None`` to allow, else ``retry_after_ms``."""
         ...
 
 
@@ -39,3 +39,6 @@ class Observer(Protocol):
     def send_stored(self, seconds: float) -> None: ...
 
     def send_broadcast(self, seconds: float) -> None: ...
+
+    def upload(self, outcome: str, size: int) -> None:
+        """An attachment upload ended: ``ok``, ``too_large``, ``unsupported`` or ``rate_limited``."""

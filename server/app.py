@@ -23,13 +23,15 @@ from realtime.codec import StrictPacket
 from realtime.manager import FastManager
 from realtime.socket_server import FastSocketServer
 from storage import Store, make_outbox, make_store, mongo_search
+from storage.attachments import MemoryAttachments
 from storage.mongo import MongoStore
+from storage.mongo_attachments import GridFSAttachments
 from storage.mongo_revisions import backfill_in_background
 
-from . import http, platform_api
+from . import attachments, http, platform_api
 from .config import Settings
 from .demo import seed_demo
-from .keys import CHAT, CLUSTER, EVENTS, MEMBERSHIP, SETTINGS, SIO, STORE, VERIFIER, WEBHOOKS
+from .keys import ATTACHMENTS, CHAT, CLUSTER, EVENTS, MEMBERSHIP, SETTINGS, SIO, STORE, VERIFIER, WEBHOOKS
 from .logs import library_logger
 from .membership import MembershipWatch
 from .metrics import Metrics
@@ -176,9 +178,14 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     )
     sio.attach(app)
     platform_api.setup_routes(app)  # before the page's routes: their OPTIONS answer covers these too
+    attachments.setup_attachment_routes(app)
     http.setup_routes(app, STATIC_DIR)
     add_metrics_route(app, metrics, token=settings.metrics_token)
+    app[ATTACHMENTS] = (
+        GridFSAttachments(lambda: storage.database) if isinstance(storage, MongoStore) else MemoryAttachments()
+    )
     app.cleanup_ctx.append(_storage_lifecycle)
+    app.cleanup_ctx.append(_attachments_lifecycle)
     app.cleanup_ctx.append(_webhook_lifecycle)  # inside the storage's: stops before the store closes
     app.cleanup_ctx.append(_membership_lifecycle)
     app.on_shutdown.append(_close_transports)
@@ -203,6 +210,18 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
             backfill.cancel()
             await asyncio.gather(backfill, return_exceptions=True)
         await store.close()
+
+
+async def _attachments_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """The attachment store (on the open message store) and its orphan sweep."""
+    await app[ATTACHMENTS].open()
+    sweeper = asyncio.ensure_future(attachments.orphan_sweeper(app))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        await app[ATTACHMENTS].close()
 
 
 async def _backfill(store: MongoStore) -> None:

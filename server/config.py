@@ -45,6 +45,12 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_SEND_BURST": ("`send_message` bucket size per user (a whole number)", "`200`"),
     "RATE_LIMIT_EVENTS_PER_S": ("refill rate per user for every other event and HTTP request", "`50`"),
     "RATE_LIMIT_EVENTS_BURST": ("bucket size per user for every other event and HTTP request (a whole number)", "`300`"),
+    "RATE_LIMIT_UPLOADS_PER_S": ("attachment uploads refill rate per user (0 turns the limit off)", "`0.5`"),
+    "RATE_LIMIT_UPLOADS_BURST": ("attachment uploads bucket size per user (a whole number)", "`30`"),
+    "RATE_LIMIT_UPLOAD_BYTES_PER_S": ("uploaded bytes refill rate per user (0 turns the limit off)", "`1048576` (1 MiB)"),
+    "RATE_LIMIT_UPLOAD_BYTES_BURST": ("uploaded bytes bucket size per user (a whole number)", "`209715200` (200 MiB)"),
+    "ATTACHMENT_MAX_BYTES": ("largest file one upload may carry; a larger one is answered 413", "`10485760` (10 MiB)"),
+    "ATTACHMENT_ORPHAN_TTL_S": ("seconds an upload no message uses is kept before it is removed", "`3600`"),
     "SHUTDOWN_GRACE_S": ("seconds SIGTERM waits for in-flight work before closing", "`20`"),
     "PRESENCE_TTL_S": ("with Redis: seconds after which a dead node's users count as offline", "`15`"),
     "MAX_CONNECTIONS_PER_USER": (
@@ -138,6 +144,8 @@ class Settings:
     log_format: str = "text"
     demo: bool = False
     rate_limits: RateLimits = RateLimits()
+    attachment_max_bytes: int = 10 * 1024 * 1024
+    attachment_orphan_ttl_s: float = 3600.0
     shutdown_grace_s: float = 20.0
     presence_ttl_s: float = 15.0
     max_connections_per_user: int = 20
@@ -195,7 +203,9 @@ class Settings:
         for name, default in (
             ("RATE_LIMIT_SEND_PER_S", 20.0), ("RATE_LIMIT_SEND_BURST", 200.0),
             ("RATE_LIMIT_EVENTS_PER_S", 50.0), ("RATE_LIMIT_EVENTS_BURST", 300.0),
-            ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("CONNECT_TIMEOUT_S", 10.0),
+            ("RATE_LIMIT_UPLOADS_PER_S", 0.5), ("RATE_LIMIT_UPLOADS_BURST", 30.0),
+            ("RATE_LIMIT_UPLOAD_BYTES_PER_S", 1024.0 * 1024), ("RATE_LIMIT_UPLOAD_BYTES_BURST", 200.0 * 1024 * 1024),
+            ("ATTACHMENT_ORPHAN_TTL_S", 3600.0), ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("CONNECT_TIMEOUT_S", 10.0),
             ("FRAME_BUDGET_PER_S", 5000.0), ("MEMBERSHIP_POLL_S", 5.0),
         ):
             try:
@@ -205,7 +215,7 @@ class Settings:
             except ValueError:
                 problems.append(f"{name} must be a non-negative number, not {env[name]!r}")
                 numbers[name] = default
-        for kind in ("SEND", "EVENTS"):
+        for kind in ("SEND", "EVENTS", "UPLOADS", "UPLOAD_BYTES"):
             # A fractional burst would round down, to 0 below 1: the limit off, silently.
             burst, rate = numbers[f"RATE_LIMIT_{kind}_BURST"], numbers[f"RATE_LIMIT_{kind}_PER_S"]
             if burst != int(burst) or (burst < 1 and rate > 0):
@@ -214,6 +224,9 @@ class Settings:
                     f"{env[f'RATE_LIMIT_{kind}_BURST']!r} (RATE_LIMIT_{kind}_PER_S=0 turns the limit off)"
                 )
         max_per_user = _whole(env, "MAX_CONNECTIONS_PER_USER", 20, 1, 1_000_000, problems)
+        attachment_max = _whole(env, "ATTACHMENT_MAX_BYTES", 10 * 1024 * 1024, 1, 1 << 40, problems)
+        if numbers["ATTACHMENT_ORPHAN_TTL_S"] < 1:
+            problems.append("ATTACHMENT_ORPHAN_TTL_S must be at least 1 second")
 
         trust = env.get("TRUST_PROXY", "false").strip().lower()
         if trust not in _TRUE + _FALSE:
@@ -231,7 +244,13 @@ class Settings:
             rate_limits=RateLimits(
                 send=Bucket(numbers["RATE_LIMIT_SEND_PER_S"], int(numbers["RATE_LIMIT_SEND_BURST"])),
                 other=Bucket(numbers["RATE_LIMIT_EVENTS_PER_S"], int(numbers["RATE_LIMIT_EVENTS_BURST"])),
+                upload=Bucket(numbers["RATE_LIMIT_UPLOADS_PER_S"], int(numbers["RATE_LIMIT_UPLOADS_BURST"])),
+                upload_bytes=Bucket(
+                    numbers["RATE_LIMIT_UPLOAD_BYTES_PER_S"], int(numbers["RATE_LIMIT_UPLOAD_BYTES_BURST"])
+                ),
             ),
+            attachment_max_bytes=attachment_max,
+            attachment_orphan_ttl_s=numbers["ATTACHMENT_ORPHAN_TTL_S"],
             shutdown_grace_s=numbers["SHUTDOWN_GRACE_S"],
             presence_ttl_s=max(1.0, numbers["PRESENCE_TTL_S"]),
             connect_timeout_s=numbers["CONNECT_TIMEOUT_S"],

@@ -9,6 +9,7 @@ from handlers.auth import TokenVerifier
 from handlers.chat import ChatService
 from handlers.events import ChatEvents
 from storage import Store
+from storage.attachments import AttachmentStore
 
 from .config import Settings
 from .membership import MembershipWatch
@@ -24,3 +25,4 @@ VERIFIER = web.AppKey("verifier", TokenVerifier)
 CLUSTER = web.AppKey("cluster", Cluster)
 WEBHOOKS = web.AppKey("webhooks", WebhookSender)
 MEMBERSHIP = web.AppKey("membership", MembershipWatch)
+ATTACHMENTS = web.AppKey("attachments", AttachmentStore)

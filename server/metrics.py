@@ -54,6 +54,13 @@ class Metrics(Observer):
                                        registry=r)
         for outcome in ("delivered", "retried", "failed"):
             self.webhook_events.labels(outcome)
+        self.uploads = Counter("chat_uploads", "Attachment uploads by outcome: ok, too_large, unsupported, "
+                               "rate_limited.", ["outcome"], registry=r)
+        self.upload_bytes = Counter("chat_upload_bytes", "Bytes received in attachment uploads, by outcome.",
+                                    ["outcome"], registry=r)
+        for outcome in ("ok", "too_large", "unsupported", "rate_limited"):
+            self.uploads.labels(outcome)
+            self.upload_bytes.labels(outcome)
         self.before_scrape: list[Callable[[], Awaitable[None]]] = []
         self._refreshed_at = float("-inf")
 
@@ -80,6 +87,10 @@ class Metrics(Observer):
 
     def send_broadcast(self, seconds: float) -> None:
         self.broadcast_seconds.observe(seconds)
+
+    def upload(self, outcome: str, size: int) -> None:
+        self.uploads.labels(outcome).inc()
+        self.upload_bytes.labels(outcome).inc(size)
 
     def webhook(self, outcome: str) -> None:
         self.webhook_events.labels(outcome).inc()

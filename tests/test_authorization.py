@@ -35,6 +35,7 @@ is strict is that nothing is read, written or broadcast.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,7 @@ EVENTS = [
     "typing", "mark_read", "edit_message", "delete_message", "get_changes", "refresh_token",
     "react", "pin_message", "accept_answer", "search_messages",
 ]
-USER_ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages", "GET /search"]
+USER_ROUTES = ["GET /study-groups", "GET /study-groups/{id}/messages", "GET /search", "POST /study-groups/{id}/attachments"]
 SERVICE_ROUTES = ["POST /study-groups/{id}/messages", "POST /study-groups/{id}/membership-changed"]
 ROUTES = USER_ROUTES + SERVICE_ROUTES
 
@@ -321,6 +322,13 @@ async def _http_as(server_url: str, identity: str, route: str) -> None:
             body = await resp.json()
             assert resp.status == 403 and set(body) == NO_LEAK and body["error"]["code"] == "not_member", body
             assert SECRET not in json.dumps(body)
+        elif route == "POST /study-groups/{id}/attachments":
+            form = aiohttp.FormData()
+            form.add_field("file", io.BytesIO(f"notes {SECRET}\n".encode()), filename="notes.txt")
+            resp = await http.post(f"{server_url}/study-groups/{target(identity)}/attachments{query}", data=form,
+                                   headers=headers)
+            body = await resp.json()
+            assert resp.status == 403 and set(body) == NO_LEAK and body["error"]["code"] == "not_member", body
         elif route == "GET /search":
             sep = "&" if query else "?"
             resp = await http.get(f"{server_url}/search{query}{sep}q={SECRET}&group_id={target(identity)}",
