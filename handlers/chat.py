@@ -8,15 +8,20 @@ protocol fixes and turns store answers into success payloads.
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from storage import conversation
-from storage.base import GroupAccess, GroupSummary, Message, ReadState, Store
+from storage.attachments import AttachmentStore, AttachmentsUnavailable, MemoryAttachments, claim_key
+from storage.base import GroupAccess, GroupSummary, Message, ReadState, StorageUnavailable, Store
 from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError, invalid
 from .notifications import Notifier
+
+log = logging.getLogger(__name__)
 
 Publish = Callable[[Message], Awaitable[None]]
 SEARCHES_AT_ONCE = 4  # per process
@@ -25,9 +30,12 @@ SEARCHES_AT_ONCE = 4  # per process
 class ChatService:
     """Every chat rule: the events and routes call this, never the store."""
 
-    def __init__(self, store: Store, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, store: Store, *, notifier: Notifier | None = None, attachments: AttachmentStore | None = None
+    ) -> None:
         self.store = store
         self.notifier = notifier  # webhooks; None when they are not configured
+        self.attachments: AttachmentStore = attachments if attachments is not None else MemoryAttachments()
         # One writer per group in this process: rev (and seq) order is broadcast order.
         self._writer = KeyedLock()
         # Searches read more than other events: a few at a time, so a burst of them
@@ -123,6 +131,7 @@ class ChatService:
         mentions: Sequence[str] = (),
         reply_to: str | None = None,
         kind: str = conversation.PLAIN,
+        attachments: Sequence[str] = (),
     ) -> tuple[Message, bool]:
         """Store a member's message and, unless it repeats an earlier send of the same
         ``client_msg_id``, ``publish`` it before the group's next message is stored.
@@ -137,10 +146,19 @@ class ChatService:
             if replied is None:
                 raise ChatError("message_not_found", "The message replied to is not in this group.")
             quoted = conversation.reply_snapshot(replied)
-        message, duplicate = await self._store_and_publish(
-            group_id, publish, sender_id=user_id, sender_name=name, content=content,
-            client_msg_id=client_msg_id, mentions=mentions, reply_to=quoted, kind=kind,
-        )
+        claim = claim_key(user_id, client_msg_id or f"once:{uuid.uuid4()}")
+        files = await self._claim_files(user_id, group_id, attachments, claim) if attachments else []
+        try:
+            message, duplicate = await self._store_and_publish(
+                group_id, publish, sender_id=user_id, sender_name=name, content=content,
+                client_msg_id=client_msg_id, mentions=mentions, reply_to=quoted, kind=kind, attachments=files,
+            )
+        except BaseException:
+            if attachments:  # not stored (as far as is known): the files may be sent again
+                await self._files(self.attachments.release(attachments, claim), "release")
+            raise
+        if attachments and not duplicate:
+            await self._files(self.attachments.attach(attachments, message["id"]), "attach")
         if self.notifier is not None:
             await self.notifier.message_stored(message, group)
         return message, duplicate
@@ -153,6 +171,34 @@ class ChatService:
             if not duplicate:
                 await publish(message)
         return message, duplicate
+
+    async def _claim_files(
+        self, user_id: str, group_id: str, attachment_ids: Sequence[str], claim: str
+    ) -> list[dict[str, Any]]:
+        """The wire form of the caller's uploads to this group, marked as taken by this
+        send; ``invalid_payload`` naming any that is not theirs here or is taken."""
+        try:
+            found = {a.id: a for a in [await self.attachments.get(i) for i in attachment_ids] if a is not None}
+            foreign = [i for i in attachment_ids
+                       if i not in found or found[i].group_id != group_id or found[i].uploader_id != user_id]
+            if foreign:
+                raise invalid({"attachments": [f"Not uploads of yours to this group: {', '.join(foreign)}."]},
+                              "Attach files you uploaded to this group.")
+            claimed = {a.id: a for a in await self.attachments.claim(attachment_ids, claim)}
+        except AttachmentsUnavailable as exc:
+            raise StorageUnavailable(str(exc)) from exc
+        taken = [i for i in attachment_ids if i not in claimed]
+        if taken:
+            raise invalid({"attachments": [f"Already sent in another message: {', '.join(taken)}."]},
+                          "A file can be sent in one message only; upload it again.")
+        return [claimed[i].to_wire() for i in attachment_ids]
+
+    async def _files(self, work: Awaitable[Any], what: str) -> None:
+        """Bookkeeping of files after a send: a failure is logged, the orphan sweep settles it."""
+        try:
+            await work
+        except AttachmentsUnavailable as exc:
+            log.warning("attachment %s after a send failed: %s", what, exc)
 
     async def _check_mentions(self, group_id: str, mentions: Sequence[str]) -> None:
         """``invalid_payload`` naming the mentioned users who are not members of the group."""
@@ -249,7 +295,10 @@ class ChatService:
             )
             if deleted is not None:
                 await publish(deleted)
-                return deleted
+        if deleted is not None:
+            if current["attachments"]:  # the files go with the message
+                await self._files(self.attachments.delete([a["id"] for a in current["attachments"]]), "delete")
+            return deleted
         return await self.store.get_message(group_id, message_id)
 
     async def own_message(

@@ -304,7 +304,7 @@ class ChatEvents:
         message, duplicate = await self.chat.send(
             conn.user_id, group_id, name=name, content=data["content"],
             client_msg_id=data.get("client_msg_id"), publish=publish, mentions=data.get("mentions", ()),
-            reply_to=data.get("reply_to"), kind=data.get("kind", "message"),
+            reply_to=data.get("reply_to"), kind=data.get("kind", "message"), attachments=data.get("attachments", ()),
         )
         return {"ok": True, "message": message, "duplicate": duplicate}
 

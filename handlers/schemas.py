@@ -22,6 +22,7 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_CONTENT = 4000
 MAX_CLIENT_MSG_ID = 64
 MAX_MENTIONS = 50
+MAX_ATTACHMENTS = 10  # files per message
 MAX_TOKEN = 8192  # characters of a JWT in refresh_token (the handshake's auth is bounded by the packet limit)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
@@ -80,11 +81,16 @@ class StrictBoolean(fields.Field):
 
 
 class Content(fields.Field):
-    """Message text: not blank, at most ``MAX_CONTENT`` code points."""
+    """Message text: not blank (unless ``allow_blank``: the schema decides), at most
+    ``MAX_CONTENT`` code points."""
+
+    def __init__(self, *, allow_blank: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.allow_blank = allow_blank
 
     def _deserialize(self, value, attr, data, **kwargs):
         value = _check_text(value)
-        if not value.strip():
+        if not value.strip() and not self.allow_blank:
             raise ValidationError("Must not be empty.")
         if len(value) > MAX_CONTENT:
             raise ValidationError(f"Must be at most {MAX_CONTENT} characters.")
@@ -99,22 +105,40 @@ class ClientMsgId(fields.Field):
         return value
 
 
-class Mentions(fields.Field):
-    """At most ``MAX_MENTIONS`` distinct user ids (24-hex, either case), normalised to lowercase."""
+class DistinctIds(fields.Field):
+    """At most ``most`` distinct ids (24-hex, either case), normalised to lowercase."""
+
+    def __init__(self, most: int, what: str, **kwargs):
+        super().__init__(**kwargs)
+        self.most, self.what = most, what
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, list):
-            raise ValidationError("Must be a list of user ids.")
-        if len(value) > MAX_MENTIONS:
-            raise ValidationError(f"At most {MAX_MENTIONS} user ids, not {len(value)}.")
+            raise ValidationError(f"Must be a list of {self.what}s.")
+        if len(value) > self.most:
+            raise ValidationError(f"At most {self.most} {self.what}s, not {len(value)}.")
         bad = [i for i, v in enumerate(value) if not isinstance(v, str) or not ID_RE.fullmatch(v)]
         if bad:
             raise ValidationError(f"Items {bad} are not 24-character hexadecimal ids.")
         ids = [v.lower() for v in value]
         repeated = [i for i, count in Counter(ids).items() if count > 1]
         if repeated:
-            raise ValidationError(f"Each user id may be given once; repeated: {', '.join(repeated)}.")
+            raise ValidationError(f"Each {self.what} may be given once; repeated: {', '.join(repeated)}.")
         return ids
+
+
+class Mentions(DistinctIds):
+    """At most ``MAX_MENTIONS`` distinct user ids."""
+
+    def __init__(self, **kwargs):
+        super().__init__(MAX_MENTIONS, "user id", **kwargs)
+
+
+class AttachmentIds(DistinctIds):
+    """At most ``MAX_ATTACHMENTS`` distinct attachment ids."""
+
+    def __init__(self, **kwargs):
+        super().__init__(MAX_ATTACHMENTS, "attachment id", **kwargs)
 
 
 class Choice(fields.Field):
@@ -208,11 +232,12 @@ class LeaveGroup(GroupRef):
 
 
 class SendMessage(GroupRef):
-    content = Content(required=True)
+    content = Content(required=True, allow_blank=True)
     client_msg_id = ClientMsgId()
     mentions = Mentions()
     reply_to = ObjectIdString()
     kind = Choice((conversation.PLAIN, conversation.QUESTION))
+    attachments = AttachmentIds()  # then ``content`` may be blank (``_AFTER_LOAD``)
 
 
 class GetHistory(GroupRef):
@@ -363,7 +388,19 @@ def load(event: str, args: tuple[Any, ...]) -> dict[str, Any]:
         if one in data and other in data:
             text = f"Give at most one of {one} and {other}."
             raise ValidationError({one: [text], other: [text]})
+    if event in _AFTER_LOAD:
+        _AFTER_LOAD[event](data)
     return data
+
+
+def _text_or_files(data: dict[str, Any]) -> None:
+    """A message has text, or files, or both."""
+    if not data["content"].strip() and not data.get("attachments"):
+        raise ValidationError({"content": ["Must not be empty (it may be when the message has attachments)."]})
+
+
+# Rules over several fields of a loaded payload (schemas declare no hooks of their own).
+_AFTER_LOAD = {"send_message": _text_or_files}
 
 
 # Fields of an event that cannot be given together.

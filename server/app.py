@@ -146,7 +146,8 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     metrics = Metrics()
     sender = _webhook_sender(settings, storage, metrics)
     notifier = None if sender is None else Notifier(sender.outbox, presence, written=sender.wake)
-    chat = ChatService(storage, notifier=notifier)
+    files = GridFSAttachments(lambda: storage.database) if isinstance(storage, MongoStore) else MemoryAttachments()
+    chat = ChatService(storage, notifier=notifier, attachments=files)
     events = ChatEvents(
         sio,
         chat,
@@ -181,9 +182,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     attachments.setup_attachment_routes(app)
     http.setup_routes(app, STATIC_DIR)
     add_metrics_route(app, metrics, token=settings.metrics_token)
-    app[ATTACHMENTS] = (
-        GridFSAttachments(lambda: storage.database) if isinstance(storage, MongoStore) else MemoryAttachments()
-    )
+    app[ATTACHMENTS] = files
     app.cleanup_ctx.append(_storage_lifecycle)
     app.cleanup_ctx.append(_attachments_lifecycle)
     app.cleanup_ctx.append(_webhook_lifecycle)  # inside the storage's: stops before the store closes

@@ -130,11 +130,13 @@ class Store(Protocol):
         mentions: Sequence[str] = (),
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
+        attachments: Sequence[dict[str, Any]] = (),
     ) -> tuple[Message, bool]:
         """Store a message with the group's next ``seq`` and next ``rev``.
 
-        ``mentions`` (lowercase ids, distinct, members: checked by the caller)
-        and ``reply_to`` (``conversation.reply_snapshot``) are stored as given. Returns ``(message, duplicate)``: when ``(sender,
+        ``mentions`` (lowercase ids, distinct, members: checked by the caller),
+        ``reply_to`` (``conversation.reply_snapshot``) and ``attachments`` (the
+        wire form of files claimed by the caller) are stored as given. Returns ``(message, duplicate)``: when ``(sender,
         group, client_msg_id)`` was stored before, the first stored message and
         ``True``. The platform's own messages (``kind="system"``) have no sender
         id: their ``client_msg_id`` is one key space per group.

@@ -132,6 +132,7 @@ class MemoryStore:
         mentions: Sequence[str] = (),
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
+        attachments: Sequence[dict[str, Any]] = (),
     ) -> tuple[Message, bool]:
         group = self._groups[group_id]
         if client_msg_id is not None:
@@ -141,7 +142,7 @@ class MemoryStore:
         return self.seed_message(
             group_id, sender_id=sender_id, sender_name=sender_name,
             content=content, client_msg_id=client_msg_id, mentions=mentions, kind=kind,
-            reply_to=reply_to,
+            reply_to=reply_to, attachments=attachments,
         ), False
 
     def seed_message(
@@ -155,6 +156,7 @@ class MemoryStore:
         mentions: Sequence[str] = (),
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
+        attachments: Sequence[dict[str, Any]] = (),
     ) -> Message:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
@@ -179,13 +181,13 @@ class MemoryStore:
             "reactions": [],
             "pinned": None,
             "answer_id": None,
-            "attachments": [],
+            "attachments": [dict(a) for a in attachments],
             "deleted_by": None,
         }
         group.messages.append(message)
         group.by_id[message["id"]] = message
         self._retag(group, None, message)
-        group.words.update(message["seq"], message_words(content))
+        group.words.update(message["seq"], message_words(content, message["attachments"]))
         if client_msg_id is not None:
             group.by_client_id[(sender_id, client_msg_id)] = message
         group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
@@ -404,7 +406,9 @@ class MemoryStore:
         before = group.messages[updated["seq"] - 1]
         cls._retag(group, before, updated)
         if (before["content"], before["deleted"]) != (updated["content"], updated["deleted"]):
-            group.words.update(updated["seq"], [] if updated["deleted"] else message_words(updated["content"]))
+            group.words.update(
+                updated["seq"], [] if updated["deleted"] else message_words(updated["content"], updated["attachments"])
+            )
         group.messages[updated["seq"] - 1] = updated
         group.by_id[updated["id"]] = updated
         if updated["client_msg_id"] is not None:

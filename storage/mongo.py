@@ -273,6 +273,7 @@ class MongoStore:
         mentions: Sequence[str] = (),
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
+        attachments: Sequence[dict[str, Any]] = (),
     ) -> tuple[Message, bool]:
         gid, sid = oid(group_id), None if sender_id is None else oid(sender_id)
         async with self._writer(str(gid)):
@@ -290,8 +291,10 @@ class MongoStore:
                 "client_msg_id": client_msg_id,
                 "edited_at": None,
                 "deleted": False,
-                **mongo_search.words_field(content),
+                **mongo_search.words_field(content, attachments=attachments),
             }
+            if attachments:
+                doc["attachments"] = [dict(a) for a in attachments]
             if mentions:
                 doc["mentions"] = [oid(user_id) for user_id in mentions]
             if reply_to is not None:
@@ -413,9 +416,11 @@ class MongoStore:
     async def edit_message(
         self, group_id: str, message_id: str, sender_id: str, content: str
     ) -> Message | None:
+        files = await self.get_message(group_id, message_id)  # their names stay searchable words
         return await self._update_live(
             group_id, message_id, sender_id,
-            {"content": content, "edited_at": now_ms(), **mongo_search.words_field(content)},
+            {"content": content, "edited_at": now_ms(),
+             **mongo_search.words_field(content, attachments=files["attachments"] if files else ())},
         )
 
     @_unavailable

@@ -107,7 +107,7 @@ def to_wire(doc: dict[str, Any]) -> Message:
         ),
         "pinned": None if deleted or not pinned else {"by": str(pinned["by"]), "at": iso_timestamp(pinned["at"])},
         "answer_id": _hex_or_none(doc.get("answer_id")),
-        "attachments": [],
+        "attachments": [] if deleted else [dict(a) for a in doc.get("attachments") or ()],
         "deleted_by": _hex_or_none(doc.get("deleted_by")),
     }
 

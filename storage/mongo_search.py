@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -51,9 +51,9 @@ MARKER = {"_id": "message_words"}
 RESCAN_MARGIN = timedelta(hours=1)  # before the previous run's start: clocks and slow writers
 
 
-def words_field(content: str, deleted: bool = False) -> dict[str, Any]:
-    """The ``words`` to store with a message's content (none once deleted)."""
-    return {"words": [] if deleted else message_words(content)}
+def words_field(content: str, deleted: bool = False, attachments: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The ``words`` to store with a message's content and files (none once deleted)."""
+    return {"words": [] if deleted else message_words(content, attachments)}
 
 
 def _prefix_range(query: Query) -> dict[str, str]:
@@ -153,14 +153,14 @@ class WordsBackfill:
             query["_id"] = {"$gte": ObjectId.from_datetime(since - RESCAN_MARGIN)}
         done = 0
         while True:
-            docs = await self._db.messages.find(query, {"content": 1}).sort("_id", ASCENDING).limit(
+            docs = await self._db.messages.find(query, {"content": 1, "attachments": 1}).sort("_id", ASCENDING).limit(
                 BACKFILL_BATCH).to_list(None)
             if not docs:
                 break
             # The content read is part of the selector: an edit meanwhile wrote its own words.
             await self._db.messages.bulk_write([
                 UpdateOne({"_id": d["_id"], "content": d.get("content"), "words": {"$exists": False}},
-                          {"$set": words_field(d.get("content") or "")})
+                          {"$set": words_field(d.get("content") or "", attachments=d.get("attachments") or ())})
                 for d in docs
             ], ordered=False)
             done += len(docs)

@@ -23,7 +23,9 @@ word matches as a prefix ("deriv" finds "derivadas"), the others exactly.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import regex
 
@@ -54,10 +56,11 @@ def _words(text: str) -> list[list[str]]:
     return found
 
 
-def message_words(content: str) -> list[str]:
-    """The distinct words a message is found by, in the order they first appear."""
+def message_words(content: str, attachments: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The distinct words a message is found by, in the order they first appear: its
+    text's, then its files' names'."""
     words: dict[str, None] = {}
-    for runs in _words(content):
+    for runs in _words("\n".join([content, *(a["name"] for a in attachments)])):
         whole = "".join(runs)[:MAX_WORD_LENGTH]
         for word in (whole, *runs) if len(runs) > 1 else (whole,):
             words[word] = None

@@ -285,3 +285,67 @@ async def test_one_node_at_a_time_holds_the_sweep_lease(store, backend):
         assert not await first.lease("orphan-sweep", "a", 0.5)
     finally:
         await store.close()
+
+
+# -- messages with attachments --
+
+async def send(client, **payload: Any) -> dict[str, Any]:
+    return await client.call("send_message", {"group_id": MATHS, **payload})
+
+
+async def test_a_message_carries_its_files_in_every_read_and_deleting_it_removes_them(connect, server_url, http):
+    ana, ben = await connect(ANA), await connect(BEN)
+    assert (await ben.call("join_group", {"group_id": MATHS}))["ok"]
+    photo = (await upload(http, server_url, jpeg(), name="pizarra del martes.jpg"))[1]["attachment"]
+    notes = (await upload(http, server_url, PDF, name="derivadas.pdf"))[1]["attachment"]
+
+    ack = await send(ana, content="", attachments=[photo["id"], notes["id"]], client_msg_id="files-1")
+    assert ack["ok"] and ack["duplicate"] is False, ack
+    message = ack["message"]
+    assert message["content"] == "" and message["attachments"] == [photo, notes]
+    broadcast = (await ben.wait_event("message"))[0]
+    assert broadcast["attachments"] == [photo, notes]
+    again = await send(ana, content="", attachments=[photo["id"], notes["id"]], client_msg_id="files-1")
+    assert again["duplicate"] is True and again["message"] == message
+
+    history = await ben.call("get_history", {"group_id": MATHS, "limit": 5})
+    assert history["messages"][-1]["attachments"] == [photo, notes]
+    changes = await ben.call("get_changes", {"group_id": MATHS, "after_rev": message["rev"] - 1})
+    assert changes["changes"][0]["attachments"] == [photo, notes]
+    # File names are words of the message, also after an edit of its text.
+    found = await ben.call("search_messages", {"query": "pizarra martes"})
+    assert [m["id"] for m in found["results"]] == [message["id"]]
+    edited = await ana.call("edit_message", {"group_id": MATHS, "message_id": message["id"], "content": "Apuntes"})
+    assert edited["message"]["attachments"] == [photo, notes]
+    assert [m["id"] for m in (await ben.call("search_messages", {"query": "deriv"}))["results"]] == [message["id"]]
+
+    # Deleting the message deletes its files.
+    deleted = await ana.call("delete_message", {"group_id": MATHS, "message_id": message["id"]})
+    assert deleted["message"]["attachments"] == []
+    for attachment in (photo, notes):
+        async with http.get(f"{server_url}/attachments/{attachment['id']}", headers=auth(BEN)) as resp:
+            assert resp.status == 404
+    assert (await ben.call("search_messages", {"query": "pizarra"}))["results"] == []
+
+
+async def test_files_that_are_not_the_senders_to_this_group_are_refused(connect, server_url, http):
+    ana, ben = await connect(ANA), await connect(BEN)
+    mine = (await upload(http, server_url, b"mis notas\n", name="a.txt"))[1]["attachment"]["id"]
+    bens = (await upload(http, server_url, b"notas de Ben\n", name="b.txt", user=BEN))[1]["attachment"]["id"]
+    elsewhere = (await upload(http, server_url, b"fisica\n", name="c.txt", group=PHYSICS))[1]["attachment"]["id"]
+    unknown = "65c000000000000000000042"
+    for ids in ([bens], [elsewhere], [unknown], [mine, bens]):
+        ack = await send(ana, content="mira", attachments=ids)
+        assert ack["ok"] is False and ack["error"]["code"] == "invalid_payload", (ids, ack)
+        assert "attachments" in ack["error"]["details"]
+    many = [f"65c0000000000000000000{i:02x}" for i in range(11)]
+    ack = await send(ana, content="mira", attachments=many)
+    assert ack.get("error", {}).get("details") == {"attachments": ["At most 10 attachment ids, not 11."]}, ack
+    assert (await send(ana, content="  "))["error"]["details"] == {
+        "content": ["Must not be empty (it may be when the message has attachments)."]}
+
+    # A refused send took nothing: the file is still free, and once sent it is not free again.
+    assert (await send(ana, content="", attachments=[mine]))["ok"]
+    ack = await send(ana, content="otra vez", attachments=[mine])
+    assert ack["error"]["code"] == "invalid_payload" and "another message" in ack["error"]["details"]["attachments"][0]
+    assert (await send(ben, content="", attachments=[bens]))["ok"]

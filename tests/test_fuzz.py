@@ -1369,6 +1369,10 @@ async def test_every_event_name_with_arbitrary_json_arguments(rig):
         return rig.exercise(event, args, ack=draw(ACK))
 
     await explore(500, step)
+    # And each known event with a few fixed odd shapes, whatever mix the draws above had.
+    for event in EVENTS:
+        for args in ((), ({},), ([],), ("x",), ({"group_id": 1, "extra": None},), (None, None)):
+            await rig.exercise(event, args, ack=True)
     await rig.finish()
     assert {event for event, _ in rig.outcomes} == set(EVENTS) | {"<other event>"}, tally(rig)
 
