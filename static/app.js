@@ -7,6 +7,7 @@ import { Announcer } from "./announcer.js";
 import { Connection, Outbox } from "./client.js";
 import { Compose } from "./compose.js";
 import { Conversation } from "./conversation.js";
+import { Tray, downloadFile, openImage, useToken } from "./files.js";
 import { reactionPicker } from "./message_view.js";
 import { People, TypingAnnouncer } from "./people.js";
 import { demoToken, demoUsers, forgetSession, saveSession, savedSession, tokenSubject } from "./session.js";
@@ -30,6 +31,8 @@ const ui = {
   composer: $("composer"), input: $("message-input"), send: $("send"), editBanner: $("edit-banner"),
   askQuestion: $("ask-question"), searchInput: $("search-input"), searchButton: $("search-button"),
   unanswered: $("filter-unanswered"), groupsTitle: $("groups-title"),
+  attach: $("attach"), fileInput: $("file-input"), room: document.querySelector(".room"), dropHint: $("drop-hint"),
+  viewer: $("viewer"),
 };
 
 const state = {
@@ -49,6 +52,11 @@ const state = {
 };
 const people = new People($("online"), $("typing"));
 const announcer = new Announcer($("announcer"));
+useToken(() => state.conn?.token ?? "");
+const tray = new Tray({
+  list: $("upload-tray"), token: () => state.conn?.token ?? "", groupId: () => state.view?.groupId ?? "",
+  error: (text) => showError(`File not attached: ${text}`), changed: () => {},
+});
 people.onMyName = (name) => { ui.me.textContent = name; };
 const typing = new TypingAnnouncer((groupId, isTyping) => state.conn?.notify("typing", { group_id: groupId, is_typing: isTyping }));
 const compose = new Compose({
@@ -432,7 +440,8 @@ function showGroup(view, name = "") {
   ui.placeholder.hidden = view !== null;
   ui.groupName.textContent = view ? name : "No group open";
   ui.groupId.textContent = view ? view.groupId : "";
-  ui.input.disabled = ui.send.disabled = ui.askQuestion.disabled = view === null; // offline sends wait in the outbox
+  ui.input.disabled = ui.send.disabled = ui.askQuestion.disabled = ui.attach.disabled = view === null; // offline sends wait in the outbox
+  tray.clear(); // files are uploaded to one group
   ui.unanswered.disabled = view === null;
   if (!view) conversation.open(null);
   compose.reset();
@@ -584,7 +593,13 @@ function onMembership(event, payload) {
 
 function submit() {
   const text = ui.input.value;
-  if (!text.trim() || !state.view) return;
+  if (!state.view) return;
+  if (tray.uploading) {
+    showError("Wait for your files to finish uploading.");
+    return;
+  }
+  const hasFiles = tray.items.some((item) => item.attachment);
+  if (!text.trim() && !hasFiles) return;
   if ([...text].length > MAX_CONTENT) {
     showError(`A message can have at most ${MAX_CONTENT} characters.`);
     return;
@@ -594,7 +609,10 @@ function submit() {
     saveEdit(text);
     return;
   }
-  const entry = state.outbox.add(state.view.groupId, text, compose.take(text));
+  const extra = compose.take(text);
+  const files = tray.take();
+  if (files.length) extra.attachments = files;
+  const entry = state.outbox.add(state.view.groupId, text, extra);
   state.view.addPending(entry, people.nameOf(state.me));
   ui.input.value = "";
   typing.stop();
@@ -694,6 +712,11 @@ function onMessageAction(button) {
     const accepted = button.getAttribute("aria-pressed") === "true";
     change("accept_answer", { question_id: button.dataset.questionId, answer_id: accepted ? null : message.id });
   } else if (action === "jump") jumpTo(view.groupId, Number(button.dataset.jumpSeq));
+  else if (action === "open-file") {
+    openImage(ui.viewer, button.dataset.url, button.dataset.name).catch((err) => showError(`Could not open the file: ${err.message}`));
+  } else if (action === "download-file") {
+    downloadFile(button.dataset.url, button.dataset.name).catch((err) => showError(`Could not download the file: ${err.message}`));
+  }
 }
 
 /** A reaction, pin or acceptance: the ack carries the changed message (the room gets it too). */
@@ -848,6 +871,28 @@ function wire() {
     if (item && state.view) state.view.setActive(Number(item.dataset.seq));
   });
   document.addEventListener("visibilitychange", markReadSoon);
+  // Files: the Attach button opens the picker; files dropped on the open group are attached too.
+  ui.attach.addEventListener("click", () => ui.fileInput.click());
+  ui.fileInput.addEventListener("change", () => {
+    tray.add([...ui.fileInput.files]);
+    ui.fileInput.value = "";
+    ui.input.focus();
+  });
+  ui.room.addEventListener("dragover", (event) => {
+    if (!state.view || !event.dataTransfer?.types.includes("Files")) return;
+    event.preventDefault();
+    ui.dropHint.hidden = false;
+  });
+  ui.room.addEventListener("dragleave", (event) => {
+    if (!ui.room.contains(event.relatedTarget)) ui.dropHint.hidden = true;
+  });
+  ui.room.addEventListener("drop", (event) => {
+    ui.dropHint.hidden = true;
+    if (!state.view || !event.dataTransfer?.files.length) return;
+    event.preventDefault();
+    tray.add([...event.dataTransfer.files]);
+  });
+  $("viewer-close").addEventListener("click", () => ui.viewer.close());
 }
 
 async function main() {

@@ -3,6 +3,7 @@
 // buttons that act on it. Buttons carry `data-action`; app.js handles them.
 
 import { el } from "./dom.js";
+import { attachmentList } from "./files.js";
 import { renderText } from "./markdown.js";
 
 // The reaction picker's choices, with their names for screen readers.
@@ -29,6 +30,7 @@ export function messageBody(message, me, view) {
   if (message.deleted) content.textContent = "message deleted";
   else content.append(renderText(message.content));
   parts.push(content);
+  if (!message.deleted && message.attachments?.length) parts.push(attachmentList(message.attachments));
   if (!message.deleted && message.reactions?.length) parts.push(reactions(message, me));
   return parts;
 }

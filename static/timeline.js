@@ -277,7 +277,9 @@ export class Timeline {
     const meta = el("div", { class: "meta" });
     meta.append(el("span", { class: "sender", "data-testid": "message-sender" }, myName));
     meta.append(el("span", { class: "status" }, "sending…"));
-    node.append(meta, el("p", { class: "content", "data-testid": "message-content" }, entry.content));
+    const files = entry.extra?.attachments?.length;
+    const text = files ? `${entry.content}${entry.content.trim() ? " " : ""}(${files} ${files === 1 ? "file" : "files"})` : entry.content;
+    node.append(meta, el("p", { class: "content", "data-testid": "message-content" }, text));
     this.pending.set(entry.id, node);
     this.list.append(node);
     if (entry.error) this.markFailed(entry.id, entry.error.describe());
