@@ -55,6 +55,13 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
         b"IEND", b"")
 
 
+def zip_of_zeros(size: int) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.bin", b"\0" * size)
+    return out.getvalue()
+
+
 def auth(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(user)}"}
 
@@ -158,9 +165,10 @@ async def test_outsiders_get_404_and_learn_nothing(server_url, http):
     (b"\x89PNG\r\n\x1a\n" + b"MZ\x90\x00" + b"\0" * 500, "image/png", 415),  # a PNG header on an executable
     (png_bomb(), "image/png", 415),  # ten billion pixels in a few hundred bytes
     (b"PK\x03\x04" + b"\0" * 200, "application/pdf", 415),  # a broken ZIP as a PDF
+    (zip_of_zeros(16 * MiB), "image/jpeg", 415),  # a ZIP bomb named like a photo (never unpacked)
     (b"", "text/plain", 415),
     (b"\xff\xfe\x00\x00garbage\x00\x01", "text/plain", 415),
-], ids=["exe-as-image", "png-header-on-exe", "pixel-bomb", "zip-as-pdf", "empty", "binary-as-text"])
+], ids=["exe-as-image", "png-header-on-exe", "pixel-bomb", "zip-as-pdf", "zip-bomb", "empty", "binary-as-text"])
 async def test_the_type_comes_from_the_bytes(server_url, http, data, declared, expected):
     status, body = await upload(http, server_url, data, name="x.png", content_type=declared)
     assert status == expected, body
