@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.chat import ANA, BEN, MATHS
+from tests.support.chat import ANA, BEN, MATHS, make_token
 from tests.support.redis import free_port
 from tests.test_multinode import seeded_db, start_nodes
 
@@ -104,3 +105,19 @@ async def test_chat_through_nginx_and_fail_over(start_nodes, clients, nginx, tra
     assert [m["content"] for m in ack["messages"]] == ["while you were away"]
     # SIGTERM closes the transports, so the clients are not left waiting on a long-poll.
     assert survivor.terminate() == 0
+
+
+async def test_a_ten_megabyte_file_goes_through_nginx_both_ways(start_nodes, nginx):
+    """The sample configuration lets an upload of the default limit through, streamed."""
+    (node,) = start_nodes(1, TRUST_PROXY="true")
+    lb = Via(nginx([node.port, node.port]))
+    body = b"%PDF-1.4\n" + bytes(range(256)) * (40 * 1024 - 1)  # just under 10 MiB
+    headers = {"Authorization": f"Bearer {make_token(ANA)}"}
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(body), filename="apuntes.pdf", content_type="application/pdf")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{lb.url}/study-groups/{MATHS}/attachments", data=form, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            attachment = (await resp.json())["attachment"]
+        async with http.get(f"{lb.url}/attachments/{attachment['id']}", headers=headers) as resp:
+            assert resp.status == 200 and await resp.read() == body
