@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
+from bson import ObjectId
+
 from storage import conversation
 from storage.attachments import AttachmentStore, AttachmentsUnavailable, MemoryAttachments, claim_key
 from storage.base import GroupAccess, GroupSummary, Message, ReadState, StorageUnavailable, Store
@@ -146,19 +148,22 @@ class ChatService:
             if replied is None:
                 raise ChatError("message_not_found", "The message replied to is not in this group.")
             quoted = conversation.reply_snapshot(replied)
-        claim = claim_key(user_id, client_msg_id or f"once:{uuid.uuid4()}")
-        files = await self._claim_files(user_id, group_id, attachments, claim) if attachments else []
+        # The message's id is chosen first: the claimed files name it, so the orphan
+        # sweep can tell a send that was stored (then stopped) from one that was not.
+        claim, message_id = claim_key(user_id, client_msg_id or f"once:{uuid.uuid4()}"), str(ObjectId())
+        files = await self._claim_files(user_id, group_id, attachments, claim, message_id) if attachments else []
         try:
             message, duplicate = await self._store_and_publish(
                 group_id, publish, sender_id=user_id, sender_name=name, content=content,
                 client_msg_id=client_msg_id, mentions=mentions, reply_to=quoted, kind=kind, attachments=files,
+                message_id=message_id,
             )
         except BaseException:
             if attachments:  # not stored (as far as is known): the files may be sent again
                 await self._files(self.attachments.release(attachments, claim), "release")
             raise
         if attachments and not duplicate:
-            await self._files(self.attachments.attach(attachments, message["id"]), "attach")
+            await self._files(self.attachments.attach(attachments), "attach")
         if self.notifier is not None:
             await self.notifier.message_stored(message, group)
         return message, duplicate
@@ -173,7 +178,7 @@ class ChatService:
         return message, duplicate
 
     async def _claim_files(
-        self, user_id: str, group_id: str, attachment_ids: Sequence[str], claim: str
+        self, user_id: str, group_id: str, attachment_ids: Sequence[str], claim: str, message_id: str
     ) -> list[dict[str, Any]]:
         """The wire form of the caller's uploads to this group, marked as taken by this
         send; ``invalid_payload`` naming any that is not theirs here or is taken."""
@@ -184,7 +189,7 @@ class ChatService:
             if foreign:
                 raise invalid({"attachments": [f"Not uploads of yours to this group: {', '.join(foreign)}."]},
                               "Attach files you uploaded to this group.")
-            claimed = {a.id: a for a in await self.attachments.claim(attachment_ids, claim)}
+            claimed = {a.id: a for a in await self.attachments.claim(attachment_ids, claim, message_id)}
         except AttachmentsUnavailable as exc:
             raise StorageUnavailable(str(exc)) from exc
         taken = [i for i in attachment_ids if i not in claimed]

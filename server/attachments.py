@@ -31,7 +31,7 @@ from storage.attachments import Attachment, AttachmentStore, AttachmentsUnavaila
 from storage.base import ID_RE, StorageUnavailable, now_ms
 
 from .http import _authenticated, api_route
-from .keys import ATTACHMENTS, CHAT, EVENTS, SETTINGS
+from .keys import ATTACHMENTS, CHAT, EVENTS, SETTINGS, STORE
 
 log = logging.getLogger(__name__)
 
@@ -265,17 +265,30 @@ async def thumbnail(request: web.Request) -> web.Response:
 
 
 async def sweep_orphans(app: web.Application) -> int:
-    """Remove the uploads older than ``ATTACHMENT_ORPHAN_TTL_S`` that no message took;
+    """Remove the uploads older than ``ATTACHMENT_ORPHAN_TTL_S`` that no message took
+    (a send that was stored but stopped before marking its files gets them marked);
     how many were removed."""
     store: AttachmentStore = app[ATTACHMENTS]
     ttl = app[SETTINGS].attachment_orphan_ttl_s
     removed = 0
     while True:
-        batch = await store.orphans(now_ms() - timedelta(seconds=ttl), SWEEP_BATCH)
-        unclaimed = [a.id for a in batch if a.claim is None]
-        if unclaimed:
-            removed += await store.delete(unclaimed)
-        if len(batch) < SWEEP_BATCH or not unclaimed:
+        cutoff = now_ms() - timedelta(seconds=ttl)
+        batch = await store.orphans(cutoff, SWEEP_BATCH)
+        kept: list[str] = []
+        gone: list[str] = []
+        for attachment in batch:
+            if attachment.claimed_at is not None and attachment.claimed_at >= cutoff:
+                continue  # a send may be storing its message right now
+            message = None
+            if attachment.message_id is not None:
+                message = await app[STORE].get_message(attachment.group_id, attachment.message_id)
+            carried = message is not None and any(a["id"] == attachment.id for a in message["attachments"])
+            (kept if carried else gone).append(attachment.id)
+        if kept:
+            await store.attach(kept)
+        if gone:
+            removed += await store.delete(gone)
+        if len(batch) < SWEEP_BATCH or not (kept or gone):
             return removed
 
 

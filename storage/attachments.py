@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +37,9 @@ class Attachment:
     height: int | None = None
     thumbnail_type: str | None = None  # "image/jpeg" or "image/png" when there is a thumbnail
     claim: str | None = None  # the send that is using it (``claim_key``), once one is
-    message_id: str | None = None  # the message that carries it, once stored
+    message_id: str | None = None  # the id that send's message has (or will have)
+    attached: bool = False  # that message is stored
+    claimed_at: datetime | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The object messages and the upload's answer carry."""
@@ -82,21 +84,23 @@ class AttachmentStore(Protocol):
 
     async def thumbnail(self, attachment: Attachment) -> bytes | None: ...
 
-    async def claim(self, attachment_ids: Sequence[str], claim: str) -> list[Attachment]:
-        """Mark the attachments as used by the send ``claim`` (each must be unclaimed
-        or already this send's); the ones that could be, in the order asked."""
+    async def claim(self, attachment_ids: Sequence[str], claim: str, message_id: str) -> list[Attachment]:
+        """Mark the attachments as used by the send ``claim``, whose message will have
+        the id ``message_id`` (each must be unclaimed or already this send's: then it
+        keeps the id of that send's first try); the ones that could be, in the order asked."""
 
     async def release(self, attachment_ids: Sequence[str], claim: str) -> None:
         """Undo ``claim`` for a send that was not stored."""
 
-    async def attach(self, attachment_ids: Sequence[str], message_id: str) -> None:
-        """The send's message is stored: the files are its own now."""
+    async def attach(self, attachment_ids: Sequence[str]) -> None:
+        """The claiming send's message is stored: the files are its own now."""
 
     async def delete(self, attachment_ids: Sequence[str]) -> int:
         """Remove the files (a deleted message's); how many were there."""
 
     async def orphans(self, older_than: datetime, limit: int) -> list[Attachment]:
-        """Attachments created before ``older_than`` that no stored message carries."""
+        """Attachments created before ``older_than`` not known to be a stored message's
+        (unclaimed, or claimed by a send that stopped before ``attach``)."""
 
     async def lease(self, name: str, holder: str, seconds: float) -> bool:
         """Take or renew the lease ``name`` for ``seconds`` unless another holder has it:
@@ -135,26 +139,29 @@ class MemoryAttachments:
     async def thumbnail(self, attachment: Attachment) -> bytes | None:
         return self._thumbs.get(attachment.id)
 
-    async def claim(self, attachment_ids: Sequence[str], claim: str) -> list[Attachment]:
+    async def claim(self, attachment_ids: Sequence[str], claim: str, message_id: str) -> list[Attachment]:
         taken = []
         for attachment_id in attachment_ids:
             held = self._meta.get(attachment_id)
-            if held is not None and held.claim in (None, claim):
-                held = self._meta[attachment_id] = replace(held, claim=claim)
+            if held is not None and held.claim is None:
+                held = self._meta[attachment_id] = replace(
+                    held, claim=claim, message_id=message_id, claimed_at=datetime.now(UTC)
+                )
+            if held is not None and held.claim == claim:
                 taken.append(held)
         return taken
 
     async def release(self, attachment_ids: Sequence[str], claim: str) -> None:
         for attachment_id in attachment_ids:
             held = self._meta.get(attachment_id)
-            if held is not None and held.claim == claim and held.message_id is None:
-                self._meta[attachment_id] = replace(held, claim=None)
+            if held is not None and held.claim == claim and not held.attached:
+                self._meta[attachment_id] = replace(held, claim=None, message_id=None)
 
-    async def attach(self, attachment_ids: Sequence[str], message_id: str) -> None:
+    async def attach(self, attachment_ids: Sequence[str]) -> None:
         for attachment_id in attachment_ids:
             held = self._meta.get(attachment_id)
             if held is not None:
-                self._meta[attachment_id] = replace(held, message_id=message_id)
+                self._meta[attachment_id] = replace(held, attached=True)
 
     async def delete(self, attachment_ids: Sequence[str]) -> int:
         gone = 0
@@ -165,7 +172,7 @@ class MemoryAttachments:
         return gone
 
     async def orphans(self, older_than: datetime, limit: int) -> list[Attachment]:
-        found = [a for a in self._meta.values() if a.message_id is None and a.created_at < older_than]
+        found = [a for a in self._meta.values() if not a.attached and a.created_at < older_than]
         return found[:limit]
 
     async def lease(self, name: str, holder: str, seconds: float) -> bool:

@@ -131,8 +131,10 @@ class Store(Protocol):
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
         attachments: Sequence[dict[str, Any]] = (),
+        message_id: str | None = None,
     ) -> tuple[Message, bool]:
-        """Store a message with the group's next ``seq`` and next ``rev``.
+        """Store a message with the group's next ``seq`` and next ``rev`` (and the id
+        ``message_id`` when given: a new one otherwise).
 
         ``mentions`` (lowercase ids, distinct, members: checked by the caller),
         ``reply_to`` (``conversation.reply_snapshot``) and ``attachments`` (the

@@ -133,6 +133,7 @@ class MemoryStore:
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
         attachments: Sequence[dict[str, Any]] = (),
+        message_id: str | None = None,
     ) -> tuple[Message, bool]:
         group = self._groups[group_id]
         if client_msg_id is not None:
@@ -142,7 +143,7 @@ class MemoryStore:
         return self.seed_message(
             group_id, sender_id=sender_id, sender_name=sender_name,
             content=content, client_msg_id=client_msg_id, mentions=mentions, kind=kind,
-            reply_to=reply_to, attachments=attachments,
+            reply_to=reply_to, attachments=attachments, message_id=message_id,
         ), False
 
     def seed_message(
@@ -157,10 +158,11 @@ class MemoryStore:
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
         attachments: Sequence[dict[str, Any]] = (),
+        message_id: str | None = None,
     ) -> Message:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
-        message_id = str(ObjectId())
+        message_id = message_id or str(ObjectId())
         message: Message = {
             "type": "message",
             "kind": kind,

@@ -274,6 +274,7 @@ class MongoStore:
         kind: str = "message",
         reply_to: dict[str, Any] | None = None,
         attachments: Sequence[dict[str, Any]] = (),
+        message_id: str | None = None,
     ) -> tuple[Message, bool]:
         gid, sid = oid(group_id), None if sender_id is None else oid(sender_id)
         async with self._writer(str(gid)):
@@ -282,7 +283,7 @@ class MongoStore:
                 if first is not None:
                     return to_wire(first), True
             doc: dict[str, Any] = {
-                "_id": ObjectId(),
+                "_id": ObjectId(message_id) if message_id else ObjectId(),
                 "group_id": gid,
                 "kind": kind,
                 "sender_id": sid,

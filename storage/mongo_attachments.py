@@ -45,7 +45,8 @@ def _attachment(doc: dict[str, Any]) -> Attachment:
         id=str(doc["_id"]), group_id=meta["group_id"], uploader_id=meta["uploader_id"], name=doc["filename"],
         size=doc["length"], content_type=meta["content_type"], created_at=doc["uploadDate"],
         width=meta.get("width"), height=meta.get("height"), thumbnail_type=meta.get("thumbnail_type"),
-        claim=meta.get("claim"), message_id=meta.get("message_id"),
+        claim=meta.get("claim"), message_id=meta.get("message_id"), attached=bool(meta.get("attached")),
+        claimed_at=meta.get("claimed_at"),
     )
 
 
@@ -62,7 +63,7 @@ class GridFSAttachments:
         self._files = self._db[FILES]
         # Orphans: files no message carries, oldest first (the sweep's read).
         await self._files.create_index(
-            [("metadata.message_id", ASCENDING), ("uploadDate", ASCENDING)], name=ORPHANS_INDEX
+            [("metadata.attached", ASCENDING), ("uploadDate", ASCENDING)], name=ORPHANS_INDEX
         )
 
     async def close(self) -> None:
@@ -72,7 +73,7 @@ class GridFSAttachments:
     async def put(self, attachment: Attachment, source: Path, thumbnail: bytes | None) -> Attachment:
         metadata: dict[str, Any] = {
             "group_id": attachment.group_id, "uploader_id": attachment.uploader_id,
-            "content_type": attachment.content_type, "message_id": None, "claim": None,
+            "content_type": attachment.content_type, "message_id": None, "claim": None, "attached": False,
         }
         if attachment.width is not None:
             metadata.update(width=attachment.width, height=attachment.height)
@@ -115,10 +116,12 @@ class GridFSAttachments:
         return bytes(data) if data is not None else None
 
     @_unavailable
-    async def claim(self, attachment_ids: Sequence[str], claim: str) -> list[Attachment]:
+    async def claim(self, attachment_ids: Sequence[str], claim: str, message_id: str) -> list[Attachment]:
         oids = _oids(attachment_ids)
         await self._files.update_many(
-            {"_id": {"$in": oids}, "metadata.claim": None}, {"$set": {"metadata.claim": claim}}
+            {"_id": {"$in": oids}, "metadata.claim": None},
+            {"$set": {"metadata.claim": claim, "metadata.message_id": message_id,
+                      "metadata.claimed_at": datetime.now(UTC)}},
         )
         docs = {
             str(d["_id"]): _attachment(d)
@@ -131,14 +134,14 @@ class GridFSAttachments:
     @_unavailable
     async def release(self, attachment_ids: Sequence[str], claim: str) -> None:
         await self._files.update_many(
-            {"_id": {"$in": _oids(attachment_ids)}, "metadata.claim": claim, "metadata.message_id": None},
-            {"$set": {"metadata.claim": None}},
+            {"_id": {"$in": _oids(attachment_ids)}, "metadata.claim": claim, "metadata.attached": False},
+            {"$set": {"metadata.claim": None, "metadata.message_id": None}},
         )
 
     @_unavailable
-    async def attach(self, attachment_ids: Sequence[str], message_id: str) -> None:
+    async def attach(self, attachment_ids: Sequence[str]) -> None:
         await self._files.update_many(
-            {"_id": {"$in": _oids(attachment_ids)}}, {"$set": {"metadata.message_id": message_id}}
+            {"_id": {"$in": _oids(attachment_ids)}}, {"$set": {"metadata.attached": True}}
         )
 
     @_unavailable
@@ -168,6 +171,6 @@ class GridFSAttachments:
     @_unavailable
     async def orphans(self, older_than: datetime, limit: int) -> list[Attachment]:
         cursor = self._files.find(
-            {"metadata.message_id": None, "uploadDate": {"$lt": older_than}}, {"metadata.thumbnail": 0}
+            {"metadata.attached": False, "uploadDate": {"$lt": older_than}}, {"metadata.thumbnail": 0}
         ).sort("uploadDate", ASCENDING).limit(limit)
         return [_attachment(d) async for d in cursor]

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cluster.rate_limits import Bucket, RateLimits
+from server.keys import ATTACHMENTS, STORE
 from storage.mongo_attachments import GridFSAttachments
 from tests.support.chat import ANA, BEN, CAROL, DAN, MATHS, NOWHERE, PHYSICS, make_settings, make_token
 from tests.support.chat import both_stores as backend
@@ -275,6 +276,30 @@ class TestOrphans:
                     break
         else:
             raise AssertionError("the orphan upload was never removed")
+
+
+    async def test_a_send_that_stopped_after_storing_keeps_its_files(self, server, server_url, http):
+        """A claimed file whose message was stored (the send stopped before marking it) is
+        kept and marked; one whose message never was is removed like any orphan."""
+        files, store = server.app[ATTACHMENTS], server.app[STORE]
+        kept = (await upload(http, server_url, b"guardado\n", name="kept.txt"))[1]["attachment"]
+        lost = (await upload(http, server_url, b"perdido\n", name="lost.txt"))[1]["attachment"]
+        stored_id, never_id = "65d000000000000000000001", "65d000000000000000000002"
+        assert [a.id for a in await files.claim([kept["id"]], "x:1", stored_id)] == [kept["id"]]
+        assert [a.id for a in await files.claim([lost["id"]], "x:2", never_id)] == [lost["id"]]
+        await store.add_message(MATHS, sender_id=ANA, sender_name="Ana", content="", client_msg_id="x-1",
+                                attachments=[kept], message_id=stored_id)
+        url = f"{server_url}/attachments/{{}}"
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            async with http.get(url.format(lost["id"]), headers=auth(BEN)) as resp:
+                if resp.status == 404:
+                    break
+        else:
+            raise AssertionError("the file of a send that was never stored was not removed")
+        async with http.get(url.format(kept["id"]), headers=auth(BEN)) as resp:
+            assert resp.status == 200 and await resp.read() == b"guardado\n"
+        assert (await files.get(kept["id"])).attached
 
 
 async def test_one_node_at_a_time_holds_the_sweep_lease(store, backend):
