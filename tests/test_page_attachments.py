@@ -13,6 +13,7 @@ from PIL import Image
 from playwright.async_api import expect
 
 from server.demo import ANA, JUAN, OMAR
+from tests.support.a11y import assert_accessible
 from tests.support.browser import TIMEOUT_MS, browser, demo_app, demo_server, demo_store, sign_in_demo
 
 pytestmark = pytest.mark.browser
@@ -45,6 +46,8 @@ async def test_a_photo_and_a_pdf_reach_the_other_person_intact(browser, demo_ser
     uploads = ana.hook("upload")
     await expect(uploads).to_have_count(2)
     await expect(ana.page.locator('[data-testid="upload"].pending')).to_have_count(0)  # both uploaded
+    await expect(uploads.filter(has_text="examen 2025.pdf")).to_contain_text("16 KB")  # the size, once uploaded
+    await assert_accessible(ana.page, "files waiting to be sent")
     await ana.hook("message-input").press("Enter")  # no text: the files alone
     await expect(uploads).to_have_count(0)
 
@@ -55,6 +58,7 @@ async def test_a_photo_and_a_pdf_reach_the_other_person_intact(browser, demo_ser
     viewer = juan.hook("image-viewer")
     await expect(viewer).to_be_visible()
     await expect(viewer.locator("img")).to_have_js_property("naturalWidth", 800)
+    await assert_accessible(juan.page, "image viewer")
     await juan.page.keyboard.press("Escape")
     await expect(viewer).to_be_hidden()
 
