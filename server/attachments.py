@@ -19,6 +19,7 @@ import tempfile
 import time
 import unicodedata
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,17 +45,9 @@ SWEEP_BATCH = 200
 UNREADABLE = (ValueError, AssertionError, RuntimeError, HttpProcessingError)
 CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
 
-_inspections: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
-
-
-def _inspection_slot() -> asyncio.Semaphore:
-    """``INSPECTIONS_AT_ONCE`` per event loop (tests run several loops in one process)."""
-    loop = asyncio.get_running_loop()
-    if loop not in _inspections:
-        for stale in [other for other in _inspections if other.is_closed()]:
-            del _inspections[stale]
-        _inspections[loop] = asyncio.Semaphore(INSPECTIONS_AT_ONCE)
-    return _inspections[loop]
+# Files are inspected (read, images decoded) on a few threads of their own: a burst of
+# uploads waits its turn there instead of spreading over the default executor's threads.
+_INSPECTOR = ThreadPoolExecutor(max_workers=INSPECTIONS_AT_ONCE, thread_name_prefix="inspect")
 
 
 def setup_attachment_routes(app: web.Application) -> None:
@@ -118,8 +111,7 @@ async def upload(request: web.Request) -> web.Response:
         if more:
             raise invalid({"file": ["Send one file per upload."]})
         try:
-            async with _inspection_slot():
-                found = await asyncio.to_thread(file_types.inspect, path)
+            found = await asyncio.get_running_loop().run_in_executor(_INSPECTOR, file_types.inspect, path)
         except file_types.Unsupported as exc:
             metrics.upload("unsupported", size)
             raise ChatError("unsupported_media_type", str(exc)) from None

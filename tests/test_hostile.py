@@ -100,9 +100,9 @@ async def under_attack(node: HostileNode, attack: Attack, *, member_token: str |
     return outcome, readings, member
 
 
-def verdict(outcome: Counter[str], expected: dict[str, int], readings: Readings) -> None:
+def verdict(outcome: Counter[str], expected: dict[str, int], readings: Readings, bounds: Bounds = BOUNDS) -> None:
     """One assertion naming every way the server fell short."""
-    problems = readings.problems(BOUNDS)
+    problems = readings.problems(bounds)
     if dict(outcome) != expected:
         problems.insert(0, f"answers {dict(outcome)}, expected {expected}")
     assert not problems, "; ".join(problems) + f" [{readings.summary()}]"
