@@ -148,10 +148,12 @@ class ChatService:
             if replied is None:
                 raise ChatError("message_not_found", "The message replied to is not in this group.")
             quoted = conversation.reply_snapshot(replied)
-        # The message's id is chosen first: the claimed files name it, so the orphan
-        # sweep can tell a send that was stored (then stopped) from one that was not.
-        claim, message_id = claim_key(user_id, client_msg_id or f"once:{uuid.uuid4()}"), str(ObjectId())
-        files = await self._claim_files(user_id, group_id, attachments, claim, message_id) if attachments else []
+        claim, message_id, files = "", None, []
+        if attachments:
+            # The message's id is chosen first: the claimed files name it, so the orphan
+            # sweep can tell a send that was stored (then stopped) from one that was not.
+            claim, message_id = claim_key(user_id, client_msg_id or f"once:{uuid.uuid4()}"), str(ObjectId())
+            files = await self._claim_files(user_id, group_id, attachments, claim, message_id)
         try:
             message, duplicate = await self._store_and_publish(
                 group_id, publish, sender_id=user_id, sender_name=name, content=content,

@@ -24,7 +24,13 @@ export class Compose {
     });
     questionToggle.addEventListener("click", () => this.setQuestion(questionToggle.getAttribute("aria-pressed") !== "true"));
     input.addEventListener("input", () => this.suggest());
-    input.addEventListener("blur", () => setTimeout(() => this.closeSuggestions(), 150));
+    // Closed a moment after the box loses the focus (a click on a suggestion lands first),
+    // unless the focus came back meanwhile: typing then must not lose its suggestions.
+    this.blurTimer = null;
+    input.addEventListener("blur", () => {
+      this.blurTimer = setTimeout(() => this.closeSuggestions(), 150);
+    });
+    input.addEventListener("focus", () => clearTimeout(this.blurTimer));
     suggestions.addEventListener("mousedown", (event) => event.preventDefault()); // keep the focus in the input
     suggestions.addEventListener("click", (event) => {
       const option = event.target.closest("[data-index]");

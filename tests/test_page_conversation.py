@@ -83,6 +83,16 @@ async def test_mentions_come_from_the_autocomplete_and_highlight_for_the_mention
     await expect(suggestion).to_have_count(0)
 
 
+async def test_suggestions_stay_open_when_the_box_gets_the_focus_back_at_once(browser, demo_server):
+    ana, _ = await both(browser, demo_server)
+    box = ana.hook("message-input")
+    await box.click()
+    await ana.hook("ask-question-toggle").click()  # the box loses the focus...
+    await box.press_sequentially("@Ju")  # ...and has it back within the moment its suggestions wait
+    await ana.page.wait_for_timeout(400)
+    await expect(ana.hook("mention-suggestion")).to_have_text(["Juan Pérez"])
+
+
 async def test_reactions_from_the_picker_and_the_chips_are_shared(browser, demo_server):
     ana, juan = await both(browser, demo_server)
     target = ana.message_with("I do, I'll share them after class.")
