@@ -116,3 +116,34 @@ async def test_a_non_member_cannot_download_a_groups_file(browser, demo_server, 
                 assert resp.status == status
                 if status == 200:
                     assert await resp.read() == PDF
+
+
+async def test_files_are_attached_and_opened_with_the_keyboard(browser, demo_server):
+    ana, juan = await both(browser, demo_server)
+    await ana.page.bring_to_front()  # a file chooser opens for the window in front
+    await expect(ana.hook("message-input")).to_be_focused()
+    await ana.page.keyboard.press("Tab")
+    await expect(ana.hook("attach-button")).to_be_focused()
+    async with ana.page.expect_file_chooser() as chooser_info:
+        await ana.page.keyboard.press("Enter")
+    chooser = await chooser_info.value
+    await chooser.set_files([{"name": "esquema.png", "mimeType": "image/png", "buffer": photo()}])
+    await expect(ana.hook("message-input")).to_be_focused()  # back to writing
+    await expect(ana.page.locator('[data-testid="upload"]:not(.pending)')).to_have_count(1)
+    await ana.page.keyboard.type("El esquema")
+    await ana.page.keyboard.press("Enter")
+
+    # Juan: from the message box back into the newest message, its preview is the last control.
+    message = juan.message_with("El esquema")
+    await expect(message.get_by_test_id("attachment-preview")).to_have_js_property("naturalWidth", 320)
+    await juan.hook("message-input").focus()
+    await juan.page.keyboard.press("Shift+Tab")
+    opener = message.locator(".attachment-image")
+    await expect(opener).to_be_focused()
+    await juan.page.keyboard.press("Enter")
+    viewer = juan.hook("image-viewer")
+    await expect(viewer).to_be_visible()
+    await expect(viewer.get_by_role("button", name="Close")).to_be_focused()
+    await juan.page.keyboard.press("Escape")
+    await expect(viewer).to_be_hidden()
+    await expect(opener).to_be_focused()
