@@ -37,12 +37,14 @@ from .keys import ATTACHMENTS, CHAT, EVENTS, SETTINGS, STORE
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+UPLOAD_IDLE_S = 30.0  # an upload that sends nothing for this long is given up (its file and descriptor freed)
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file, in a Content-Length
 INSPECTIONS_AT_ONCE = 2  # images decoded at once per process (CPU and memory bound)
 MAX_NAME = 255  # code points of a file name
 SWEEP_BATCH = 200
-# What a malformed multipart body raises (control characters in a part's headers, a bad boundary).
-UNREADABLE = (ValueError, AssertionError, RuntimeError, HttpProcessingError)
+# What a malformed multipart body raises (control characters in a part's headers, a bad
+# boundary), and a client that goes away in the middle of its upload.
+UNREADABLE = (ValueError, AssertionError, RuntimeError, HttpProcessingError, ConnectionResetError)
 CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
 
 # Files are inspected (read, images decoded) on a few threads of their own: a burst of
@@ -142,10 +144,18 @@ async def _file_part(request: web.Request) -> tuple[MultipartReader, BodyPartRea
 
 
 async def _receive(part: BodyPartReader, path: Path, limit: int) -> int:
-    """Write the part to ``path``; the bytes read, stopping at ``limit`` + 1."""
+    """Write the part to ``path``; the bytes read, stopping at ``limit`` + 1. A client
+    that stops sending for ``UPLOAD_IDLE_S`` is refused (``invalid_payload``)."""
     size = 0
     with path.open("wb") as out:
-        while chunk := await part.read_chunk(CHUNK):
+        while True:
+            try:
+                chunk = await asyncio.wait_for(part.read_chunk(CHUNK), UPLOAD_IDLE_S)
+            except TimeoutError:
+                raise invalid({"file": [f"Nothing arrived for {UPLOAD_IDLE_S:g} s."]},
+                              "The upload stalled.") from None
+            if not chunk:
+                break
             size += len(chunk)
             if size > limit:
                 return size

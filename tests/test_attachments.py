@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cluster.rate_limits import Bucket, RateLimits
+from server import attachments as server_attachments
 from server.keys import ATTACHMENTS, STORE
 from storage.mongo_attachments import GridFSAttachments
 from tests.support.chat import ANA, BEN, CAROL, DAN, MATHS, NOWHERE, PHYSICS, make_settings, make_token
@@ -382,3 +383,27 @@ async def test_files_that_are_not_the_senders_to_this_group_are_refused(connect,
     ack = await send(ana, content="otra vez", attachments=[mine])
     assert ack["error"]["code"] == "invalid_payload" and "another message" in ack["error"]["details"]["attachments"][0]
     assert (await send(ben, content="", attachments=[bens]))["ok"]
+
+
+async def test_an_upload_that_stalls_or_is_left_is_given_up(server, server_url, http, monkeypatch):
+    """A client that sends part of a file and then nothing (or leaves) holds no handler,
+    temporary file or descriptor for long, and is no internal error."""
+    monkeypatch.setattr(server_attachments, "UPLOAD_IDLE_S", 0.5)
+    host, port = server.host, server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (f"POST /study-groups/{MATHS}/attachments HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {make_token(ANA)}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {MiB // 2}\r\n\r\n")
+    writer.write(head.encode() + b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n\r\n%PDF-1.4\n'
+                 + b"\0" * 65536)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    for _ in range(50):  # nothing more comes: the node gives up after UPLOAD_IDLE_S
+        await asyncio.sleep(0.1)
+        async with http.get(f"{server_url}/metrics") as resp:
+            lines = [line for line in (await resp.text()).splitlines() if line.startswith('chat_events_total{event="http:upload"')]
+        if lines:
+            break
+    assert lines == ['chat_events_total{event="http:upload",outcome="invalid_payload"} 1.0'], lines
+    writer.close()
+    assert (await upload(http, server_url, b"sigo aqui\n"))[0] == 200
