@@ -16,7 +16,7 @@ from typing import Any
 from bson import ObjectId
 
 from storage import conversation
-from storage.attachments import AttachmentStore, AttachmentsUnavailable, MemoryAttachments, claim_key
+from storage.attachments import AttachmentStore, MemoryAttachments, claim_key
 from storage.base import GroupAccess, GroupSummary, Message, ReadState, StorageUnavailable, Store
 from storage.keyed_lock import KeyedLock
 
@@ -184,16 +184,13 @@ class ChatService:
     ) -> list[dict[str, Any]]:
         """The wire form of the caller's uploads to this group, marked as taken by this
         send; ``invalid_payload`` naming any that is not theirs here or is taken."""
-        try:
-            found = {a.id: a for a in [await self.attachments.get(i) for i in attachment_ids] if a is not None}
-            foreign = [i for i in attachment_ids
-                       if i not in found or found[i].group_id != group_id or found[i].uploader_id != user_id]
-            if foreign:
-                raise invalid({"attachments": [f"Not uploads of yours to this group: {', '.join(foreign)}."]},
-                              "Attach files you uploaded to this group.")
-            claimed = {a.id: a for a in await self.attachments.claim(attachment_ids, claim, message_id)}
-        except AttachmentsUnavailable as exc:
-            raise StorageUnavailable(str(exc)) from exc
+        found = {a.id: a for a in [await self.attachments.get(i) for i in attachment_ids] if a is not None}
+        foreign = [i for i in attachment_ids
+                   if i not in found or found[i].group_id != group_id or found[i].uploader_id != user_id]
+        if foreign:
+            raise invalid({"attachments": [f"Not uploads of yours to this group: {', '.join(foreign)}."]},
+                          "Attach files you uploaded to this group.")
+        claimed = {a.id: a for a in await self.attachments.claim(attachment_ids, claim, message_id)}
         taken = [i for i in attachment_ids if i not in claimed]
         if taken:
             raise invalid({"attachments": [f"Already sent in another message: {', '.join(taken)}."]},
@@ -204,7 +201,7 @@ class ChatService:
         """Bookkeeping of files after a send: a failure is logged, the orphan sweep settles it."""
         try:
             await work
-        except AttachmentsUnavailable as exc:
+        except StorageUnavailable as exc:
             log.warning("attachment %s after a send failed: %s", what, exc)
 
     async def _check_mentions(self, group_id: str, mentions: Sequence[str]) -> None:

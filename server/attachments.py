@@ -12,7 +12,6 @@ anyone else gets 404, as for an id that does not exist.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tempfile
@@ -28,7 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from handlers.errors import ChatError, invalid
 from storage import file_types
-from storage.attachments import Attachment, AttachmentStore, AttachmentsUnavailable, new_attachment
+from storage.attachments import Attachment, AttachmentStore, new_attachment
 from storage.base import ID_RE, StorageUnavailable, now_ms
 
 from .http import _authenticated, api_route
@@ -121,10 +120,7 @@ async def upload(request: web.Request) -> web.Response:
             group_id, user_id, name, size, found.content_type, now_ms(),
             width=found.width, height=found.height, thumbnail_type=found.thumbnail_type,
         )
-        try:
-            attachment = await request.app[ATTACHMENTS].put(attachment, path, found.thumbnail)
-        except AttachmentsUnavailable as exc:
-            raise StorageUnavailable(str(exc)) from exc
+        attachment = await request.app[ATTACHMENTS].put(attachment, path, found.thumbnail)
     metrics.upload("ok", size)
     return web.json_response({"ok": True, "attachment": attachment.to_wire()})
 
@@ -169,10 +165,7 @@ async def _readable(request: web.Request) -> Attachment:
     attachment_id = request.match_info["attachment_id"]
     if not ID_RE.fullmatch(attachment_id):
         raise ChatError("attachment_not_found")
-    try:
-        attachment = await request.app[ATTACHMENTS].get(attachment_id.lower())
-    except AttachmentsUnavailable as exc:
-        raise StorageUnavailable(str(exc)) from exc
+    attachment = await request.app[ATTACHMENTS].get(attachment_id.lower())
     if attachment is None:
         raise ChatError("attachment_not_found")
     try:
@@ -234,9 +227,12 @@ async def download(request: web.Request) -> web.StreamResponse:
         try:
             async for chunk in request.app[ATTACHMENTS].read(attachment, start, end):
                 await response.write(chunk)
-        except AttachmentsUnavailable as exc:
+        except StorageUnavailable as exc:
+            # The status line is sent: cut the connection rather than end the file as if whole.
             log.warning("download of %s stopped: %s", attachment.id, exc)
-            raise ConnectionResetError(str(exc)) from None  # the status line is sent: cut the response short
+            if request.transport is not None:
+                request.transport.abort()
+            return response
     await response.write_eof()
     return response
 
@@ -254,10 +250,7 @@ def _bounds(wanted: slice, size: int) -> tuple[int, int]:
 @api_route
 async def thumbnail(request: web.Request) -> web.Response:
     attachment = await _readable(request)
-    try:
-        data = await request.app[ATTACHMENTS].thumbnail(attachment) if attachment.thumbnail_type else None
-    except AttachmentsUnavailable as exc:
-        raise StorageUnavailable(str(exc)) from exc
+    data = None if attachment.thumbnail_type is None else await request.app[ATTACHMENTS].thumbnail(attachment)
     if data is None or attachment.thumbnail_type is None:
         raise ChatError("attachment_not_found", "This attachment has no thumbnail.")
     return web.Response(body=data, headers={
@@ -305,7 +298,6 @@ async def orphan_sweeper(app: web.Application) -> None:
                 removed = await sweep_orphans(app)
                 if removed:
                     log.info("removed %d attachments no message took", removed)
-        except (AttachmentsUnavailable, StorageUnavailable) as exc:
+        except StorageUnavailable as exc:
             log.warning("attachment sweep skipped: %s", exc)
-        with contextlib.suppress(ValueError):
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

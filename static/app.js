@@ -54,8 +54,7 @@ const people = new People($("online"), $("typing"));
 const announcer = new Announcer($("announcer"));
 useToken(() => state.conn?.token ?? "");
 const tray = new Tray({
-  list: $("upload-tray"), token: () => state.conn?.token ?? "", groupId: () => state.view?.groupId ?? "",
-  error: (text) => showError(`File not attached: ${text}`), changed: () => {},
+  list: $("upload-tray"), groupId: () => state.view?.groupId ?? "", error: (text) => showError(`File not attached: ${text}`),
 });
 people.onMyName = (name) => { ui.me.textContent = name; };
 const typing = new TypingAnnouncer((groupId, isTyping) => state.conn?.notify("typing", { group_id: groupId, is_typing: isTyping }));

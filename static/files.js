@@ -9,6 +9,15 @@ import { el } from "./dom.js";
 export const MAX_FILES = 10; // per message
 const MAX_BYTES = 10 * 1024 * 1024; // the server's default; it answers 413 past its own
 
+/** Blob URLs of fetched files and thumbnails, by URL (kept while the page lives). */
+const blobs = new Map();
+let tokenOf = () => "";
+
+/** Where file requests get the session's token from. */
+export function useToken(source) {
+  tokenOf = source;
+}
+
 function humanSize(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KB`;
@@ -17,9 +26,9 @@ function humanSize(bytes) {
 
 /** The files chosen for the next message: each uploads at once and shows its progress. */
 export class Tray {
-  /** `list` is the <ul> of chips; `token()` the session's token; `groupId()` the open group. */
-  constructor({ list, token, groupId, error, changed }) {
-    Object.assign(this, { list, token, groupId, error, changed });
+  /** `list` is the <ul> of chips; `groupId()` the open group; `error(text)` shows a refusal. */
+  constructor({ list, groupId, error }) {
+    Object.assign(this, { list, groupId, error });
     this.items = []; // {id: local, file, xhr, attachment, error, node}
     this.list.addEventListener("click", (event) => {
       const button = event.target.closest("[data-remove]");
@@ -54,7 +63,6 @@ export class Tray {
     this.items = [];
     this.list.replaceChildren();
     this.list.hidden = true;
-    this.changed();
   }
 
   remove(localId) {
@@ -64,7 +72,6 @@ export class Tray {
     item.node.remove();
     this.items = this.items.filter((i) => i !== item);
     this.list.hidden = this.items.length === 0;
-    this.changed();
   }
 
   _upload(file) {
@@ -77,17 +84,14 @@ export class Tray {
     this.items.push(item);
     this.list.append(item.node);
     this.list.hidden = false;
-    this.changed();
 
     const fail = (text) => {
       item.error = text;
       item.node.classList.add("failed");
-      item.node.dataset.testid = "upload";
       status.textContent = text;
       status.dataset.testid = "attachment-error";
       progress.remove();
       this.error(`${file.name}: ${text}`);
-      this.changed();
     };
     if (file.size > MAX_BYTES) {
       fail(`larger than ${humanSize(MAX_BYTES)}`);
@@ -98,7 +102,7 @@ export class Tray {
     const xhr = new XMLHttpRequest();
     item.xhr = xhr;
     xhr.open("POST", `/study-groups/${encodeURIComponent(this.groupId())}/attachments`);
-    xhr.setRequestHeader("Authorization", `Bearer ${this.token()}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${tokenOf()}`);
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (event) => {
       if (event.lengthComputable) progress.value = Math.round((event.loaded / event.total) * 100);
@@ -111,7 +115,6 @@ export class Tray {
         item.node.classList.remove("pending");
         progress.remove();
         status.textContent = humanSize(body.attachment.size);
-        this.changed();
       } else {
         fail(body?.error?.message || `upload failed (${xhr.status})`);
       }
@@ -119,15 +122,6 @@ export class Tray {
     xhr.addEventListener("error", () => fail("upload failed (network)"));
     xhr.send(form);
   }
-}
-
-/** Blob URLs of fetched files and thumbnails, by URL (kept while the page lives). */
-const blobs = new Map();
-let tokenOf = () => "";
-
-/** Where file requests get the session's token from. */
-export function useToken(source) {
-  tokenOf = source;
 }
 
 async function blobUrl(url) {

@@ -5,21 +5,20 @@ an orphan until a message of theirs in that group uses it; orphans older than
 ``ATTACHMENT_ORPHAN_TTL_S`` are removed, and a message's files go with it.
 ``memory`` keeps the bytes in process memory (the embedded store),
 ``mongo_attachments`` in MongoDB GridFS. Both read a file in ranges, so a
-download never holds a whole file either.
+download never holds a whole file either; a backend that does not answer raises
+``StorageUnavailable``, as the message store does.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from bson import ObjectId
-
-from .base import iso_timestamp
 
 READ_CHUNK = 255 * 1024  # GridFS's default chunk size
 
@@ -50,10 +49,6 @@ class Attachment:
             wire["width"], wire["height"] = self.width, self.height
         return wire
 
-    def describe(self) -> dict[str, Any]:
-        """Everything, for logs and tests."""
-        return {**asdict(self), "created_at": iso_timestamp(self.created_at)}
-
 
 def new_attachment(group_id: str, uploader_id: str, name: str, size: int, content_type: str, created_at: datetime,
                    **image: Any) -> Attachment:
@@ -63,10 +58,6 @@ def new_attachment(group_id: str, uploader_id: str, name: str, size: int, conten
 def claim_key(sender_id: str, client_msg_id: str) -> str:
     """What marks an attachment as taken by one send (resends of it find it theirs)."""
     return f"{sender_id}:{client_msg_id}"
-
-
-class AttachmentsUnavailable(Exception):
-    """The backend did not answer."""
 
 
 class AttachmentStore(Protocol):
@@ -177,7 +168,3 @@ class MemoryAttachments:
 
     async def lease(self, name: str, holder: str, seconds: float) -> bool:
         return True  # one process: nobody else to share with
-
-    def held_bytes(self) -> int:
-        """Bytes of files and thumbnails in memory (tests, metrics)."""
-        return sum(map(len, self._data.values())) + sum(map(len, self._thumbs.values()))

@@ -17,7 +17,8 @@ from gridfs import AsyncGridFSBucket, NoFile
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .attachments import READ_CHUNK, Attachment, AttachmentsUnavailable
+from .attachments import READ_CHUNK, Attachment
+from .base import StorageUnavailable
 
 BUCKET = "attachments"
 FILES = f"{BUCKET}.files"
@@ -30,7 +31,7 @@ def _unavailable(method):
         try:
             return await method(self, *args, **kwargs)
         except PyMongoError as exc:
-            raise AttachmentsUnavailable(f"MongoDB did not answer: {exc}") from exc
+            raise StorageUnavailable(f"MongoDB did not answer: {exc}") from exc
 
     return run
 
@@ -107,7 +108,7 @@ class GridFSAttachments:
         except NoFile:
             return
         except PyMongoError as exc:
-            raise AttachmentsUnavailable(f"MongoDB did not answer: {exc}") from exc
+            raise StorageUnavailable(f"MongoDB did not answer: {exc}") from exc
 
     @_unavailable
     async def thumbnail(self, attachment: Attachment) -> bytes | None:
