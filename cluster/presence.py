@@ -10,6 +10,7 @@ node's own view, and ``heartbeat`` writes it back on recovery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import redis.asyncio as aioredis
@@ -54,7 +55,7 @@ class LocalPresence:
         return sorted(self._rooms.get(group_id, {}))
 
 
-# KEYS: user key, group key, groups set. ARGV: now ms, expiry ms, member, user, group.
+# KEYS: user key, group key (one hash slot). ARGV: now ms, expiry ms, member, user.
 # Returns 1 when the user had no live connection in the group before.
 _JOIN = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -62,9 +63,12 @@ local before = redis.call('ZCARD', KEYS[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[5])
 if before == 0 then return 1 else return 0 end
 """
+
+# KEYS: the set of groups with presence. ARGV: group. (Its own call: on a
+# Redis Cluster the set lives in another hash slot than the group's keys.)
+_LIST_GROUP = "return redis.call('SADD', KEYS[1], ARGV[1])"
 
 # KEYS: user key, group key. ARGV: now ms, member (may be empty), user.
 # Removes the member (if any) and expired entries; returns 1 when this call
@@ -80,7 +84,7 @@ redis.call('ZADD', KEYS[2], left[2], ARGV[3])
 return 0
 """
 
-JOIN, LEAVE = Script(_JOIN), Script(_LEAVE)
+JOIN, LEAVE, LIST_GROUP = Script(_JOIN), Script(_LEAVE), Script(_LIST_GROUP)
 
 
 class RedisPresence:
@@ -103,7 +107,8 @@ class RedisPresence:
 
     @staticmethod
     def _keys(group_id: str, user_id: str) -> tuple[str, str]:
-        return f"{PREFIX}presence:{group_id}:{user_id}", f"{PREFIX}presence:{group_id}"
+        group_key = _group_key(group_id)
+        return f"{group_key}:{user_id}", group_key
 
     def _member(self, sid: str) -> str:
         return f"{self.node_id}:{sid}"
@@ -115,10 +120,15 @@ class RedisPresence:
         try:
             now = now_ms()
             user_key, group_key = self._keys(group_id, user_id)
-            first = await self._redis.call(
-                JOIN, [user_key, group_key, GROUPS_KEY], [now, now + self.ttl_ms, self._member(sid), user_id, group_id]
+            results: list[object] = await asyncio.gather(  # one round trip
+                self._redis.call(JOIN, [user_key, group_key], [now, now + self.ttl_ms, self._member(sid), user_id]),
+                self._redis.call(LIST_GROUP, [GROUPS_KEY], [group_id]),
+                return_exceptions=True,
             )
-            return bool(first)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return bool(results[0])
         except (RedisError, OSError, StorageUnavailable) as exc:
             log.warning("presence: Redis unavailable, using this node's view: %s", exc)
             return locally_first
@@ -144,7 +154,7 @@ class RedisPresence:
     async def online(self, group_id: str) -> list[str]:
         try:
             client = self._client()
-            users = await client.zrangebyscore(f"{PREFIX}presence:{group_id}", now_ms(), "+inf")
+            users = await client.zrangebyscore(_group_key(group_id), now_ms(), "+inf")
             return sorted(_text(u) for u in users)
         except (RedisError, OSError, StorageUnavailable) as exc:
             log.warning("presence: Redis unavailable, using this node's view: %s", exc)
@@ -176,7 +186,7 @@ class RedisPresence:
         removed: list[tuple[str, str]] = []
         for raw_group in await client.smembers(GROUPS_KEY):
             group_id = _text(raw_group)
-            group_key = f"{PREFIX}presence:{group_id}"
+            group_key = _group_key(group_id)
             for raw_user in await client.zrangebyscore(group_key, "-inf", now):
                 user_id = _text(raw_user)
                 user_key, _ = self._keys(group_id, user_id)
@@ -185,6 +195,11 @@ class RedisPresence:
             if not await client.zcard(group_key):
                 await client.srem(GROUPS_KEY, group_id)
         return removed
+
+
+def _group_key(group_id: str) -> str:
+    """A group's presence key; its hash tag is the group's channel's (``redis_manager.group_channel``)."""
+    return f"{PREFIX}{{g:{group_id}}}:presence"
 
 
 def _text(value: object) -> str:

@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from storage.base import StorageUnavailable
@@ -139,7 +140,7 @@ class RedisLimiter:
         answer = loop.create_future()
         if not self._batch:
             loop.call_soon(self._send_batch)
-        self._batch.append((f"{PREFIX}rate:{kind}:{user_id}", bucket.rate, bucket.burst, cost, answer))
+        self._batch.append((f"{PREFIX}rate:{{u:{user_id}}}:{kind}", bucket.rate, bucket.burst, cost, answer))
         try:
             wait = await answer
         except (RedisError, OSError, StorageUnavailable):
@@ -149,8 +150,7 @@ class RedisLimiter:
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
         now = now_ms()
-        for start in range(0, len(batch), SCRIPT_BATCH):
-            chunk = batch[start:start + SCRIPT_BATCH]
+        for chunk in _chunks(batch, self._redis.cluster):
             args = [now, *(x for _, rate, burst, cost, _ in chunk for x in (rate, burst, cost))]
             try:
                 waits = self._redis.call(BUCKETS, [key for key, *_ in chunk], args)
@@ -159,6 +159,19 @@ class RedisLimiter:
                     settle(answer, exc)
                 continue
             waits.add_done_callback(functools.partial(_answer_each, chunk))
+
+
+def _chunks(batch: list, cluster: bool) -> list[list]:
+    """The batch in script calls of at most ``SCRIPT_BATCH`` checks; on a Redis
+    Cluster, each call's keys in one hash slot (a user's buckets share theirs)."""
+    if cluster:
+        slots: dict[int, list] = {}
+        for check in batch:
+            slots.setdefault(key_slot(check[0].encode()), []).append(check)
+        groups = list(slots.values())
+    else:
+        groups = [batch]
+    return [group[start:start + SCRIPT_BATCH] for group in groups for start in range(0, len(group), SCRIPT_BATCH)]
 
 
 def _answer_each(chunk: list[tuple[str, float, float, int, asyncio.Future]], done: asyncio.Future) -> None:

@@ -1,8 +1,19 @@
-"""Cross-node fan-out on python-socketio's Redis manager, in ``rev`` order.
+"""Cross-node fan-out on python-socketio's pub/sub manager, in ``rev`` order,
+on a channel per group.
 
-``AsyncRedisManager`` delivers an emit to this node's clients first and then
-publishes it for the other nodes. Two things are added here:
+``AsyncPubSubManager`` delivers an emit to this node's clients first and then
+publishes it for the other nodes. Here:
 
+- An emit to a group's room is published on that group's channel, which a
+  node listens to only while one of its connections is in the room (and for
+  ``linger_s`` after the last one left, so a member flapping between tabs does
+  not churn subscriptions); a node's inbound traffic grows with the groups it
+  serves, not with the deployment's. Everything else (notices, emits to every
+  connection, python-socketio's own requests) goes on one channel every node
+  listens to. With ``per_group=False`` every emit goes on that one channel,
+  as older versions did. On a Redis Cluster the channels are shard channels
+  (``SPUBLISH``/``SSUBSCRIBE``): see ``cluster.channels``.
+- An emit to one of this node's own connections (``to=sid``) is not published.
 - Publishes leave in the order the emits were made (one publisher task), so a
   node's own changes reach other nodes in ``rev`` order.
 - Every node passes a group's message broadcasts (``message``,
@@ -15,7 +26,9 @@ publishes it for the other nodes. Two things are added here:
   dropped, so no connection ever sees a group's ``rev`` go backwards. New
   messages take ``seq`` and ``rev`` together, so ``message`` events stay in
   ``seq`` order as before. With ``fill_gaps_from``, a ``rev`` still missing
-  after the wait is read from storage first (``rev_order``).
+  after the wait is read from storage first (``rev_order``). When a group's
+  channel was lost and subscribed again (Redis restarted, a cluster master
+  failed over), what the node missed meanwhile is read from storage too.
 
 Besides emits, nodes pass each other notices on the same channel
 (``notify``/``on_notice``: ``{"method": "notice", "name", "data"}``), which
@@ -30,21 +43,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
-import socketio
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+from socketio.async_pubsub_manager import AsyncPubSubManager
 from socketio.packet import Packet
 
 from realtime.codec import SafeJSON
 from realtime.manager import FastManager
 from storage.base import StorageUnavailable
 
-from .redis_scripts import PUBLISH_ALL, RedisConnection
+from .channels import Subscriptions
+from .redis_scripts import PREFIX, PUBLISH_ALL, RedisConnection
 from .rev_order import RevOrder
 
 log = logging.getLogger(__name__)
 
+CHANNEL = "socketio"  # the channel every node listens to (python-socketio's default name)
+GROUP_CHANNEL_PREFIX, GROUP_CHANNEL_SUFFIX = PREFIX + "{g:", "}"
 OUTBOX_LIMIT = 10_000
 ORDERED_EVENTS = frozenset({"message", "message_updated", "message_deleted"})
 PUBLISH_BATCH = 500  # publishes per script call
@@ -53,12 +67,16 @@ NOTICE_PREFIX = b'{"method":"notice",'  # how every notice starts (SafeJSON is c
 NoticeHandler = Callable[[str, Any], Awaitable[None]]
 
 
-class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
-    redis: aioredis.Redis | None  # python-socketio's client: one for the manager's life here
-    pubsub: PubSub | None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class OrderedRedisManager(AsyncPubSubManager, FastManager):
+    def __init__(self, url: str, *, sharded: bool = False, per_group: bool = True, linger_s: float = 30.0,
+                 logger: Any = None, json: Any = None) -> None:
+        super().__init__(channel=CHANNEL, logger=logger, json=json)
+        self.url = url
+        self.sharded = sharded
+        self.per_group = per_group
+        self.linger_s = linger_s
+        self.subscriptions = Subscriptions(url, sharded=sharded, on_message=self._take,
+                                           on_resubscribed=self._resubscribed)
         self._outbox: asyncio.Queue | None = None
         self._publisher: asyncio.Task | None = None
         self._deliveries: set[asyncio.Task] = set()
@@ -67,91 +85,165 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         # share its pipelines with the other script calls of the same moment.
         self.scripts: RedisConnection | None = None
         self._notice_handler: NoticeHandler | None = None
+        self._own = f'"host_id":"{self.host_id}"}}'.encode()
+        self._command = "SPUBLISH" if sharded else "PUBLISH"
+        # Group rooms this node listens for, and joins waiting for their channel.
+        self._watched: set[str] = set()
+        self._joining: dict[str, int] = {}
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self.received = 0  # messages read from Redis, this node's own included
+        self.published = 0
+
+    def queue_figures(self) -> tuple[int, int]:
+        """Group channels listened to now; channels subscribed again after they were lost."""
+        return len(self._watched), self.subscriptions.resubscriptions
 
     def initialize(self) -> None:
         super().initialize()
         self._outbox = asyncio.Queue()
         self._publisher = asyncio.ensure_future(self._publish_in_order())
 
+    async def _thread(self) -> None:
+        """Listen to the channel every node shares (group channels follow the
+        rooms); the subscriptions' readers hand each message to ``_take``."""
+        await self.subscriptions.watch(self.channel)
+
+    def channel_of(self, room: Any) -> str:
+        """The channel an emit to ``room`` is published on."""
+        if self.per_group and isinstance(room, str):
+            return group_channel(room)
+        return self.channel
+
     async def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
         room = to or room
-        if kwargs.get("ignore_queue") or callback is not None or self._outbox is None:
+        namespace = namespace or "/"
+        if kwargs.get("ignore_queue") or (isinstance(room, str) and self.is_connected(room, namespace)):
+            # For this node's connections only (``room`` is one of them): nothing to publish.
+            return await FastManager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
+                                          callback=callback, **kwargs)
+        if callback is not None:  # python-socketio's way, on the channel every node listens to
             return await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
                                       callback=callback, **kwargs)
         message = {
             "method": "emit", "event": event, **_wire_data(data),
-            "namespace": namespace or "/", "room": room, "skip_sid": skip_sid,
+            "namespace": namespace, "room": room, "skip_sid": skip_sid,
             "callback": None, "host_id": self.host_id,
         }
-        if self._outbox.qsize() >= OUTBOX_LIMIT:
+        if self._outbox is None:  # not started yet (no connection so far)
+            await self._publish(message, self.channel_of(room))
+        elif self._outbox.qsize() >= OUTBOX_LIMIT:
             log.error("Redis publish queue full; dropping an emit for other nodes (clients fill gaps)")
         else:
-            self._outbox.put_nowait(message)
+            self._outbox.put_nowait((self.channel_of(room), message))
         await self._handle_emit(message)
 
-    def _redis_connect(self) -> None:
-        """One Redis client for the manager's life (its pool reconnects by
-        itself); a new pub/sub on it for each subscription."""
-        if self.redis is None:
-            super()._redis_connect()
-            return
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.connected = True
+    # -- the rooms this node listens for --
 
-    async def _publish(self, data: dict[str, Any]) -> None:
-        """python-socketio's fallback publish (two tries), on the manager's one
-        client: it never replaces the pub/sub the listener reads."""
+    async def enter_room(self, sid, namespace, room, eio_sid=None):
+        if not (self.per_group and isinstance(room, str) and room != sid and self.is_connected(sid, namespace)):
+            return await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        lingering = self._lingering.pop(room, None)
+        if lingering is not None:
+            lingering.cancel()
+        self._joining[room] = self._joining.get(room, 0) + 1
+        try:
+            # Listen first: whatever is published after this join reads storage reaches this node.
+            await self.subscriptions.watch(group_channel(room))
+            self._watched.add(room)
+            return await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        finally:
+            left = self._joining.pop(room) - 1
+            if left:
+                self._joining[room] = left
+            elif not self._in_use(room):
+                self._linger(room)
+
+    def basic_leave_room(self, sid, namespace, room):
+        super().basic_leave_room(sid, namespace, room)
+        if room in self._watched and not self._in_use(room):
+            self._linger(room)
+
+    def _in_use(self, room: str) -> bool:
+        return room in self._joining or room in self.rooms.get("/", ())
+
+    def _linger(self, room: str) -> None:
+        if room not in self._lingering and room in self._watched:
+            self._lingering[room] = asyncio.get_running_loop().call_later(self.linger_s, self._release, room)
+
+    def _release(self, room: str) -> None:
+        self._lingering.pop(room, None)
+        if self._in_use(room):
+            return
+        self._watched.discard(room)
+        self._order.forget(room)
+        self.subscriptions.unwatch(group_channel(room))
+
+    def _resubscribed(self, channels: set[bytes]) -> None:
+        """Channels confirmed again after they were lost: read what was missed meanwhile."""
+        for channel in channels:
+            room = room_of(channel)
+            if room is None:
+                continue
+            task = asyncio.ensure_future(self._order.resync(room))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    # -- receiving --
+
+    async def _take(self, data: bytes) -> None:
+        """One message from any channel (python-socketio's listener loop, which
+        also skips this node's own publishes before they are decoded: ``host_id``
+        is the last key of every message this node publishes, so the JSON, compact
+        (see ``SafeJSON``), ends with it)."""
+        self.received += 1
+        if data.endswith(self._own):
+            return
+        if data.startswith(NOTICE_PREFIX):
+            self._take_notice(data)
+            return
+        try:
+            message = self.json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or "method" not in message:
+            return
+        method = message["method"]
+        try:
+            if method == "callback":
+                await self._handle_callback(message)
+            elif message.get("host_id") != self.host_id:
+                handle = self._handlers.get(method)
+                if handle is not None:
+                    await handle(self, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handling a %r message from Redis failed", method)
+
+    _handlers: dict[str, Callable[[Any, dict[str, Any]], Awaitable[None]]] = {
+        "emit": lambda self, m: self._handle_emit(m),
+        "disconnect": lambda self, m: self._handle_disconnect(m),
+        "enter_room": lambda self, m: self._handle_enter_room(m),
+        "leave_room": lambda self, m: self._handle_leave_room(m),
+        "close_room": lambda self, m: self._handle_close_room(m),
+    }
+
+    # -- publishing --
+
+    async def _publish(self, data: dict[str, Any], channel: str | None = None) -> None:
+        """Publish one message now, with one more try (as python-socketio's
+        ``_publish``); python-socketio's own requests come here."""
         encoded = SafeJSON.dumpb(data)
         for tries_left in (1, 0):
             try:
-                if self.redis is None:
-                    self._redis_connect()
-                assert self.redis is not None
-                await self.redis.publish(self.channel, encoded)
+                client = self.scripts.client if self.scripts is not None else None
+                if client is None:
+                    raise StorageUnavailable("no Redis connection")
+                await client.execute_command(self._command, channel or self.channel, encoded)
+                self.published += 1
                 return
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, StorageUnavailable) as exc:
                 log.error("Cannot publish to Redis (%s)%s", exc, "; retrying" if tries_left else "; giving up")
-
-    async def _listen(self):
-        """python-socketio's listener (subscribe, yield the data of each message
-        on the channel, reconnect with a growing pause after an error) as one
-        generator instead of three, which also skips this node's own publishes
-        before they are decoded (python-socketio decodes every message, then
-        drops its own by ``host_id``). ``host_id`` is the last key of every
-        message this node publishes, so the JSON (compact, see ``SafeJSON``)
-        ends with it."""
-        channel = self.channel.encode()
-        own = f'"host_id":"{self.host_id}"}}'.encode()
-        pause = 1
-        while True:
-            try:
-                self._redis_connect()
-                pubsub = self.pubsub
-                assert pubsub is not None  # _redis_connect made it
-                await pubsub.subscribe(self.channel)
-                pause = 1
-                async for message in pubsub.listen():
-                    data = message.get("data")
-                    if message["type"] == "message" and message["channel"] == channel and \
-                            not (isinstance(data, bytes) and data.endswith(own)):
-                        if isinstance(data, bytes) and data.startswith(NOTICE_PREFIX):
-                            self._take_notice(data)
-                        else:
-                            yield data
-            except Exception as exc:
-                log.error("Cannot receive from Redis (%s); retrying in %d s", exc, pause)
-                await self._close_pubsub()
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 60)
-
-    async def _close_pubsub(self) -> None:
-        """Release the pub/sub's connection (a broken one is simply dropped)."""
-        pubsub, self.pubsub = self.pubsub, None
-        if pubsub is not None:
-            try:
-                await pubsub.aclose()
-            except (RedisError, OSError) as exc:  # its connection is gone already
-                log.debug("closing the Redis pub/sub: %s", exc)
 
     async def _publish_in_order(self) -> None:
         """Publish what is queued, in order: everything queued meanwhile goes
@@ -167,27 +259,39 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
             except Exception:  # _publish logs and gives up by itself; never stop the loop
                 log.exception("publishing to Redis failed")
 
-    async def _publish_batch(self, batch: list[dict[str, Any]]) -> None:
-        """One script call publishes the whole batch, in order (subscribers get
-        the messages one by one, as from ``PUBLISH``)."""
-        encoded = []
-        for message in list(batch):
+    async def _publish_batch(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """One script call per channel publishes that channel's messages, in
+        order, and the calls leave together (subscribers get the messages one by
+        one, as from ``PUBLISH``)."""
+        channels: dict[str, list[tuple[dict[str, Any], bytes]]] = {}
+        for channel, message in batch:
             try:
-                encoded.append(SafeJSON.dumpb(message))  # bytes travel as base64: see _wire_data
+                encoded = SafeJSON.dumpb(message)  # bytes travel as base64: see _wire_data
             except (TypeError, ValueError) as exc:  # not JSON: this emit alone stays on this node
                 log.error("Cannot publish a %r emit to other nodes: %s", message.get("event"), exc)
-                batch.remove(message)
-        if not batch:
-            return
-        try:
-            if self.scripts is None:
-                raise StorageUnavailable("no Redis connection for scripts")
-            sizes = ",".join([str(len(data)) for data in encoded])
-            await self.scripts.call(PUBLISH_ALL, [], [self.channel, b"".join(encoded), sizes])
-        except (RedisError, OSError, StorageUnavailable) as exc:  # one more try each, as python-socketio's _publish
-            log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(batch), exc)
-            for message in batch:
-                await self._publish(message)
+                continue
+            channels.setdefault(channel, []).append((message, encoded))
+        calls = []
+        for channel, messages in channels.items():
+            sizes = ",".join([str(len(data)) for _, data in messages])
+            try:
+                if self.scripts is None:
+                    raise StorageUnavailable("no Redis connection for scripts")
+                call = self.scripts.call(PUBLISH_ALL, [channel], [self._command, b"".join(d for _, d in messages),
+                                                                   sizes])
+            except StorageUnavailable:
+                call = None
+            calls.append((channel, messages, call))
+        for channel, messages, call in calls:
+            try:
+                if call is None:
+                    raise StorageUnavailable("no Redis connection for scripts")
+                await call
+                self.published += len(messages)
+            except (RedisError, OSError, StorageUnavailable) as exc:  # one more try each, as python-socketio's
+                log.error("Cannot publish %d messages to Redis (%s); retrying one by one", len(messages), exc)
+                for message, _ in messages:
+                    await self._publish(message, channel)
 
     def on_notice(self, handler: NoticeHandler) -> None:
         """Call ``handler(name, data)`` for each notice another node sends."""
@@ -199,7 +303,7 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
         if self._outbox is None:
             await self._publish(message)
         else:
-            self._outbox.put_nowait(message)
+            self._outbox.put_nowait((self.channel, message))
 
     def _take_notice(self, data: bytes) -> None:
         """Hand a notice to the handler in a task of its own (the listener goes on)."""
@@ -264,7 +368,7 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
 
     async def close(self) -> None:
         """Stop publishing (after what is queued left, briefly) and listening,
-        then release the pub/sub and the client with their connections."""
+        then release the subscriptions' connections."""
         if self._publisher is not None:
             for _ in range(20):
                 if self._outbox is None or self._outbox.empty():
@@ -275,12 +379,24 @@ class OrderedRedisManager(socketio.AsyncRedisManager, FastManager):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._publisher = None
+        for handle in self._lingering.values():
+            handle.cancel()
+        self._lingering.clear()
         self._order.close()
-        await self._close_pubsub()
-        client, self.redis = self.redis, None
-        self.connected = False
-        if client is not None:
-            await client.aclose()
+        await self.subscriptions.close()
+
+
+def group_channel(group_id: str) -> str:
+    """A group's channel. Its hash tag puts it in the hash slot of the group's keys."""
+    return f"{GROUP_CHANNEL_PREFIX}{group_id}{GROUP_CHANNEL_SUFFIX}"
+
+
+def room_of(channel: bytes) -> str | None:
+    """The group whose channel ``channel`` is, if it is one."""
+    text = channel.decode(errors="replace")
+    if text.startswith(GROUP_CHANNEL_PREFIX) and text.endswith(GROUP_CHANNEL_SUFFIX):
+        return text[len(GROUP_CHANNEL_PREFIX):-len(GROUP_CHANNEL_SUFFIX)]
+    return None
 
 
 def _wire_data(data: Any) -> dict[str, Any]:

@@ -6,22 +6,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from storage.base import StorageUnavailable
 
 PREFIX = "chat:"
 
-# ARGV: channel, the messages end to end, their lengths in bytes ("12,40,7").
-# Publishes each, in order (one argument however many, so the client packs
-# three strings per batch); returns their number.
+# KEYS: the channel (a key for a cluster's routing). ARGV: PUBLISH or SPUBLISH,
+# the messages end to end, their lengths in bytes ("12,40,7"). Publishes each,
+# in order (one argument however many, so the client packs three strings per
+# batch); returns their number.
 _PUBLISH_ALL = """
 local blob, at, n = ARGV[2], 1, 0
 for size in string.gmatch(ARGV[3], '%d+') do
   size = tonumber(size)
-  redis.call('PUBLISH', ARGV[1], string.sub(blob, at, at + size - 1))
+  redis.call(ARGV[1], KEYS[1], string.sub(blob, at, at + size - 1))
   at, n = at + size, n + 1
 end
 return n
@@ -44,9 +47,10 @@ def now_ms() -> int:
 class RedisConnection:
     """One Redis client per application, opened inside the app's event loop."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, cluster: bool = False) -> None:
         self.url = url
-        self.client: aioredis.Redis | None = None
+        self.cluster = cluster  # ``url`` names a node of a Redis Cluster
+        self.client: Any = None  # redis.asyncio's Redis, or its RedisCluster
         self._calls: list[tuple[Script, list, list, asyncio.Future]] = []
         self._busy = False  # a round of calls is scheduled or awaiting its replies
 
@@ -98,9 +102,15 @@ class RedisConnection:
             settle(answer, result)
 
     async def open(self) -> None:
-        self.client = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=10
-        )
+        options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
+        if self.cluster:
+            self.client = RedisCluster.from_url(self.url, **options)
+            try:
+                await self.client.initialize()
+            except (RedisError, OSError) as exc:
+                raise StorageUnavailable(f"the Redis Cluster at REDIS_URL does not answer: {exc}") from exc
+        else:
+            self.client = aioredis.Redis.from_url(self.url, health_check_interval=10, **options)
         await self.ping()
 
     async def ping(self) -> None:

@@ -4,10 +4,11 @@ order (see ``redis_manager``). New messages take ``seq`` and ``rev`` together,
 so ``message`` events are in ``seq`` order too.
 
 When a ``rev`` is still missing after ``wait_s`` (its node died between
-storing and publishing, or the queue dropped it), the gap is filled from
+storing and publishing, or the queue dropped it), the gaps are filled from
 storage when a ``fill`` is given: it returns the broadcasts for the changes
-between the last delivered ``rev`` and the first waiting one (the current
-state of each message whose ``rev`` lies there), which go out first, in order.
+between the last delivered ``rev`` and the last waiting one (the current
+state of each message whose ``rev`` lies there), which go out in order with
+what waits.
 What still cannot be filled is skipped: the waiting broadcasts go out and
 clients see a ``rev`` jump, which they fill with ``get_changes``.
 """
@@ -27,6 +28,8 @@ FILL_TIMEOUT_S = 2.0
 # A group with nothing waiting is forgotten after this long without a message:
 # the table holds the groups active lately, not every group ever seen.
 IDLE_S = 300.0
+UNBOUNDED = 2**62  # "before" for a fill that reads up to the latest change
+RESYNC_PAGES = 50  # fills one resync reads at most
 
 # (group, after_rev, before_rev) -> [(rev, broadcast)] for the revs strictly between.
 Fill = Callable[[str, int, int], Awaitable[list[tuple[int, dict[str, Any]]]]]
@@ -102,23 +105,28 @@ class RevOrder:
 
     async def _fill(self, group_id: str, state: _GroupOrder) -> None:
         assert self.fill is not None
-        first_waiting = min(state.pending)
+        # Every gap below the last waiting rev: while a node's publishes are
+        # lost, its changes are missing between each of the others'.
+        last_waiting = max(state.pending)
         try:
-            found = await asyncio.wait_for(self.fill(group_id, state.last, first_waiting), FILL_TIMEOUT_S)
+            found = await asyncio.wait_for(self.fill(group_id, state.last, last_waiting), FILL_TIMEOUT_S)
         except Exception as exc:  # storage down: clients fill the gap themselves
             log.warning("could not fill revs %d..%d of %s from storage: %s",
-                        state.last + 1, first_waiting - 1, group_id, exc)
+                        state.last + 1, last_waiting - 1, group_id, exc)
             found = []
         finally:
             state.filling = False
         if self._groups.get(group_id) is not state:
             return  # closed meanwhile
+        filled = 0
         for rev, message in found:
-            if state.last < rev < first_waiting:
-                state.pending.setdefault(rev, message)
-        log.info("filled %d of the revs %d..%d of %s from storage", len(found), state.last + 1,
-                 first_waiting - 1, group_id)
-        self._skip_gap(state)
+            if state.last < rev < last_waiting and rev not in state.pending:
+                state.pending[rev] = message
+                filled += 1
+        log.info("filled %d of the missing revs between %d and %d of %s from storage", filled, state.last,
+                 last_waiting, group_id)
+        # What arrived during the read, above ``last_waiting``, has gaps of its own to wait for.
+        self._deliver_through(group_id, state, last_waiting)
 
     def _skip_gap(self, state: _GroupOrder) -> None:
         """Deliver everything waiting, in order, over whatever is still missing."""
@@ -128,6 +136,60 @@ class RevOrder:
         if state.timer is not None:
             state.timer.cancel()
             state.timer = None
+
+    def forget(self, group_id: str) -> None:
+        """This node stopped listening to the group: drop its order (what waits
+        goes out first), so listening again later starts afresh."""
+        state = self._groups.get(group_id)
+        if state is None or state.filling:
+            return
+        self._skip_gap(state)
+        del self._groups[group_id]
+
+    async def resync(self, group_id: str) -> None:
+        """The group's channel was lost for a while: deliver, in order, every
+        change after the last delivered ``rev`` that storage holds now, read a
+        page at a time (at most ``RESYNC_PAGES``; beyond, clients see a ``rev``
+        jump and fill it themselves)."""
+        state = self._groups.get(group_id)
+        if state is None or self.fill is None or state.filling:
+            return
+        for _ in range(RESYNC_PAGES):
+            if state.timer is not None:
+                state.timer.cancel()
+                state.timer = None
+            state.filling = True  # what arrives meanwhile waits behind what is read
+            after = state.last
+            try:
+                found = await asyncio.wait_for(self.fill(group_id, after, UNBOUNDED), FILL_TIMEOUT_S)
+            except Exception as exc:  # storage down: clients fill the gap themselves
+                log.warning("could not read the changes of %s after rev %d: %s", group_id, after, exc)
+                found = []
+            finally:
+                state.filling = False
+            if self._groups.get(group_id) is not state:
+                return
+            read = [(rev, message) for rev, message in found if rev > state.last]
+            if read:
+                log.info("read %d changes of %s after rev %d from storage", len(read), group_id, after)
+                for rev, message in read:
+                    state.pending.setdefault(rev, message)
+                # Deliver what was read (and what waits below it), keep what came in live above it.
+                self._deliver_through(group_id, state, read[-1][0])
+            if not read:
+                break
+
+    def _deliver_through(self, group_id: str, state: _GroupOrder, upto: int) -> None:
+        """Deliver, in order, everything waiting up to ``upto`` (over gaps), then
+        what follows without a gap; what is left waits for its own gap."""
+        for rev in sorted(state.pending):
+            if rev > upto:
+                break
+            self._deliver(state.pending.pop(rev))
+            state.last = rev
+        self._drain(state)
+        if state.pending and state.timer is None:
+            state.timer = asyncio.get_running_loop().call_later(self._wait_s, self._give_up, group_id)
 
     def _prune(self, now: float) -> None:
         """At most once per ``idle_s``: forget groups idle that long with nothing waiting."""

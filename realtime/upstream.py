@@ -2,7 +2,8 @@
 
 ``realtime`` and ``cluster.redis_manager`` subclass python-engineio's and
 python-socketio's servers, sockets and managers, override some of their
-private methods and copy parts of others. Each upstream function or method
+private methods and copy parts of others; ``cluster.channels`` drives
+redis-py's pub/sub and cluster slot map below their public methods. Each upstream function or method
 they copy, override or call by a private name is listed in ``FINGERPRINTS``
 with a hash of its source as read from the pinned version. ``drift()`` names
 every one whose source differs in the installed version (a test fails on it);
@@ -19,7 +20,7 @@ import sys
 from importlib import metadata
 
 # Distribution -> the exact version ``setup.cfg`` pins and the table was read from.
-PINS: dict[str, str] = {"python-engineio": "4.15.1", "python-socketio": "5.18.1"}
+PINS: dict[str, str] = {"python-engineio": "4.15.1", "python-socketio": "5.18.1", "redis": "8.2.0"}
 
 # "module:Qualified.name" -> first 16 hex digits of the SHA-256 of its source.
 FINGERPRINTS: dict[str, str] = {
@@ -91,17 +92,29 @@ FINGERPRINTS: dict[str, str] = {
     "socketio.packet:Packet.data_is_binary": "464dded7ae952a64",
     "socketio.packet:Packet.reconstruct_binary": "b5bf13b2bea3ee6f",
     "socketio.packet:Packet.decode": "61ad7904b539f472",
-    # OrderedRedisManager: emit and _handle_emit wrapped, _listen replaced
-    # (calls _redis_connect), _publish used as the fallback.
+    # OrderedRedisManager: AsyncPubSubManager's emit called for emits with a
+    # callback and _publish replaced under it; _thread and initialize
+    # overridden (listening is cluster.channels'); _handle_emit wrapped;
+    # _handle_callback/_disconnect/_enter_room/_leave_room/_close_room called
+    # as _thread did; enter_room called before basic_enter_room.
     "socketio.async_pubsub_manager:AsyncPubSubManager.emit": "6cc46e0ff9b6d7cf",
     "socketio.async_pubsub_manager:AsyncPubSubManager._handle_emit": "4284671be955f644",
     "socketio.async_pubsub_manager:AsyncPubSubManager._thread": "fa8d075729aac64d",
     "socketio.async_pubsub_manager:AsyncPubSubManager.initialize": "e8a2b026ecea320f",
-    "socketio.async_redis_manager:AsyncRedisManager.__init__": "3360cfacd7923313",
-    "socketio.async_redis_manager:AsyncRedisManager._redis_connect": "da4530c936323c25",
-    "socketio.async_redis_manager:AsyncRedisManager._publish": "033e4da7cc8768b4",
-    "socketio.async_redis_manager:AsyncRedisManager._listen": "3e74fdd1084b4e13",
-    "socketio.async_redis_manager:AsyncRedisManager._redis_listen_with_retries": "ad347f253fd3423a",
+    "socketio.async_pubsub_manager:AsyncPubSubManager.enter_room": "839498e1ae603f2b",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._publish": "23e758d5094bdf74",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._handle_callback": "e637e7708127b711",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._handle_disconnect": "f33e84380da58dc3",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._handle_enter_room": "d24981b063303fd5",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._handle_leave_room": "98b32db1e8bf865a",
+    "socketio.async_pubsub_manager:AsyncPubSubManager._handle_close_room": "8794e03b8968ae6e",
+    # cluster.channels: a shard's pub/sub driven by execute_command and
+    # parse_response (no subscription bookkeeping of its own, no retries); a
+    # Redis Cluster's slot map re-read with nodes_manager.initialize.
+    "redis.asyncio.client:PubSub.execute_command": "9c424ec69b87f47f",
+    "redis.asyncio.client:PubSub.parse_response": "9dc6547c1d1ed3e7",
+    "redis.asyncio.cluster:NodesManager.initialize": "71b35a2b52ac0766",
+    "redis.asyncio.cluster:RedisCluster.get_node_from_key": "ddf4f0e6675e8688",
 }
 
 

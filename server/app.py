@@ -114,7 +114,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
 
     cluster = None
     if settings.redis_url:
-        cluster = Cluster(settings.redis_url, settings.rate_limits, settings.presence_ttl_s)
+        cluster = Cluster(settings)
         cluster.fill_gaps_from(storage)
     sio = FastSocketServer(
         async_mode="aiohttp",
@@ -144,6 +144,8 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     )
     presence = cluster.presence if cluster else LocalPresence()
     metrics = Metrics()
+    if cluster is not None:
+        metrics.queue(cluster.manager)
     sender = _webhook_sender(settings, storage, metrics)
     notifier = None if sender is None else Notifier(sender.outbox, presence, written=sender.wake)
     files = GridFSAttachments(lambda: storage.database) if isinstance(storage, MongoStore) else MemoryAttachments()

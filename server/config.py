@@ -38,6 +38,13 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "`chat_moderator`",
     ),
     "REDIS_URL": ("Redis message queue shared by several nodes", "unset: one node"),
+    "REDIS_CLUSTER": ("`true` when `REDIS_URL` names a node of a Redis Cluster (7+): sharded pub/sub", "`false`"),
+    "REDIS_CHANNELS": (
+        "`group`: a channel per group, a node listens only to its groups' ones; `single`: one channel for "
+        "everything, as nodes before per-group channels (for a rolling upgrade from them)",
+        "`group`",
+    ),
+    "REDIS_CHANNEL_LINGER_S": ("seconds a node keeps listening to a group after its last connection there left", "`30`"),
     "CORS_ORIGINS": ("comma-separated extra origins allowed for Socket.IO and HTTP", "none"),
     "LOG_LEVEL": ("logging level", "`INFO`"),
     "LOG_FORMAT": ("`text` or `json` (one JSON object per line)", "`text`"),
@@ -139,6 +146,9 @@ class Settings:
     jwt_audience: str | None = None
     jwt_moderator_claim: str = "chat_moderator"
     redis_url: str | None = None
+    redis_cluster: bool = False
+    redis_channels: str = "group"
+    redis_channel_linger_s: float = 30.0
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"
@@ -206,7 +216,7 @@ class Settings:
             ("RATE_LIMIT_UPLOADS_PER_S", 0.5), ("RATE_LIMIT_UPLOADS_BURST", 30.0),
             ("RATE_LIMIT_UPLOAD_BYTES_PER_S", 1024.0 * 1024), ("RATE_LIMIT_UPLOAD_BYTES_BURST", 200.0 * 1024 * 1024),
             ("ATTACHMENT_ORPHAN_TTL_S", 3600.0), ("SHUTDOWN_GRACE_S", 20.0), ("PRESENCE_TTL_S", 15.0), ("CONNECT_TIMEOUT_S", 10.0),
-            ("FRAME_BUDGET_PER_S", 5000.0), ("MEMBERSHIP_POLL_S", 5.0),
+            ("FRAME_BUDGET_PER_S", 5000.0), ("MEMBERSHIP_POLL_S", 5.0), ("REDIS_CHANNEL_LINGER_S", 30.0),
         ):
             try:
                 numbers[name] = float(env.get(name, default))
@@ -231,6 +241,13 @@ class Settings:
         trust = env.get("TRUST_PROXY", "false").strip().lower()
         if trust not in _TRUE + _FALSE:
             problems.append(f"TRUST_PROXY must be 'true' or 'false', not {env['TRUST_PROXY']!r}")
+
+        redis_cluster = env.get("REDIS_CLUSTER", "false").strip().lower()
+        if redis_cluster not in _TRUE + _FALSE:
+            problems.append(f"REDIS_CLUSTER must be 'true' or 'false', not {env['REDIS_CLUSTER']!r}")
+        redis_channels = env.get("REDIS_CHANNELS", "group").strip().lower()
+        if redis_channels not in ("group", "single"):
+            problems.append(f"REDIS_CHANNELS must be 'group' or 'single', not {env['REDIS_CHANNELS']!r}")
 
         max_pending = _whole(env, "MAX_PENDING_PER_IP", 50, 0, 1_000_000, problems)
         if numbers["CONNECT_TIMEOUT_S"] <= 0:
@@ -260,6 +277,9 @@ class Settings:
             membership_change_stream=change_stream == "auto",
             port=port,
             redis_url=env.get("REDIS_URL"),
+            redis_cluster=redis_cluster in _TRUE,
+            redis_channels=redis_channels,
+            redis_channel_linger_s=numbers["REDIS_CHANNEL_LINGER_S"],
             cors_origins=_split(env.get("CORS_ORIGINS")),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             log_format=log_format,

@@ -6,11 +6,14 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from handlers.auth import bearer
 from handlers.errors import ChatError
@@ -64,6 +67,10 @@ class Metrics(Observer):
         self.before_scrape: list[Callable[[], Awaitable[None]]] = []
         self._refreshed_at = float("-inf")
 
+    def queue(self, manager: QueueFigures) -> None:
+        """Export the Redis queue's figures, read from ``manager`` at each scrape."""
+        self.registry.register(_QueueCollector(manager))
+
     def event(self, event: str, outcome: str, seconds: float) -> None:
         children = self._children.get((event, outcome))
         if children is None:  # labels() is a lookup with locking: do it once per pair
@@ -111,6 +118,31 @@ class Metrics(Observer):
                 await asyncio.wait_for(read(), REFRESH_TIMEOUT_S)
             except Exception as exc:  # the last values stay; the scrape still answers
                 log.warning("metrics: could not refresh: %s", exc)
+
+
+class QueueFigures(Protocol):
+    received: int
+    published: int
+
+    def queue_figures(self) -> tuple[int, int]:
+        """Group channels listened to now; channels subscribed again after they were lost."""
+
+
+class _QueueCollector(Collector):
+    def __init__(self, manager: QueueFigures) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        channels, resubscribed = self._manager.queue_figures()
+        yield CounterMetricFamily("chat_redis_received_messages", "Messages this node read from Redis "
+                                  "(its own publishes on channels it listens to included).",
+                                  value=self._manager.received)
+        yield CounterMetricFamily("chat_redis_published_messages", "Messages this node published to Redis.",
+                                  value=self._manager.published)
+        yield GaugeMetricFamily("chat_redis_group_channels", "Group channels this node listens to.", value=channels)
+        yield CounterMetricFamily("chat_redis_resubscribed_channels", "Channels subscribed again after their "
+                                  "connection or hash slot was lost (each followed by a read from storage).",
+                                  value=resubscribed)
 
 
 def add_route(app: web.Application, metrics: Metrics, *, token: str | None = None) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cluster.presence import RedisPresence
-from cluster.rate_limits import LocalLimiter, RateLimits, RedisLimiter
+from cluster.rate_limits import LocalLimiter, RedisLimiter
 from cluster.redis_manager import OrderedRedisManager
 from cluster.redis_scripts import RedisConnection
 from handlers.events import ChatEvents
@@ -17,6 +17,7 @@ from realtime.codec import SafeJSON
 from storage import Store
 from storage.base import Message
 
+from .config import Settings
 from .logs import library_logger
 
 log = logging.getLogger(__name__)
@@ -25,20 +26,22 @@ GAP_FILL_LIMIT = 100  # changes read per gap; clients fill what lies beyond
 
 
 class Cluster:
-    def __init__(self, redis_url: str, limits: RateLimits, presence_ttl_s: float) -> None:
-        self.connection = RedisConnection(redis_url)
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url is not None
+        limits = settings.rate_limits
+        self.connection = RedisConnection(settings.redis_url, cluster=settings.redis_cluster)
         self.manager = OrderedRedisManager(
-            redis_url,
+            settings.redis_url,
+            sharded=settings.redis_cluster,
+            per_group=settings.redis_channels == "group",
+            linger_s=settings.redis_channel_linger_s,
             logger=library_logger("socketio.redis"),
             json=SafeJSON,  # the same JSON module as the server's packets
-            # RESP2: a channel message is a plain reply there; RESP3's push
-            # handling costs more per message, and this node reads every one.
-            redis_options={"socket_connect_timeout": 2, "protocol": 2},
         )
         self.manager.scripts = self.connection
-        self.presence = RedisPresence(self.connection, self.manager.host_id, presence_ttl_s)
+        self.presence = RedisPresence(self.connection, self.manager.host_id, settings.presence_ttl_s)
         self.limiter = RedisLimiter(self.connection, limits, LocalLimiter(limits))
-        self.interval_s = presence_ttl_s / 3
+        self.interval_s = settings.presence_ttl_s / 3
 
     def fill_gaps_from(self, store: Store) -> None:
         """Changes a node missed on the queue are read from ``store`` (see ``cluster.rev_order``)."""

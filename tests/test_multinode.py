@@ -1,4 +1,4 @@
-"""Several real server processes sharing one Redis and one MongoDB-wire server."""
+"""Several real server processes sharing one Redis (or one Redis Cluster) and one MongoDB-wire server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from tests.support.chat import ANA, BEN, CAROL, MATHS, NAMES, SECRET, ChatClient
 from tests.support.mongo import seed_mongo
 from tests.support.nodes import ROOT, Node
-from tests.support.redis import RedisProcess
+from tests.support.redis import RedisProcess, queue_env
 
 USERS = [(ANA, "Ana", "García"), (BEN, "Ben", "Okafor"), (CAROL, "Carol", "")]
 GROUPS = [(MATHS, "Maths", [ANA, BEN, CAROL])]
@@ -24,12 +24,13 @@ async def seeded_db(mongo_uri, mongo_db_name):
 
 
 @pytest.fixture
-def start_nodes(seeded_db, redis_server, node_factory):
+def start_nodes(seeded_db, queue, node_factory):
     count_so_far = 0
 
     def _start(count: int, **env: str) -> list[Node]:
         nonlocal count_so_far
-        base = {**seeded_db, "REDIS_URL": redis_server.url, "PRESENCE_TTL_S": "3", **env}
+        base = {**seeded_db, **queue_env(queue),
+                "PRESENCE_TTL_S": "3", **env}
         nodes = [node_factory(base, f"node{count_so_far + i}") for i in range(count)]
         count_so_far += count
         return nodes
@@ -130,6 +131,7 @@ async def test_unreachable_redis_at_start_names_redis_url(seeded_db, tmp_path):
     assert "REDIS_URL" in result.stderr
 
 
+@pytest.mark.parametrize("queue", ["single"], indirect=True)
 async def test_redis_outage_keeps_local_clients_served_and_recovers(start_nodes, clients, redis_server):
     n1, n2 = start_nodes(2)
     ana, ana_local_friend, ben = await clients(n1, ANA), await clients(n1, CAROL), await clients(n2, BEN)

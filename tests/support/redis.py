@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,8 @@ def free_port() -> int:
 class RedisProcess:
     """A ``redis-server`` that a test can stop and start again on the same port."""
 
+    kind = "single"
+
     def __init__(self, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -27,6 +31,11 @@ class RedisProcess:
         self.binary = binary
         self.port = port or free_port()
         self._proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []  # more command-line options
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def url(self) -> str:
@@ -34,7 +43,8 @@ class RedisProcess:
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -65,3 +75,118 @@ def redis_server() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+def free_cluster_port() -> int:
+    """A port below 55535 that is free, and whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = random.randrange(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of three masters, each with one replica: six ``redis-server``
+    processes in cluster mode, joined with ``redis-cli --cluster create``. A master
+    that stops answering is replaced by its replica after about a second."""
+
+    kind = "cluster"
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            pytest.fail("redis-cli is not installed: run `make test` (it installs Debian's redis-server)")
+        self.cli = cli
+        self.workdir = workdir
+        self.nodes = [RedisProcess(free_cluster_port()) for _ in range(masters * 2)]
+        self.masters = masters
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            directory = self.workdir / f"redis-{node.port}"
+            directory.mkdir(parents=True, exist_ok=True)
+            node.extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf"),
+                          "--cluster-node-timeout", "1000", "--dir", str(directory),
+                          "--logfile", str(directory / "redis.log"), "--repl-diskless-sync-delay", "0"]
+            node.start()
+        subprocess.run(
+            [self.cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=60,
+        )
+        self.wait_ok(self.nodes)
+        # A replica can take over only once it holds its master's data.
+        deadline = time.monotonic() + 30
+        while not all("master_link_status:up" in self.info(n, "info", "replication")
+                      for n in self.nodes if "role:slave" in self.info(n, "info", "replication")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster's replicas did not sync")
+            time.sleep(0.1)
+
+    def info(self, node: RedisProcess, *command: str) -> str:
+        result = subprocess.run([self.cli, "-p", str(node.port), *command], capture_output=True, text=True,
+                                timeout=10)
+        return result.stdout
+
+    def wait_ok(self, nodes: list[RedisProcess], timeout: float = 30) -> None:
+        """Until every given node says the cluster is ok and knows every slot's master."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all("cluster_state:ok" in self.info(n, "cluster", "info") for n in nodes):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become ok")
+
+    def master_of(self, key: str) -> RedisProcess:
+        """The node that holds ``key``'s hash slot now."""
+        slot = int(self.info(self.live()[0], "cluster", "keyslot", key).strip())
+        for line in self.info(self.live()[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for part in fields[8:]:
+                low, _, high = part.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no master holds the slot of {key!r}")
+
+    def live(self) -> list[RedisProcess]:
+        return [n for n in self.nodes if n.running]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
+    """A fresh Redis Cluster (three masters, three replicas) for one test."""
+    cluster = RedisClusterProcesses(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def queue(request: pytest.FixtureRequest) -> RedisProcess | RedisClusterProcesses:
+    """The Redis that nodes share: one redis-server, or a Redis Cluster of three
+    masters and three replicas (sharded pub/sub); ``.kind`` says which."""
+    return request.getfixturevalue("redis_server" if request.param == "single" else "redis_cluster")
+
+
+def queue_env(queue: RedisProcess | RedisClusterProcesses) -> dict[str, str]:
+    """The settings that point a node at ``queue``."""
+    return {"REDIS_URL": queue.url, "REDIS_CLUSTER": str(queue.kind == "cluster").lower()}
