@@ -84,6 +84,93 @@ async def test_rev_order_fills_a_missing_rev_from_storage_before_going_on():
     order.close()
 
 
+async def test_rev_order_fills_every_gap_below_the_last_waiting_rev():
+    """While one node's publishes are lost, its changes are missing between each
+    of another node's: one fill reads them all, none is skipped."""
+    got = _Delivered()
+    asked: list[tuple[int, int]] = []
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append((after, before))
+        return [(rev, _msg(rev)) for rev in range(after + 1, before)]
+
+    order = RevOrder(got, wait_s=0.05, fill=fill)
+    for rev in (10, 12, 14, 16):
+        order.offer("g", rev, _msg(rev))
+    await asyncio.sleep(0.2)
+    assert asked == [(10, 16)]
+    assert got == list(range(10, 17))
+    order.close()
+
+
+async def test_rev_order_keeps_a_rev_that_arrives_during_a_fill_waiting_for_its_own_gap():
+    got = _Delivered()
+    asked: list[tuple[int, int]] = []
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append((after, before))
+        await asyncio.sleep(0.05)
+        return [(rev, _msg(rev)) for rev in range(after + 1, before)]
+
+    order = RevOrder(got, wait_s=0.05, fill=fill)
+    order.offer("g", 10, _msg(10))
+    order.offer("g", 12, _msg(12))
+    await asyncio.sleep(0.07)  # the fill of 11 is reading
+    order.offer("g", 14, _msg(14))  # 13 is missing too
+    await asyncio.sleep(0.05)
+    assert got == [10, 11, 12]  # 14 is not delivered over 13
+    await asyncio.sleep(0.2)
+    assert asked == [(10, 12), (12, 14)]
+    assert got == [10, 11, 12, 13, 14]
+    order.close()
+
+
+async def test_rev_order_resync_reads_every_change_after_the_last_delivered_page_by_page():
+    got = _Delivered()
+    asked: list[int] = []
+    stored = list(range(1, 251))
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append(after)
+        await asyncio.sleep(0.01)
+        return [(rev, _msg(rev)) for rev in stored if after < rev < before][:100]
+
+    order = RevOrder(got, wait_s=5.0, fill=fill)
+    order.offer("g", 1, _msg(1))
+    resync = asyncio.ensure_future(order.resync("g"))
+    await asyncio.sleep(0)
+    order.offer("g", 251, _msg(251))  # live, while the resync reads: waits behind it
+    await resync
+    assert asked == [1, 101, 201, 251]  # the live 251 went out right after 250
+    assert got == list(range(1, 252))
+    await order.resync("unknown")  # nothing delivered there yet: nothing to catch up
+    order.close()
+
+
+async def test_rev_order_forgets_a_group_it_stopped_listening_to():
+    got = _Delivered()
+    order = RevOrder(got, wait_s=5.0)
+    order.offer("g", 1, _msg(1))
+    order.offer("g", 3, _msg(3))
+    order.forget("g")  # what waited goes out
+    assert got == [1, 3]
+    order.offer("g", 40, _msg(40))  # listening again later starts afresh, without a wait
+    assert got == [1, 3, 40]
+    order.close()
+
+
+def test_every_key_and_channel_of_a_group_shares_one_hash_slot():
+    from redis.crc import key_slot
+
+    from cluster.presence import _group_key
+    from cluster.redis_manager import group_channel
+
+    group = "65b0000000000000000000a1"
+    user_key, group_key = RedisPresence._keys(group, "65a000000000000000000001")
+    slots = {key_slot(k.encode()) for k in (group_channel(group), _group_key(group), user_key, group_key)}
+    assert len(slots) == 1
+
+
 async def test_rev_order_goes_on_when_the_fill_fails():
     got = _Delivered()
 
