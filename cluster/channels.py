@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class _Shard:
         self.waiting: dict[bytes, asyncio.Future[None]] = {}
         self.pubsub: Any = None
         self.connected = False
+        self.down = False  # the last attempt to connect or read failed
         self.wake = asyncio.Event()
         self.task = asyncio.ensure_future(self._run())
 
@@ -81,8 +83,11 @@ class _Shard:
             asyncio.ensure_future(self._command(self.owner.unsubscribe_command, channel))
 
     async def _command(self, command: str, channel: bytes) -> None:
+        pubsub = self.pubsub
+        if pubsub is None:
+            return  # the reader is connecting again: it subscribes every wanted channel
         try:
-            await self.pubsub.execute_command(command, channel)
+            await pubsub.execute_command(command, channel)
         except (RedisError, OSError) as exc:  # the reader sees the broken connection and starts again
             log.debug("%s %r on %s failed: %s", command, channel, self.name, exc)
 
@@ -98,8 +103,13 @@ class _Shard:
             self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
             try:
                 again = set(self.channels)
-                await self.pubsub.execute_command(self.owner.subscribe_command, *again)
-                self.connected = True
+                for batch in self.owner.batches(again):
+                    await self.pubsub.execute_command(self.owner.subscribe_command, *batch)
+                # Channels wanted while this connected: from now on ``want`` sends its own.
+                late = self.channels - again
+                self.connected, self.down = True, False
+                for batch in self.owner.batches(late):
+                    await self.pubsub.execute_command(self.owner.subscribe_command, *batch)
                 while self.channels or self.pubsub.subscribed:
                     message = await self.pubsub.parse_response(block=True)
                     if message is not None:
@@ -108,6 +118,7 @@ class _Shard:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.down = True
                 if self.channels:
                     log.error("Redis pub/sub on %s lost (%s); subscribing again in %.2f s", self.name, exc, pause)
                 await self._reset()
@@ -184,13 +195,28 @@ class Subscriptions:
         self._shards: dict[str, _Shard] = {}
         self._home: dict[bytes, _Shard] = {}  # channel -> the shard it is wanted on
         self._rehoming: asyncio.Task[None] | None = None
+        self._topology_lock = asyncio.Lock()
+        self._unplaced: set[bytes] = set()  # wanted, but the cluster's slot map could not be read
+        self._placing: asyncio.Task[None] | None = None
         self.resubscriptions = 0  # channels confirmed again after a connection or a slot was lost
 
     def __len__(self) -> int:
         return len(self._home)
 
+    def batches(self, channels: set[bytes]) -> list[list[bytes]]:
+        """``channels`` in groups one (S)SUBSCRIBE can take: shard channels of one
+        hash slot at a time, classic channels all at once."""
+        if not channels:
+            return []
+        if not self.sharded:
+            return [sorted(channels)]
+        slots: dict[int, list[bytes]] = {}
+        for channel in sorted(channels):
+            slots.setdefault(key_slot(channel), []).append(channel)
+        return list(slots.values())
+
     def channels(self) -> set[bytes]:
-        return set(self._home)
+        return set(self._home) | self._unplaced
 
     async def watch(self, channel: str | bytes) -> None:
         """Listen to ``channel``; returns once Redis confirmed it (or at once
@@ -198,17 +224,51 @@ class Subscriptions:
         name = _bytes(channel)
         shard = self._home.get(name)
         if shard is None:
-            shard = self._home[name] = await self._shard_for(name)
+            try:
+                shard = await self._shard_for(name)
+            except Exception as exc:  # the cluster cannot be read now: place it later
+                log.warning("cannot place channel %r now (%s); trying again", name, exc)
+                self._unplaced.add(name)
+                self._place_later()
+                return
+            if self._home.get(name) is None:
+                self._home[name] = shard
+            shard = self._home[name]
         future = shard.want(name)
-        if not shard.connected and shard.channels - {name}:
+        if shard.down:
             return  # this Redis is down right now; do not hold the join
         try:
             await asyncio.wait_for(asyncio.shield(future), CONFIRM_WAIT_S)
         except TimeoutError:
             log.warning("Redis did not confirm the subscription to %r within %.0f s", name, CONFIRM_WAIT_S)
 
+    def _place_later(self) -> None:
+        if self._placing is not None and not self._placing.done():
+            return
+
+        async def place() -> None:
+            pause = MIN_PAUSE_S
+            while self._unplaced:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE_S)
+                for name in list(self._unplaced):
+                    try:
+                        shard = await self._shard_for(name)
+                    except Exception as exc:
+                        log.debug("cannot place channel %r yet: %s", name, exc)
+                        break
+                    if name not in self._unplaced:
+                        continue  # unwatched meanwhile
+                    self._unplaced.discard(name)
+                    self._home[name] = shard
+                    # What was published before it was placed is read from storage.
+                    shard.want(name).add_done_callback(functools.partial(self._confirmed_again, name))
+
+        self._placing = asyncio.ensure_future(place())
+
     def unwatch(self, channel: str | bytes) -> None:
         """Stop listening to ``channel``."""
+        self._unplaced.discard(_bytes(channel))
         shard = self._home.pop(_bytes(channel), None)
         if shard is not None:
             shard.drop(_bytes(channel))
@@ -230,12 +290,19 @@ class Subscriptions:
         return shard
 
     async def _topology(self, *, refresh: bool = False) -> RedisCluster:
-        if self._cluster is None:
-            self._cluster = RedisCluster.from_url(self.url, **self.options)
-            await self._cluster.initialize()
-        elif refresh:
-            await self._cluster.nodes_manager.initialize()
-        return self._cluster
+        """The cluster's slot map (read once, and again on ``refresh``); one reader at a time."""
+        async with self._topology_lock:
+            if self._cluster is None:
+                cluster = RedisCluster.from_url(self.url, **self.options)
+                try:
+                    await cluster.initialize()
+                except BaseException:
+                    await cluster.aclose()
+                    raise
+                self._cluster = cluster
+            elif refresh:
+                await self._cluster.nodes_manager.initialize()
+            return self._cluster
 
     def resubscribed(self, channels: set[bytes]) -> None:
         self.resubscriptions += len(channels)
@@ -288,9 +355,11 @@ class Subscriptions:
                 await shard.close()
 
     async def close(self) -> None:
-        if self._rehoming is not None:
-            self._rehoming.cancel()
-            await asyncio.gather(self._rehoming, return_exceptions=True)
+        for task in (self._rehoming, self._placing):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._unplaced.clear()
         shards, self._shards = list(self._shards.values()), {}
         self._home.clear()
         for shard in shards:

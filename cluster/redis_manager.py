@@ -274,13 +274,14 @@ class OrderedRedisManager(AsyncPubSubManager, FastManager):
         calls = []
         for channel, messages in channels.items():
             sizes = ",".join([str(len(data)) for _, data in messages])
+            call: asyncio.Future | None = None
             try:
-                if self.scripts is None:
-                    raise StorageUnavailable("no Redis connection for scripts")
-                call = self.scripts.call(PUBLISH_ALL, [channel], [self._command, b"".join(d for _, d in messages),
-                                                                   sizes])
+                if self.scripts is not None:
+                    call = self.scripts.call(PUBLISH_ALL, [channel],
+                                             [self._command, b"".join(d for _, d in messages), sizes])
+                    call.add_done_callback(_retrieve)  # answered even if this task is cancelled first
             except StorageUnavailable:
-                call = None
+                pass
             calls.append((channel, messages, call))
         for channel, messages, call in calls:
             try:
@@ -384,6 +385,11 @@ class OrderedRedisManager(AsyncPubSubManager, FastManager):
         self._lingering.clear()
         self._order.close()
         await self.subscriptions.close()
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def group_channel(group_id: str) -> str:

@@ -2,7 +2,8 @@
 
 ``create_app(settings, storage=MemoryStore())`` with the users and groups of the harness's spec,
 served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (uvloop when installed). Logging
-at WARNING: the peers log nothing per message either. ``--redis-url`` sets ``REDIS_URL``.
+at WARNING: the peers log nothing per message either. ``--redis-url`` sets ``REDIS_URL``,
+``--redis-cluster`` ``REDIS_CLUSTER=true`` and ``--redis-channels`` ``REDIS_CHANNELS``.
 
 The per-user rate limits are raised out of reach (not turned off, so the limiter's check still runs
 on every event): a benchmark sends far faster per user than a person, and no peer limits at all.
@@ -21,7 +22,8 @@ from aiohttp import web
 from bench.servers.common import arg_parser, gid, load_spec, uid
 
 
-def build(spec: dict, port: int, redis_url: str | None) -> web.Application:
+def build(spec: dict, port: int, redis_url: str | None, *, redis_cluster: bool = False,
+          redis_channels: str = "group") -> web.Application:
     # Imported here so `--help` works, and the harness can tell "not written yet" apart.
     from server.app import create_app
     from server.config import Settings
@@ -41,12 +43,14 @@ def build(spec: dict, port: int, redis_url: str | None) -> web.Application:
         redis_url=redis_url,
         log_level="WARNING",
     )
-    if "rate_limits" in {f.name for f in dataclasses.fields(Settings)}:
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    if "redis_cluster" in fields:
+        options.update(redis_cluster=redis_cluster, redis_channels=redis_channels)
+    if "rate_limits" in fields:
         from cluster.rate_limits import Bucket, RateLimits
 
         unreachable = Bucket(1e9, 10**9)
         options["rate_limits"] = RateLimits(send=unreachable, other=unreachable)
-    fields = {f.name for f in dataclasses.fields(Settings)}
     if "max_pending_per_ip" in fields:
         options["max_pending_per_ip"] = 0  # off
         options["max_connections_per_user"] = 1_000_000
@@ -54,12 +58,16 @@ def build(spec: dict, port: int, redis_url: str | None) -> web.Application:
 
 
 def main() -> None:
-    args = arg_parser(__doc__.splitlines()[0]).parse_args()
+    parser = arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--redis-cluster", action="store_true")
+    parser.add_argument("--redis-channels", default="group", choices=("group", "single"))
+    args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from server.cli import use_fast_event_loop
 
     use_fast_event_loop()  # as `python -m server` does
-    app = build(load_spec(args.spec), args.port, args.redis_url)
+    app = build(load_spec(args.spec), args.port, args.redis_url, redis_cluster=args.redis_cluster,
+                redis_channels=args.redis_channels)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, shutdown_timeout=2)
 
 
