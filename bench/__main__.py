@@ -20,6 +20,7 @@ from importlib import metadata
 from typing import Any
 
 from . import report
+from .channels import run_channels
 from .harness import BENCH, LOGS, PYTHON, ROOT, WORK, BenchError, Procs, free_port, wait_port
 from .peers import PEERS, this_server_missing, write_spec
 from .scenarios import Plan, run_peer, run_redis
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                 if peer.redis and shutil.which("redis-server") and "skipped" not in results["peers"].get(key, {}):
                     log.info("%s with REDIS_URL", peer.label)
                     results["redis"][key] = run_redis(procs, peer, plan, spec, secret)
+            if "this" in wanted and "skipped" not in results["peers"].get("this", {}):
+                log.info("four nodes on Redis: messages each reads, a channel per group against one channel")
+                results["channels"] = run_channels(procs)
         if args.skip_storage:
             results["storage"] = {"skipped": "--skip-storage"}
         else:

@@ -105,7 +105,7 @@ async def _drive(ports: list[int], secret: str) -> tuple[int, list[tuple[float, 
         await asyncio.gather(*[c.disconnect() for c in clients], return_exceptions=True)
 
 
-def _cluster(procs: Procs) -> tuple[str, list[Any]]:
+def start_redis_cluster(procs: Procs) -> tuple[str, list[Any]]:
     """Three cluster-mode redis-servers (masters, no replicas), joined; returns (url, processes)."""
     ports: list[int] = []
     while len(ports) < 3:
@@ -144,7 +144,7 @@ def _free(port: int) -> bool:
 
 def _one(procs: Procs, spec: str, secret: str, channels: str, cluster: bool) -> dict[str, Any]:
     if cluster:
-        url, queue = _cluster(procs)
+        url, queue = start_redis_cluster(procs)
     else:
         port = free_port()
         queue = [procs.start("redis-channels", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",

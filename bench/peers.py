@@ -41,16 +41,19 @@ class Peer:
     label: str
     argv: tuple[str, ...]          # {port}, {spec} filled in
     redis: bool = False            # accepts --redis-url
+    redis_cluster: bool = False    # accepts --redis-cluster (REDIS_URL names a Redis Cluster)
 
-    def command(self, port: int, spec: Path, redis_url: str | None = None) -> list[str]:
+    def command(self, port: int, spec: Path, redis_url: str | None = None, cluster: bool = False) -> list[str]:
         argv = [a.format(port=port, spec=spec) for a in self.argv]
         if redis_url:
             argv += ["--redis-url", redis_url]
+        if cluster:
+            argv.append("--redis-cluster")
         return argv
 
 
 THIS = Peer("this", "this server", (PYTHON, "-m", "bench.servers.this_server",
-                                     "--port", "{port}", "--spec", "{spec}"), redis=True)
+                                     "--port", "{port}", "--spec", "{spec}"), redis=True, redis_cluster=True)
 NODE = Peer("node", "Node Socket.IO v4", ("node", "bench/servers/node_chat.js",
                                           "--port", "{port}", "--spec", "{spec}"))
 PSIO = Peer("psio", "python-socketio (defaults)", (PYTHON, "-m", "bench.servers.psio_chat",

@@ -185,19 +185,25 @@ def redis_table(results: dict[str, Any]) -> list[str]:
             "| with, counting redis-server CPU too | latency p50 / p99 ms without → with | missing/dup/reorder |",
             "|---|---:|---:|---:|---:|---:|---|"]
     for _key, red in results.get("redis", {}).items():
-        base, res = red.get("without_redis", {}), red.get("with_redis", {})
-        if red.get("error") or res.get("error") or base.get("error") or not res or not base:
-            rows.append(_error_row(rows[0], [red["label"]], red.get("error") or base.get("error") or res.get("error")))
-            continue
-        redis_cpu = (res.get("extra_cpu_s") or [None])[0]
-        both = None if redis_cpu is None else res["deliveries"] / (res["server_cpu_s"] + redis_cpu)
-        lb, lr = base["latency_ms"], res["latency_ms"]
-        rows.append(
-            f"| {red['label']} | {_f(base['deliveries_per_cpu_s'])} | **{_f(res['deliveries_per_cpu_s'])}** | "
-            f"{_ratio(res['deliveries_per_cpu_s'], base['deliveries_per_cpu_s'])} | {_f(both)} | "
-            f"{_f(lb['p50'], 1)} / {_f(lb['p99'], 1)} → {_f(lr['p50'], 1)} / {_f(lr['p99'], 1)} | "
-            f"{_check(base)}, {_check(res)} |"
-        )
+        base = red.get("without_redis", {})
+        for name, label in (("with_redis", red["label"]), ("with_redis_cluster", f"{red['label']}, Redis Cluster "
+                                                                                 "of 3 masters (sharded pub/sub)")):
+            res = red.get(name)
+            if res is None and name == "with_redis_cluster":
+                continue
+            res = res or {}
+            if red.get("error") or res.get("error") or base.get("error") or not res or not base:
+                rows.append(_error_row(rows[0], [label], red.get("error") or base.get("error") or res.get("error")))
+                continue
+            extra = [x for x in res.get("extra_cpu_s") or [] if x is not None]
+            both = res["deliveries"] / (res["server_cpu_s"] + sum(extra)) if extra else None
+            lb, lr = base["latency_ms"], res["latency_ms"]
+            rows.append(
+                f"| {label} | {_f(base['deliveries_per_cpu_s'])} | **{_f(res['deliveries_per_cpu_s'])}** | "
+                f"{_ratio(res['deliveries_per_cpu_s'], base['deliveries_per_cpu_s'])} | {_f(both)} | "
+                f"{_f(lb['p50'], 1)} / {_f(lb['p99'], 1)} → {_f(lr['p50'], 1)} / {_f(lr['p99'], 1)} | "
+                f"{_check(base)}, {_check(res)} |"
+            )
     return rows
 
 
@@ -296,8 +302,10 @@ def markdown(results: dict[str, Any]) -> str:
     out += inbound_table(results)
     out += ["", "## Idle connections (signed in and joined, from the server's RSS)", ""]
     out += idle_table(results)
-    out += ["", "## One node with and without `REDIS_URL` (python-socketio's Redis manager)", ""]
+    out += ["", "## One node with and without `REDIS_URL` (a single redis-server, and a Redis Cluster)", ""]
     out += redis_table(results)
+    out += ["", "## What each of four nodes reads from Redis: a channel per group against one channel", ""]
+    out += channels_table(results)
     out += ["", "## Per-send storage cost vs history (SecantusDB, MongoDB wire protocol)", ""]
     out += storage_table(results)
     out += ["", "## Search (SecantusDB, MongoDB wire protocol)", ""]
@@ -309,6 +317,30 @@ def markdown(results: dict[str, Any]) -> str:
             "the least disturbed try is kept; \"(try N)\" says which. "
             "`–`: not measured or no reference.", ""]
     return "\n".join(out)
+
+
+def channels_table(results: dict[str, Any]) -> list[str]:
+    ch = results.get("channels") or {}
+    if not ch or "skipped" in ch:
+        return [f"Not measured: {ch.get('skipped', 'not run')}."]
+    runs = ch["runs"]
+    rows = [f"{ch['nodes']} nodes, {ch['groups']} groups of two members (both on one node, or on two), each node "
+            f"serving {runs.get('group', {}).get('groups_served', ['?'])[0]} of them; {ch['sends_per_group']} sends "
+            "per group. Messages each node read from Redis during the sends (its own publishes on channels it "
+            "listens to included). Counts, so no noise.", "",
+            "| node | one channel (`REDIS_CHANNELS=single`) | a channel per group | per group / one channel "
+            "| a channel per group, Redis Cluster |", "|---|---:|---:|---:|---:|"]
+    single, group, cluster = runs.get("single", {}), runs.get("group", {}), runs.get("group_cluster", {})
+    def cell(run: dict[str, Any], n: int) -> float | None:
+        return run["received"][n] if "received" in run else None
+
+    for n in range(ch["nodes"]):
+        rows.append(f"| {n} | {_f(cell(single, n))} | **{_f(cell(group, n))}** | "
+                    f"{_ratio(cell(group, n), cell(single, n))} | {_f(cell(cluster, n))} |")
+    for name, run in runs.items():
+        if "error" in run:
+            rows.append(f"\n{name}: {run['error']}")
+    return rows
 
 
 def update_readme(readme: Path, table_md: str) -> None:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .channels import start_redis_cluster
 from .harness import BenchError, Procs, free_port, proc_cpu_s, proc_rss_kb, run_swarm, wait_port, wait_quiet
 from .peers import IDLE_GROUP_BASE, IDLE_GROUP_SIZE, RATE_GROUP, REDIS_GROUP, SAT_GROUP, Peer
 
@@ -88,9 +89,9 @@ def _measured(procs: Procs, plan: Plan, url: str, secret: str, pid: int, **cfg: 
     return best
 
 
-def _start(procs: Procs, peer: Peer, spec, redis_url: str | None = None):
+def _start(procs: Procs, peer: Peer, spec, redis_url: str | None = None, cluster: bool = False):
     port = free_port()
-    proc = procs.start(peer.key, peer.command(port, spec, redis_url))
+    proc = procs.start(peer.key, peer.command(port, spec, redis_url, cluster))
     wait_port(port, proc)
     wait_quiet(proc.pid)
     return proc, f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
@@ -191,24 +192,31 @@ def _saturate(procs: Procs, plan: Plan, url: str, secret: str, proc, room: int, 
 
 
 def run_redis(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[str, Any]:
-    """Room-100 saturation on one node without, then with ``REDIS_URL`` (back to back, fresh processes).
+    """Room-100 saturation on one node without, then with ``REDIS_URL`` (back to back, fresh processes),
+    and for a peer that can, with ``REDIS_URL`` naming a Redis Cluster of three masters.
 
-    The harness's own redis-server runs on the server core, so it does not disturb the swarm;
-    its CPU is reported separately (``extra_cpu_s``).
+    The harness's own redis-servers run on the server core, so they do not disturb the swarm;
+    their CPU is reported separately (``extra_cpu_s``).
     """
     port = free_port()
     redis = procs.start(f"redis-{peer.key}", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                                               "--save", "", "--appendonly", "no"])
     out: dict[str, Any] = {"label": peer.label}
     senders, window = SATURATION_SHAPE[RATE_ROOM]
+    cluster: list[Any] = []
     try:
         wait_port(port, redis)
-        for name, url_arg in (("without_redis", None), ("with_redis", f"redis://127.0.0.1:{port}/0")):
-            proc, url = _start(procs, peer, spec, url_arg)
+        windows: list[tuple[str, str | None, list[int]]] = [
+            ("without_redis", None, []), ("with_redis", f"redis://127.0.0.1:{port}/0", [redis.pid])]
+        if peer.redis_cluster:
+            cluster_url, cluster = start_redis_cluster(procs)
+            windows.append(("with_redis_cluster", cluster_url, [p.pid for p in cluster]))
+        for name, url_arg, extra in windows:
+            proc, url = _start(procs, peer, spec, url_arg, cluster=name == "with_redis_cluster")
             try:
                 res = _measured(procs, plan, url, secret, proc.pid, mode="saturate", conns=RATE_ROOM,
                                 groupBase=REDIS_GROUP, groupSize=RATE_ROOM, senders=senders, window=window,
-                                extraPids=[redis.pid] if url_arg else [])
+                                extraPids=extra)
                 out[name] = res
                 _note(name.replace("_", " "), res)
                 _alive(proc)
@@ -218,7 +226,8 @@ def run_redis(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[s
         out["error"] = str(exc)
         log.warning("  %s with redis: %s", peer.label, exc)
     finally:
-        procs.stop(redis)
+        for server in [redis, *cluster]:
+            procs.stop(server)
     return out
 
 
