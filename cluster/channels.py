@@ -33,6 +33,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from .redis_scripts import close_client, redis_client
+
 log = logging.getLogger(__name__)
 
 CONFIRM_WAIT_S = 2.0  # how long a watch waits for Redis to confirm, when Redis answers at all
@@ -173,7 +175,7 @@ class _Shard:
         for future in self.waiting.values():
             if not future.done():
                 future.cancel()
-        await self.client.aclose()
+        await close_client(self.client)
 
 
 class Subscriptions:
@@ -275,7 +277,7 @@ class Subscriptions:
 
     async def _shard_for(self, channel: bytes) -> _Shard:
         if not self.sharded:
-            return self._shard("redis", lambda: aioredis.Redis.from_url(self.url, **self.options))
+            return self._shard("redis", lambda: redis_client(self.url, **self.options))
         cluster = await self._topology()
         node = cluster.get_node_from_key(channel.decode(errors="surrogateescape"))
         if node is None:

@@ -7,14 +7,17 @@ import asyncio
 import hashlib
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
 from storage.base import StorageUnavailable
 
 PREFIX = "chat:"
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 # KEYS: the channel (a key for a cluster's routing). ARGV: PUBLISH or SPUBLISH,
 # the messages end to end, their lengths in bytes ("12,40,7"). Publishes each,
@@ -39,6 +42,46 @@ class Script:
 
 
 PUBLISH_ALL = Script(_PUBLISH_ALL)
+
+
+def redis_client(url: str, **options: Any) -> aioredis.Redis:
+    """A client for ``url``: what redis-py's ``from_url`` takes (``redis://``,
+    ``rediss://``, ``unix://``), or
+    ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``: the
+    master the sentinels name for ``service``, asked again whenever a connection
+    is made, so a fail-over is followed (``rediss+sentinel`` for TLS to the master).
+    ``close_client`` closes it with its sentinel connections."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in SENTINEL_SCHEMES:
+        return aioredis.Redis.from_url(url, **options)
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    password = unquote(userinfo.partition(":")[2]) if userinfo else None
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+        sentinels.append((name, int(port or 26379)))
+    service, _, db = path.partition("/")
+    if not service:
+        raise ValueError("a redis+sentinel URL names the service after the hosts: .../mymaster")
+    timeouts = {k: v for k, v in options.items() if k in ("socket_connect_timeout", "socket_timeout")}
+    sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts)
+    client = sentinel.master_for(unquote(service), db=int(db or 0), password=password,
+                                 ssl=scheme == "rediss+sentinel", **options)
+    _sentinels[id(client)] = sentinel
+    return client
+
+
+async def close_client(client: Any) -> None:
+    """Close a client of ``redis_client`` (or any redis-py client), with its sentinels' connections."""
+    await client.aclose()
+    sentinel = _sentinels.pop(id(client), None)
+    if sentinel is not None:
+        for connection in sentinel.sentinels:
+            await connection.aclose()
+
+
+_sentinels: dict[int, Sentinel] = {}
 
 
 def now_ms() -> int:
@@ -110,7 +153,7 @@ class RedisConnection:
             except (RedisError, OSError) as exc:
                 raise StorageUnavailable(f"the Redis Cluster at REDIS_URL does not answer: {exc}") from exc
         else:
-            self.client = aioredis.Redis.from_url(self.url, health_check_interval=10, **options)
+            self.client = redis_client(self.url, health_check_interval=10, **options)
         await self.ping()
 
     async def ping(self) -> None:
@@ -123,7 +166,7 @@ class RedisConnection:
 
     async def close(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await close_client(self.client)
             self.client = None
 
 async def _pipeline(client, calls) -> list:

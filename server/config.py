@@ -37,7 +37,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "claim that marks a moderator (when `true`: may delete any message, pin, accept answers)",
         "`chat_moderator`",
     ),
-    "REDIS_URL": ("Redis message queue shared by several nodes", "unset: one node"),
+    "REDIS_URL": (
+        "Redis message queue shared by several nodes (`redis+sentinel://host:port[,host:port]/service` "
+        "follows the master that Redis Sentinel names)",
+        "unset: one node",
+    ),
     "REDIS_CLUSTER": ("`true` when `REDIS_URL` names a node of a Redis Cluster (7+): sharded pub/sub", "`false`"),
     "REDIS_CHANNELS": (
         "`group`: a channel per group, a node listens only to its groups' ones; `single`: one channel for "
@@ -245,6 +249,8 @@ class Settings:
         redis_cluster = env.get("REDIS_CLUSTER", "false").strip().lower()
         if redis_cluster not in _TRUE + _FALSE:
             problems.append(f"REDIS_CLUSTER must be 'true' or 'false', not {env['REDIS_CLUSTER']!r}")
+        if redis_cluster in _TRUE and env.get("REDIS_URL", "").split("://")[0].endswith("+sentinel"):
+            problems.append("REDIS_CLUSTER=true needs REDIS_URL to name a cluster node, not sentinels")
         redis_channels = env.get("REDIS_CHANNELS", "group").strip().lower()
         if redis_channels not in ("group", "single"):
             problems.append(f"REDIS_CHANNELS must be 'group' or 'single', not {env['REDIS_CHANNELS']!r}")

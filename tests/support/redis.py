@@ -32,6 +32,7 @@ class RedisProcess:
         self.port = port or free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self.extra: list[str] = []  # more command-line options
+        self.command: list[str] | None = None  # instead of the usual options (a sentinel's config file)
 
     @property
     def running(self) -> bool:
@@ -42,9 +43,10 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        options = self.command or ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", *self.extra]
         self._proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             *self.extra],
+            [self.binary, *options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -169,6 +171,72 @@ class RedisClusterProcesses:
             node.stop()
 
 
+class RedisSentinelProcesses:
+    """A master, its replica and one Redis Sentinel watching them (quorum 1): the
+    sentinel promotes the replica about a second after the master stops answering."""
+
+    kind = "sentinel"
+    service = "chatqueue"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.master, self.replica = RedisProcess(), RedisProcess()
+        self.sentinel = RedisProcess()
+        self.nodes = [self.master, self.replica]
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}/0"
+
+    def start(self) -> None:
+        self.master.extra = ["--repl-diskless-sync-delay", "0"]
+        self.master.start()
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port), "--repl-diskless-sync-delay", "0"]
+        self.replica.start()
+        config = self.workdir / f"sentinel-{self.sentinel.port}.conf"
+        config.write_text(
+            f"port {self.sentinel.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 5000\n"
+        )
+        self.sentinel.command = [str(config), "--sentinel"]
+        self.sentinel.start()
+        deadline = time.monotonic() + 30
+        while "master_link_status:up" not in _cli(self.replica.port, "info", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync")
+            time.sleep(0.1)
+
+    def master_of(self, key: str) -> RedisProcess:
+        """The node the sentinel names as master now."""
+        reply = _cli(self.sentinel.port, "sentinel", "get-master-addr-by-name", self.service).split()
+        return next(n for n in self.nodes if str(n.port) == reply[1])
+
+    def live(self) -> list[RedisProcess]:
+        return [n for n in self.nodes if n.running]
+
+    def stop(self) -> None:
+        for node in (self.sentinel, *self.nodes):
+            node.stop()
+
+
+def _cli(port: int, *command: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True,
+                          timeout=10).stdout
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[RedisSentinelProcesses]:
+    """A fresh master, replica and sentinel for one test."""
+    queue = RedisSentinelProcesses(tmp_path)
+    try:
+        queue.start()
+        yield queue
+    finally:
+        queue.stop()
+
+
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
     """A fresh Redis Cluster (three masters, three replicas) for one test."""
@@ -180,13 +248,17 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
         cluster.stop()
 
 
+Queue = RedisProcess | RedisClusterProcesses | RedisSentinelProcesses
+
+
 @pytest.fixture(params=["single", "cluster"])
-def queue(request: pytest.FixtureRequest) -> RedisProcess | RedisClusterProcesses:
+def queue(request: pytest.FixtureRequest) -> Queue:
     """The Redis that nodes share: one redis-server, or a Redis Cluster of three
-    masters and three replicas (sharded pub/sub); ``.kind`` says which."""
-    return request.getfixturevalue("redis_server" if request.param == "single" else "redis_cluster")
+    masters and three replicas (sharded pub/sub); ``.kind`` says which. A test
+    may ask for ``sentinel`` too (a master, a replica and a Redis Sentinel)."""
+    return request.getfixturevalue(f"redis_{'server' if request.param == 'single' else request.param}")
 
 
-def queue_env(queue: RedisProcess | RedisClusterProcesses) -> dict[str, str]:
+def queue_env(queue: Queue) -> dict[str, str]:
     """The settings that point a node at ``queue``."""
     return {"REDIS_URL": queue.url, "REDIS_CLUSTER": str(queue.kind == "cluster").lower()}
