@@ -118,3 +118,16 @@ def test_whole_bursts_and_a_limit_turned_off_are_accepted():
     s = Settings.from_env({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "RATE_LIMIT_SEND_PER_S": "0",
                            "RATE_LIMIT_SEND_BURST": "0"})
     assert not s.rate_limits.send.enabled
+
+
+def test_redis_queue_settings_are_read_and_checked():
+    base = {"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "REDIS_URL": "redis://r:6379/0"}
+    s = Settings.from_env(base)
+    assert (s.redis_cluster, s.redis_channels, s.redis_channel_linger_s) == (False, "group", 30.0)
+    s = Settings.from_env({**base, "REDIS_CLUSTER": "true", "REDIS_CHANNELS": "single", "REDIS_CHANNEL_LINGER_S": "5"})
+    assert (s.redis_cluster, s.redis_channels, s.redis_channel_linger_s) == (True, "single", 5.0)
+    for name, value in (("REDIS_CLUSTER", "maybe"), ("REDIS_CHANNELS", "rooms"), ("REDIS_CHANNEL_LINGER_S", "-1")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({**base, name: value})
+    with pytest.raises(ConfigError, match="not sentinels"):
+        Settings.from_env({**base, "REDIS_URL": "redis+sentinel://s:26379/q", "REDIS_CLUSTER": "true"})
