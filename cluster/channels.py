@@ -53,6 +53,7 @@ class _Shard:
         self.client = client
         self.channels: set[bytes] = set()
         self.confirmed: set[bytes] = set()  # channels Redis confirmed on the current connection
+        self.leaving: set[bytes] = set()  # unsubscribed, the reply not read yet
         self.waiting: dict[bytes, asyncio.Future[None]] = {}
         self.pubsub: Any = None
         self.connected = False
@@ -82,6 +83,7 @@ class _Shard:
         if waiting is not None and not waiting.done():
             waiting.cancel()
         if self.connected and self.pubsub is not None:
+            self.leaving.add(channel)  # its unsubscribe's reply is not a moved slot
             asyncio.ensure_future(self._command(self.owner.unsubscribe_command, channel))
 
     async def _command(self, command: str, channel: bytes) -> None:
@@ -151,6 +153,9 @@ class _Shard:
                 again.discard(channel)
                 self.owner.resubscribed({channel})
         elif kind in ("unsubscribe", "sunsubscribe"):
+            if channel in self.leaving:  # the answer to this node's own unsubscribe
+                self.leaving.discard(channel)
+                return
             self.confirmed.discard(channel)
             if channel in self.channels and kind == "sunsubscribe":
                 # Redis moved the channel's slot to another master.
@@ -161,6 +166,7 @@ class _Shard:
     async def _reset(self) -> None:
         self.connected = False
         self.confirmed.clear()
+        self.leaving.clear()
         pubsub, self.pubsub = self.pubsub, None
         if pubsub is not None:
             try:

@@ -62,6 +62,36 @@ async def test_channels_watched_at_once_while_connecting_are_all_subscribed(queu
         await subscriptions.close()
 
 
+async def test_a_channel_unwatched_and_watched_again_at_once_keeps_working(queue, caplog):
+    """The unsubscribe's reply arriving after the new subscribe is not taken for a
+    slot Redis moved away, and the channel ends up subscribed."""
+    received: list[bytes] = []
+
+    async def on_message(data: bytes) -> None:
+        received.append(data)
+
+    subscriptions = Subscriptions(queue.url, sharded=queue.kind == "cluster", on_message=on_message,
+                                  on_resubscribed=lambda channels: None)
+    channel = group_channel(GROUPS[0])
+    publisher, command = await _publisher(queue)
+    try:
+        await subscriptions.watch(channel)
+        for _ in range(3):
+            subscriptions.unwatch(channel)
+            await subscriptions.watch(channel)
+        await asyncio.sleep(0.3)
+        await publisher.execute_command(command, channel, b"still here")
+        for _ in range(50):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+        assert received == [b"still here"]
+        assert "moved" not in caplog.text
+    finally:
+        await publisher.aclose()
+        await subscriptions.close()
+
+
 @pytest.mark.parametrize("queue", ["single"], indirect=True)
 async def test_a_restarted_redis_gets_every_channel_back_and_says_which(queue):
     received: list[bytes] = []
