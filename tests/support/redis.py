@@ -52,6 +52,8 @@ class RedisProcess:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                break  # it exited (its port was taken)
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
@@ -82,7 +84,9 @@ def redis_server() -> Iterator[RedisProcess]:
 def free_cluster_port() -> int:
     """A port below 55535 that is free, and whose cluster bus port (+10000) is free too."""
     for _ in range(200):
-        port = random.randrange(20000, 45000)
+        # Below the kernel's ephemeral range (32768 and up), so no connection's own
+        # port takes it; tests on parallel workers may still pick the same one.
+        port = random.randrange(10000, 32768 - 10000)
         try:
             for candidate in (port, port + 10000):
                 with socket.socket() as sock:
@@ -114,13 +118,22 @@ class RedisClusterProcesses:
         return self.nodes[0].url
 
     def start(self) -> None:
-        for node in self.nodes:
-            directory = self.workdir / f"redis-{node.port}"
-            directory.mkdir(parents=True, exist_ok=True)
-            node.extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf"),
-                          "--cluster-node-timeout", "1000", "--dir", str(directory),
-                          "--logfile", str(directory / "redis.log"), "--repl-diskless-sync-delay", "0"]
-            node.start()
+        for i in range(len(self.nodes)):
+            for attempt in range(5):  # a port another worker took meanwhile: another one
+                node = self.nodes[i]
+                directory = self.workdir / f"redis-{node.port}"
+                directory.mkdir(parents=True, exist_ok=True)
+                node.extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf"),
+                              "--cluster-node-timeout", "1000", "--dir", str(directory),
+                              "--logfile", str(directory / "redis.log"), "--repl-diskless-sync-delay", "0"]
+                try:
+                    node.start()
+                    break
+                except RuntimeError:
+                    node.stop()
+                    if attempt == 4:
+                        raise
+                    self.nodes[i] = RedisProcess(free_cluster_port())
         subprocess.run(
             [self.cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
              "--cluster-replicas", "1", "--cluster-yes"],
