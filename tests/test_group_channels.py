@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from cluster.redis_manager import group_channel
 from tests.support.chat import ANA, BEN, CAROL, DAN, MATHS, PHYSICS, SECRET, ChatClient
 from tests.support.mongo import seed_mongo
-from tests.support.nodes import Node
+from tests.support.nodes import Node, node_starter
 from tests.support.redis import queue_env
 
 USERS = [(ANA, "Ana", "García"), (BEN, "Ben", "Okafor"), (CAROL, "Carol", ""), (DAN, "Dan", "Wu")]
@@ -36,17 +36,8 @@ async def seeded_db(mongo_uri, mongo_db_name):
 
 @pytest.fixture
 def start_nodes(seeded_db, queue, node_factory):
-    made = 0
-
-    def _start(count: int, **env: str) -> list[Node]:
-        nonlocal made
-        base = {**seeded_db, **queue_env(queue),
-                "PRESENCE_TTL_S": "3", "RATE_LIMIT_SEND_PER_S": "0", **env}
-        nodes = [node_factory(base, f"node{made + i}") for i in range(count)]
-        made += count
-        return nodes
-
-    return _start
+    env = {**seeded_db, **queue_env(queue), "PRESENCE_TTL_S": "3", "RATE_LIMIT_SEND_PER_S": "0"}
+    return node_starter(env, node_factory)
 
 
 def metric(node: Node, name: str) -> float:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.chat import ANA, BEN, CAROL, MATHS, NAMES, SECRET, ChatClient
 from tests.support.mongo import seed_mongo
-from tests.support.nodes import ROOT, Node
+from tests.support.nodes import ROOT, Node, node_starter
 from tests.support.redis import RedisProcess, queue_env
 
 USERS = [(ANA, "Ana", "García"), (BEN, "Ben", "Okafor"), (CAROL, "Carol", "")]
@@ -25,17 +25,7 @@ async def seeded_db(mongo_uri, mongo_db_name):
 
 @pytest.fixture
 def start_nodes(seeded_db, queue, node_factory):
-    count_so_far = 0
-
-    def _start(count: int, **env: str) -> list[Node]:
-        nonlocal count_so_far
-        base = {**seeded_db, **queue_env(queue),
-                "PRESENCE_TTL_S": "3", **env}
-        nodes = [node_factory(base, f"node{count_so_far + i}") for i in range(count)]
-        count_so_far += count
-        return nodes
-
-    return _start
+    return node_starter({**seeded_db, **queue_env(queue), "PRESENCE_TTL_S": "3"}, node_factory)
 
 
 def seqs(client: ChatClient) -> list[int]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,20 @@ def node_factory(tmp_path):
     yield _start
     for node in started:
         node.stop()
+
+
+def node_starter(env: dict[str, str], factory) -> Callable[..., list[Node]]:
+    """``start(count, **more_env)`` → that many new nodes named node0, node1, ... in
+    order, each with ``env`` and ``more_env`` (``factory`` is ``node_factory``)."""
+    made = 0
+
+    def _start(count: int, **more: str) -> list[Node]:
+        nonlocal made
+        nodes = [factory({**env, **more}, f"node{made + i}") for i in range(count)]
+        made += count
+        return nodes
+
+    return _start
 
 
 @pytest.fixture
