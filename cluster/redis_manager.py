@@ -178,6 +178,11 @@ class OrderedRedisManager(AsyncPubSubManager, FastManager):
         self._order.forget(room)
         self.subscriptions.unwatch(group_channel(room))
 
+    def joined(self, room: str, latest_rev: int) -> None:
+        """A connection here joined ``room`` holding (or paging to) every change up to
+        ``latest_rev``: the group's order starts there if it has not started."""
+        self._order.baseline(room, latest_rev)
+
     def _resubscribed(self, channels: set[bytes]) -> None:
         """Channels confirmed again after they were lost: read what was missed meanwhile."""
         for channel in channels:

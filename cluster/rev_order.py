@@ -137,6 +137,14 @@ class RevOrder:
             state.timer.cancel()
             state.timer = None
 
+    def baseline(self, group_id: str, rev: int) -> None:
+        """A connection here joined the group holding every change up to ``rev``:
+        when nothing was delivered for the group yet, the next one expected is
+        ``rev + 1`` (so a change lost before the first delivery is a gap to fill,
+        not unseen)."""
+        if group_id not in self._groups:
+            self._groups[group_id] = _GroupOrder(rev, asyncio.get_running_loop().time())
+
     def forget(self, group_id: str) -> None:
         """This node stopped listening to the group: drop its order (what waits
         goes out first), so listening again later starts afresh."""

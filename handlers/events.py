@@ -52,6 +52,7 @@ class ChatEvents:
         limiter: Limiter,
         observer: Observer,
         max_connections_per_user: int = 20,
+        on_joined: Callable[[str, int], None] | None = None,
     ) -> None:
         self.sio = sio
         self.chat = chat
@@ -59,6 +60,9 @@ class ChatEvents:
         self.presence = presence
         self.limiter = limiter
         self.observer = observer
+        # Told (group, latest_rev) after a connection's first join: where the
+        # cross-node order of the group's changes starts on this node.
+        self.on_joined = on_joined
         self.typing = TypingThrottle()
         self.refusals = RefusalLog(log)  # repeatable refusals: a line per user and code per interval
         self.connections: dict[str, Connection] = {}
@@ -243,6 +247,8 @@ class ChatEvents:
                 # applied then could not see this connection in the room. Check again.
                 await self.chat.group_for(conn.user_id, group_id)
             page = await self.chat.join_page(group_id, data)
+            if first_time and self.on_joined is not None:
+                self.on_joined(group_id, page["latest_rev"])
             read = await self.chat.read_state(conn.user_id, group_id)
             open_questions = await self.chat.store.open_questions(group_id)
             # The connection may have closed, or left the group, while this join

@@ -158,6 +158,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         limiter=cluster.limiter if cluster else LocalLimiter(settings.rate_limits),
         observer=metrics,
         max_connections_per_user=settings.max_connections_per_user,
+        on_joined=cluster.manager.joined if cluster else None,
     )
     events.register()
 

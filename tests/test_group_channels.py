@@ -159,3 +159,24 @@ async def test_killing_the_master_of_a_groups_channel_during_a_burst_loses_and_d
                                            f"{len(got) - len(set(got))} doubled"
     # Every node listened again on the new master and read what it missed from storage.
     assert all(metric(node, "chat_redis_resubscribed_channels") >= 1 for node in nodes)
+
+
+@pytest.mark.parametrize("queue", ["single"], indirect=True)
+async def test_a_join_during_a_redis_outage_is_answered_and_gets_what_was_sent_meanwhile(start_nodes, clients, queue):
+    n1, n2 = start_nodes(2)
+    dan, carol = await clients(n1, DAN), await clients(n2, CAROL)
+    await joined(dan, PHYSICS)
+    await carol.settle()
+    queue.stop()
+    started = asyncio.get_running_loop().time()
+    await joined(carol, PHYSICS)  # n2 has never listened to Physics; Redis is down
+    assert asyncio.get_running_loop().time() - started < 3
+    during = await dan.call("send_message", {"group_id": PHYSICS, "content": "sent while Redis is down"})
+    assert during["ok"]
+    queue.start()
+    # n2 subscribes again and reads what it missed from storage, from where Carol's join left off.
+    got = await carol.wait_event("message", timeout=30)
+    assert got[0]["id"] == during["message"]["id"]
+    after = await dan.call("send_message", {"group_id": PHYSICS, "content": "and after"})
+    await carol.wait_for(lambda: len(carol.events("message")) >= 2, timeout=10)
+    assert [m["seq"] for m in carol.events("message")] == [during["message"]["seq"], after["message"]["seq"]]

@@ -147,6 +147,29 @@ async def test_rev_order_resync_reads_every_change_after_the_last_delivered_page
     order.close()
 
 
+async def test_rev_order_fills_a_change_lost_before_its_first_delivery_from_the_joins_baseline():
+    """A node that joined a group at rev 20 and whose first broadcast is 22 (21 was
+    lost on the queue) fills 21 from storage; without the baseline 22 would
+    have started the order and 21 gone unseen."""
+    got = _Delivered()
+    asked: list[tuple[int, int]] = []
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append((after, before))
+        return [(21, _msg(21))]
+
+    order = RevOrder(got, wait_s=0.02, fill=fill)
+    order.baseline("g", 20)
+    order.offer("g", 22, _msg(22))
+    await asyncio.sleep(0.1)
+    assert asked == [(20, 22)]
+    assert got == [21, 22]
+    order.baseline("g", 40)  # a later join changes nothing once the order started
+    order.offer("g", 23, _msg(23))
+    assert got == [21, 22, 23]
+    order.close()
+
+
 async def test_rev_order_forgets_a_group_it_stopped_listening_to():
     got = _Delivered()
     order = RevOrder(got, wait_s=5.0)
