@@ -22,9 +22,20 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "–" if not a or not b else f"{a / b:.2f}×"
 
 
-def _latency(lat: dict[str, Any], bold_p99: bool = False) -> str:
+def _latency(lat: dict[str, Any], bold_p99: bool = False, res: dict[str, Any] | None = None) -> str:
+    """p50 / p99 / p99.9 / max (medians of the row's windows), the p99's spread after it."""
     p99 = _f(lat["p99"], 1)
-    return f"{_f(lat['p50'], 1)} / {f'**{p99}**' if bold_p99 else p99} / {_f(lat['max'], 1)}"
+    spread = _spread(res, "p99", 1) if res is not None else ""
+    return (f"{_f(lat['p50'], 1)} / {f'**{p99}**' if bold_p99 else p99}{spread} / {_f(lat.get('p999'), 1)} / "
+            f"{_f(lat['max'], 1)}")
+
+
+def _spread(res: dict[str, Any] | None, field: str, digits: int = 0) -> str:
+    """`` (lowest–highest)`` of a figure over the row's windows, when it had several."""
+    low_high = ((res or {}).get("spread") or {}).get(field)
+    if not low_high or (res or {}).get("windows", 1) < 2:
+        return ""
+    return f" ({_f(low_high[0], digits)}–{_f(low_high[1], digits)})"
 
 
 def _error_row(header: str, cells: list[str], error: Any) -> str:
@@ -63,13 +74,15 @@ def _noise(res: dict[str, Any]) -> str:
     if srv is None or cli is None:
         return "–"
     flag = " ⚠" if max(srv, cli) > 0.15 else ""
-    tries = f" (try {res['attempt']})" if res.get("attempt", 1) > 1 else ""
+    tries = f" ({res['retried']} window{'s' if res['retried'] > 1 else ''} measured again)" \
+        if res.get("retried") else ""
     return f"{srv:.0%} / {cli:.0%}{flag}{tries}"
 
 
 def saturation_table(results: dict[str, Any]) -> list[str]:
     rows = ["| peer | room | deliveries/s (wall) | deliveries per server CPU-s | vs Node | vs py-sio "
-            "| server CPU | generator CPU | other load server / swarm core | latency p50 / p99 / max ms | missing/dup/reorder "
+            "| server CPU | generator CPU | other load server / swarm core | latency p50 / p99 (spread) / p99.9 / max ms "
+            "| missing/dup/reorder "
             "| sign-in + join, server CPU ms per member |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     peers = results["peers"]
@@ -85,16 +98,17 @@ def saturation_table(results: dict[str, Any]) -> list[str]:
             refs = [peers.get(r, {}).get("saturation", {}).get(str(room), {}).get("deliveries_per_cpu_s") for r, _ in REFS]
             lat = res["latency_ms"]
             rows.append(
-                f"| {peer['label']} | {room} | {_f(res['deliveries_per_s'])} | **{_f(mine)}** | "
+                f"| {peer['label']} | {room} | {_f(res['deliveries_per_s'])} | **{_f(mine)}**"
+                f"{_spread(res, 'deliveries_per_cpu_s')} | "
                 f"{_ratio(mine, refs[0])} | {_ratio(mine, refs[1])} | {res['server_cpu_util']:.0%} | "
-                f"{res['gen_cpu_util']:.0%} | {_noise(res)} | {_latency(lat)} | {_check(res)} | "
+                f"{res['gen_cpu_util']:.0%} | {_noise(res)} | {_latency(lat, res=res)} | {_check(res)} | "
                 f"{_f(res.get('setup_cpu_ms_per_conn'), 2)} |"
             )
     return rows
 
 
 def rate_table(results: dict[str, Any]) -> list[str]:
-    rows = ["| peer | load | target deliveries/s | achieved | latency p50 / p99 / max ms "
+    rows = ["| peer | load | target deliveries/s | achieved | latency p50 / p99 (spread) / p99.9 / max ms "
             "| server CPU | other load server / swarm core | deliveries per server CPU-s | missing/dup/reorder |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for _key, peer in _peers(results):
@@ -108,14 +122,15 @@ def rate_table(results: dict[str, Any]) -> list[str]:
             lat = res["latency_ms"]
             rows.append(
                 f"| {peer['label']} | {load}% | {_f(res['target_deliveries_per_s'])} | {_f(res['deliveries_per_s'])} | "
-                f"{_latency(lat)} | "
+                f"{_latency(lat, res=res)} | "
                 f"{res['server_cpu_util']:.0%} | {_noise(res)} | {_f(res['deliveries_per_cpu_s'])} | {_check(res)} |"
             )
     return rows
 
 
 def fixed_table(results: dict[str, Any]) -> list[str]:
-    rows = ["| peer | room | sends/s | deliveries/s target / achieved | latency p50 / p99 / max ms | p99 target "
+    rows = ["| peer | room | sends/s | deliveries/s target / achieved | latency p50 / p99 (spread) / p99.9 / max ms "
+            "| p99 target "
             "| server CPU | other load server / swarm core | missing/dup/reorder |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     targets = {100: 20.0, 1000: 120.0}
@@ -130,7 +145,7 @@ def fixed_table(results: dict[str, Any]) -> list[str]:
             mark = "" if goal is None or lat["p99"] is None else (" ✓" if lat["p99"] <= goal else " ✗")
             rows.append(
                 f"| {peer['label']} | {room:,} | {_f(rate / room)} | {_f(rate)} / {_f(res['deliveries_per_s'])} | "
-                f"{_latency(lat, bold_p99=True)} | "
+                f"{_latency(lat, bold_p99=True, res=res)} | "
                 f"{'–' if goal is None else f'≤ {goal:.0f} ms{mark}'} | {res['server_cpu_util']:.0%} | {_noise(res)} | {_check(res)} |"
             )
     return rows
@@ -146,15 +161,16 @@ def inbound_table(results: dict[str, Any]) -> list[str]:
         res = peer.get("saturation", {}).get(room, {})
         if not res or res.get("error") or not res.get("server_cpu_s"):
             return None
-        return res["sends"] / res["server_cpu_s"]
+        return res.get("sends_per_cpu_s") or res["sends"] / res["server_cpu_s"]
     peers = results["peers"]
     refs = [per_cpu(peers[r]) if r in peers else None for r, _ in REFS]
     for _key, peer in _peers(results):
         mine = per_cpu(peer)
         if mine is None:
             continue
-        rows.append(f"| {peer['label']} | {room} | **{_f(mine)}** | {_ratio(mine, refs[0])} | {_ratio(mine, refs[1])} | "
-                    f"{_f(1e6 / mine)} |")
+        spread = _spread(peer.get("saturation", {}).get(room), "sends_per_cpu_s")
+        rows.append(f"| {peer['label']} | {room} | **{_f(mine)}**{spread} | {_ratio(mine, refs[0])} | "
+                    f"{_ratio(mine, refs[1])} | {_f(1e6 / mine)} |")
     return rows
 
 
@@ -313,8 +329,9 @@ def markdown(results: dict[str, Any]) -> str:
     out += ["", "Other load: share of the server's core (1) and of the swarm's core (0) that other processes "
             "used during the window (from /proc/stat; this machine is shared). ⚠ marks more than 15 %: wall-clock "
             "rates and latencies of that row are suspect, per-CPU-second figures less so. A window with more than "
-            "25 % on the server core is measured again (up to 3 tries while the run is within its time budget) and "
-            "the least disturbed try is kept; \"(try N)\" says which. "
+            "25 % on the server core is measured again (at most twice per row, while the run is within its time "
+            "budget). Every row is the median of three windows; \"(a–b)\" is the lowest and highest window, and "
+            "exactness is summed over all three. "
             "`–`: not measured or no reference.", ""]
     return "\n".join(out)
 

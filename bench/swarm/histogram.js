@@ -41,6 +41,7 @@ class Histogram {
       mean: this.n ? r(this.sum / this.n) : null,
       p50: r(this.quantile(0.5)),
       p99: r(this.quantile(0.99)),
+      p999: r(this.quantile(0.999)),
       max: r(this.n ? this.max : null),
     };
   }
