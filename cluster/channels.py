@@ -30,10 +30,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from .redis_scripts import close_client, redis_client
+from .redis_scripts import by_slot, close_client, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -187,16 +186,16 @@ class _Shard:
 class Subscriptions:
     """The channels this node listens to (see the module's description)."""
 
-    def __init__(self, url: str, *, sharded: bool, on_message: OnMessage,
-                 on_resubscribed: OnResubscribed, redis_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, *, sharded: bool, on_message: OnMessage, on_resubscribed: OnResubscribed) -> None:
         self.url = url
         self.sharded = sharded
         self.on_message = on_message
         self.on_resubscribed = on_resubscribed
         # No retries inside the client: a pub/sub connection it re-opened by
         # itself would listen to nothing, unnoticed. The reader starts again.
-        self.options = {"socket_connect_timeout": 2, "protocol": 2, **(redis_options or {}),
-                        "retry": Retry(NoBackoff(), 0)}
+        # RESP2: a channel message is a plain reply there; RESP3's push handling
+        # costs more per message, and a node reads every one.
+        self.options: dict[str, Any] = {"socket_connect_timeout": 2, "protocol": 2, "retry": Retry(NoBackoff(), 0)}
         self.subscribe_command = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self.unsubscribe_command = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
         self._cluster: RedisCluster | None = None
@@ -208,23 +207,12 @@ class Subscriptions:
         self._placing: asyncio.Task[None] | None = None
         self.resubscriptions = 0  # channels confirmed again after a connection or a slot was lost
 
-    def __len__(self) -> int:
-        return len(self._home)
-
     def batches(self, channels: set[bytes]) -> list[list[bytes]]:
         """``channels`` in groups one (S)SUBSCRIBE can take: shard channels of one
         hash slot at a time, classic channels all at once."""
         if not channels:
             return []
-        if not self.sharded:
-            return [sorted(channels)]
-        slots: dict[int, list[bytes]] = {}
-        for channel in sorted(channels):
-            slots.setdefault(key_slot(channel), []).append(channel)
-        return list(slots.values())
-
-    def channels(self) -> set[bytes]:
-        return set(self._home) | self._unplaced
+        return by_slot(sorted(channels), lambda channel: channel) if self.sharded else [sorted(channels)]
 
     async def watch(self, channel: str | bytes) -> None:
         """Listen to ``channel``; returns once Redis confirmed it (or at once
@@ -343,11 +331,16 @@ class Subscriptions:
                 except (RedisError, OSError) as exc:
                     log.warning("cannot place channel %r (%s)", channel, exc)
                     continue
+                # Back on the shard whose connection broke: its reader resubscribes it
+                # and says so. Anywhere else, this says so once it is confirmed.
+                stays = new is old and channel in old.channels
                 if new is not old:
                     old.channels.discard(channel)
                     old.confirmed.discard(channel)
                     self._home[channel] = new
-                new.want(channel).add_done_callback(functools.partial(self._confirmed_again, channel))
+                confirmed = new.want(channel)
+                if not stays:
+                    confirmed.add_done_callback(functools.partial(self._confirmed_again, channel))
             await self._close_idle()
 
         self._rehoming = asyncio.ensure_future(rehome())

@@ -15,12 +15,11 @@ import math
 import time
 from dataclasses import dataclass
 
-from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from storage.base import StorageUnavailable
 
-from .redis_scripts import PREFIX, RedisConnection, Script, now_ms, settle
+from .redis_scripts import PREFIX, RedisConnection, Script, by_slot, now_ms, settle
 
 
 @dataclass(frozen=True)
@@ -164,13 +163,7 @@ class RedisLimiter:
 def _chunks(batch: list, cluster: bool) -> list[list]:
     """The batch in script calls of at most ``SCRIPT_BATCH`` checks; on a Redis
     Cluster, each call's keys in one hash slot (a user's buckets share theirs)."""
-    if cluster:
-        slots: dict[int, list] = {}
-        for check in batch:
-            slots.setdefault(key_slot(check[0].encode()), []).append(check)
-        groups = list(slots.values())
-    else:
-        groups = [batch]
+    groups = by_slot(batch, lambda check: check[0].encode()) if cluster else [batch]
     return [group[start:start + SCRIPT_BATCH] for group in groups for start in range(0, len(group), SCRIPT_BATCH)]
 
 

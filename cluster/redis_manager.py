@@ -71,8 +71,6 @@ class OrderedRedisManager(AsyncPubSubManager, FastManager):
     def __init__(self, url: str, *, sharded: bool = False, per_group: bool = True, linger_s: float = 30.0,
                  logger: Any = None, json: Any = None) -> None:
         super().__init__(channel=CHANNEL, logger=logger, json=json)
-        self.url = url
-        self.sharded = sharded
         self.per_group = per_group
         self.linger_s = linger_s
         self.subscriptions = Subscriptions(url, sharded=sharded, on_message=self._take,

@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from storage.base import StorageUnavailable
 
 PREFIX = "chat:"
+T = TypeVar("T")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 # KEYS: the channel (a key for a cluster's routing). ARGV: PUBLISH or SPUBLISH,
@@ -82,6 +85,15 @@ async def close_client(client: Any) -> None:
 
 
 _sentinels: dict[int, Sentinel] = {}
+
+
+def by_slot(items: Iterable[T], key: Callable[[T], bytes]) -> list[list[T]]:
+    """``items`` grouped by the Redis Cluster hash slot of ``key(item)``, each group
+    in the items' order (what one script call or one SSUBSCRIBE may take)."""
+    slots: dict[int, list[T]] = {}
+    for item in items:
+        slots.setdefault(key_slot(key(item)), []).append(item)
+    return list(slots.values())
 
 
 def now_ms() -> int:

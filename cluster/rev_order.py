@@ -103,21 +103,30 @@ class RevOrder:
         self._fills.add(task)
         task.add_done_callback(self._fills.discard)
 
-    async def _fill(self, group_id: str, state: _GroupOrder) -> None:
+    async def _read(self, group_id: str, state: _GroupOrder, before: int) -> list[tuple[int, dict[str, Any]]] | None:
+        """The broadcasts of the changes storage holds between ``state.last`` and
+        ``before`` (none when it cannot be read: clients fill the gap themselves);
+        ``None`` when the group's order was closed or forgotten meanwhile. What
+        arrives during the read waits behind it."""
         assert self.fill is not None
-        # Every gap below the last waiting rev: while a node's publishes are
-        # lost, its changes are missing between each of the others'.
-        last_waiting = max(state.pending)
+        state.filling = True
+        after = state.last
         try:
-            found = await asyncio.wait_for(self.fill(group_id, state.last, last_waiting), FILL_TIMEOUT_S)
-        except Exception as exc:  # storage down: clients fill the gap themselves
-            log.warning("could not fill revs %d..%d of %s from storage: %s",
-                        state.last + 1, last_waiting - 1, group_id, exc)
+            found = await asyncio.wait_for(self.fill(group_id, after, before), FILL_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("could not read the changes of %s after rev %d from storage: %s", group_id, after, exc)
             found = []
         finally:
             state.filling = False
-        if self._groups.get(group_id) is not state:
-            return  # closed meanwhile
+        return found if self._groups.get(group_id) is state else None
+
+    async def _fill(self, group_id: str, state: _GroupOrder) -> None:
+        # Every gap below the last waiting rev: while a node's publishes are
+        # lost, its changes are missing between each of the others'.
+        last_waiting = max(state.pending)
+        found = await self._read(group_id, state, last_waiting)
+        if found is None:
+            return
         filled = 0
         for rev, message in found:
             if state.last < rev < last_waiting and rev not in state.pending:
@@ -166,26 +175,18 @@ class RevOrder:
             if state.timer is not None:
                 state.timer.cancel()
                 state.timer = None
-            state.filling = True  # what arrives meanwhile waits behind what is read
             after = state.last
-            try:
-                found = await asyncio.wait_for(self.fill(group_id, after, UNBOUNDED), FILL_TIMEOUT_S)
-            except Exception as exc:  # storage down: clients fill the gap themselves
-                log.warning("could not read the changes of %s after rev %d: %s", group_id, after, exc)
-                found = []
-            finally:
-                state.filling = False
-            if self._groups.get(group_id) is not state:
+            found = await self._read(group_id, state, UNBOUNDED)
+            if found is None:
                 return
             read = [(rev, message) for rev, message in found if rev > state.last]
-            if read:
-                log.info("read %d changes of %s after rev %d from storage", len(read), group_id, after)
-                for rev, message in read:
-                    state.pending.setdefault(rev, message)
-                # Deliver what was read (and what waits below it), keep what came in live above it.
-                self._deliver_through(group_id, state, read[-1][0])
             if not read:
                 break
+            log.info("read %d changes of %s after rev %d from storage", len(read), group_id, after)
+            for rev, message in read:
+                state.pending.setdefault(rev, message)
+            # Deliver what was read (and what waits below it), keep what came in live above it.
+            self._deliver_through(group_id, state, read[-1][0])
 
     def _deliver_through(self, group_id: str, state: _GroupOrder, upto: int) -> None:
         """Deliver, in order, everything waiting up to ``upto`` (over gaps), then
