@@ -6,6 +6,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,10 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        # A replica still writes the snapshot it syncs from: into the temporary directory, not the cwd.
         options = self.command or ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", *self.extra]
+                                   "--appendonly", "no", "--dir", tempfile.gettempdir(),
+                                   "--dbfilename", f"redis-test-{self.port}.rdb", *self.extra]
         self._proc = subprocess.Popen(
             [self.binary, *options],
             stdout=subprocess.DEVNULL,
