@@ -245,7 +245,7 @@ class MongoStore:
             gid = group["_id"]
             latest, rev = await _both(self._top_seq(gid), self._top_rev(gid))
             last = markers.get(gid, 0)
-            read = ReadState(last, 0) if last >= latest else await self._read_state(gid, uid, last)
+            read = await self._read_state(gid, uid, last, latest)
             open_questions = await mongo_conversation.count_tagged(self._messages, gid, conversation.TAG_UNANSWERED)
             return GroupSummary(
                 str(gid), group_name(group), latest, read.unread_count, rev, read.mention_count, open_questions
@@ -488,7 +488,8 @@ class MongoStore:
     async def read_state(self, group_id: str, user_id: str) -> ReadState:
         gid, uid = oid(group_id), oid(user_id)
         doc = await self._markers.find_one({"user_id": uid, "group_id": gid}, {"seq": 1})
-        return await self._read_state(gid, uid, 0 if doc is None else int(doc["seq"]))
+        latest = await self._top_seq(gid)
+        return await self._read_state(gid, uid, 0 if doc is None else int(doc["seq"]), latest)
 
     @_unavailable
     async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
@@ -511,7 +512,7 @@ class MongoStore:
                 if attempt == 2:
                     raise StorageUnavailable("read marker upsert kept colliding") from None
         last = int(doc["seq"])
-        return ReadState(last, 0) if last >= latest else await self._read_state(gid, uid, last)
+        return await self._read_state(gid, uid, last, latest)
 
     # -- queries (public so tests can explain exactly what runs) --
 
@@ -541,11 +542,14 @@ class MongoStore:
         return self._revs.point_cursor(self._messages, gid, rev)
 
     @staticmethod
-    def unread_filters(gid: ObjectId, uid: ObjectId, last: int) -> tuple[dict, dict]:
-        """Live messages above ``last``, and the reader's own among them."""
-        above = {"$gt": last}
+    def unread_filters(gid: ObjectId, uid: ObjectId, last: int, latest: int) -> tuple[dict, dict]:
+        """What an unread count reads in ``(last, latest]``: the deleted messages, and
+        the reader's own live ones. Every other ``seq`` there is a live message of
+        someone else (seqs are contiguous), so the count walks only these two, which
+        stay few whatever the group's size."""
+        above = {"$gt": last, "$lte": latest}
         return (
-            {"group_id": gid, "deleted": False, "seq": above},
+            {"group_id": gid, "deleted": True, "seq": above},
             {"group_id": gid, "sender_id": uid, "deleted": False, "seq": above},
         )
 
@@ -598,25 +602,21 @@ class MongoStore:
             return await _both(self._top_seq(gid), self._top_rev(gid))
         return seq, rev
 
-    async def _read_state(self, gid: ObjectId, uid: ObjectId, last: int) -> ReadState:
+    async def _read_state(self, gid: ObjectId, uid: ObjectId, last: int, latest: int) -> ReadState:
+        """The reader's counts above ``last`` in a group whose top seq is ``latest``."""
+        if last >= latest:
+            return ReadState(last, 0)
         unread, mentioned = await _both(
-            self._unread(gid, uid, last),
+            self._unread(gid, uid, last, latest),
             mongo_conversation.count_tagged(self._messages, gid, conversation.mention_tag(str(uid)), last),
         )
         return ReadState(last, unread, mentioned)
 
-    async def _unread(self, gid: ObjectId, uid: ObjectId, last: int) -> int:
-        live, own = self.unread_filters(gid, uid, last)
-        counts = await asyncio.gather(
-            self._messages.count_documents(live),
-            self._messages.count_documents(own),
-            return_exceptions=True,
-        )
-        for count in counts:
-            if isinstance(count, BaseException):
-                raise count
-        # Two counts, not one snapshot: a message deleted in between must not go negative.
-        return max(0, int(counts[0]) - int(counts[1]))  # type: ignore[arg-type]
+    async def _unread(self, gid: ObjectId, uid: ObjectId, last: int, latest: int) -> int:
+        deleted, own = self.unread_filters(gid, uid, last, latest)
+        not_others = await _both(self._messages.count_documents(deleted), self._messages.count_documents(own))
+        # Two reads, not one snapshot: an own message deleted between them counts twice.
+        return max(0, latest - last - sum(not_others))
 
     async def _update_live(
         self, group_id: str, message_id: str, sender_id: str, changes: dict[str, Any]

@@ -457,7 +457,7 @@ async def test_hot_queries_use_bounded_index_scans(mongo_uri: str, mongo_db_name
         await store.mark_read(ZOOLOGY, ALICE, total - 4)
         gid, uid = ObjectId(ZOOLOGY), ObjectId(ALICE)
         db = client[mongo_db_name]
-        live, own = MongoStore.unread_filters(gid, uid, total - 4)
+        deleted, own = MongoStore.unread_filters(gid, uid, total - 4, total)
 
         async def explain_count(query: dict[str, Any]) -> Any:
             # What count_documents sends.
@@ -479,8 +479,17 @@ async def test_hot_queries_use_bounded_index_scans(mongo_uri: str, mongo_db_name
         lookup = db.messages.find(client_msg_filter(gid, uid, "c-10"))
         _index_scan(await lookup.explain(), CLIENT_MSG_INDEX, max_keys=2)
         # Unread counts and the read marker.
-        _index_scan(await explain_count(live), LIVE_INDEX, max_keys=5)
+        _index_scan(await explain_count(deleted), LIVE_INDEX, max_keys=5)
         _index_scan(await explain_count(own), OWN_LIVE_INDEX, max_keys=5)
+        # A reader who read nothing and wrote nothing: the count reads the few deleted
+        # messages and no others, not the whole group.
+        for seq in (10, 50, 150):
+            await store.delete_message(ZOOLOGY, sent[seq - 1]["id"], sent[seq - 1]["sender_id"])
+        dave = ObjectId(DAVE)
+        deleted, own = MongoStore.unread_filters(gid, dave, 0, total)
+        _index_scan(await explain_count(deleted), LIVE_INDEX, max_keys=4)
+        _index_scan(await explain_count(own), OWN_LIVE_INDEX, max_keys=1)
+        assert (await store.read_state(ZOOLOGY, DAVE)).unread_count == total - 3
         marker = db.read_markers.find({"user_id": uid, "group_id": gid})
         _index_scan(await marker.explain(), MARKER_INDEX, max_keys=2)
         # A message by id; edit and delete add conditions to that lookup.
