@@ -11,13 +11,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
 
 from storage import conversation
 from storage.attachments import AttachmentStore, MemoryAttachments, claim_key
-from storage.base import GroupAccess, GroupSummary, Message, ReadState, StorageUnavailable, Store
+from storage.base import GroupAccess, GroupSummary, Message, NewMessage, ReadState, StorageUnavailable, Store
 from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError, invalid
@@ -27,6 +28,27 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[Message], Awaitable[None]]
 SEARCHES_AT_ONCE = 4  # per process
+SENDS_PER_WRITE = 64  # sends to one group written in one store call, at most
+
+
+@dataclass(slots=True)
+class _QueuedSend:
+    fields: NewMessage
+    publish: Publish
+    done: asyncio.Future[tuple[Message, bool]]
+
+
+def _settle(
+    done: asyncio.Future[tuple[Message, bool]], answer: tuple[Message, bool] | None = None,
+    *, error: BaseException | None = None,
+) -> None:
+    """Answer a queued send, unless its caller stopped waiting."""
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(answer)  # type: ignore[arg-type]
 
 
 class ChatService:
@@ -40,6 +62,8 @@ class ChatService:
         self.attachments: AttachmentStore = attachments if attachments is not None else MemoryAttachments()
         # One writer per group in this process: rev (and seq) order is broadcast order.
         self._writer = KeyedLock()
+        self._queued: dict[str, list[_QueuedSend]] = {}  # sends waiting for the group's writer
+        self._writing: set[asyncio.Task[None]] = set()
         # Searches read more than other events: a few at a time, so a burst of them
         # cannot take every storage connection from sends and joins.
         self._searches = asyncio.Semaphore(SEARCHES_AT_ONCE)
@@ -171,13 +195,53 @@ class ChatService:
         return message, duplicate
 
     async def _store_and_publish(self, group_id: str, publish: Publish, **fields: Any) -> tuple[Message, bool]:
-        """Store a new message under the group's writer lock and, unless it repeats an
-        earlier send, ``publish`` it before the group's next change."""
-        async with self._writer(group_id):
-            message, duplicate = await self.store.add_message(group_id, **fields)
-            if not duplicate:
-                await publish(message)
-        return message, duplicate
+        """Store a new message and, unless it repeats an earlier send, ``publish`` it
+        before the group's next change. Sends to one group that arrive while one
+        is being written wait for it and are then written together, in arrival
+        order, in one store call (one ``insert_many`` on MongoDB); a send that finds
+        the group idle is written at once, so nothing waits for company."""
+        send = _QueuedSend(fields, publish, asyncio.get_running_loop().create_future())  # type: ignore[arg-type]
+        queue = self._queued.get(group_id)
+        if queue is not None:
+            queue.append(send)
+        else:
+            self._queued[group_id] = [send]
+            # A task of its own: the sends it carries must not depend on the first sender's task.
+            task = asyncio.create_task(self._write_queued(group_id), name=f"sends to {group_id}")
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+        return await send.done
+
+    async def _write_queued(self, group_id: str) -> None:
+        """Store and publish the group's queued sends, a batch at a time, until none are left."""
+        queue = self._queued[group_id]
+        batch: list[_QueuedSend] = []
+        try:
+            while queue:
+                batch = queue[:SENDS_PER_WRITE]
+                del queue[:SENDS_PER_WRITE]
+                async with self._writer(group_id):
+                    answers: list[tuple[Message, bool] | BaseException]
+                    try:
+                        answers = [*await self.store.add_messages(group_id, [s.fields for s in batch])]
+                    except Exception as exc:  # every send of the batch gets it
+                        answers = [exc] * len(batch)
+                    for send, answer in zip(batch, answers, strict=True):
+                        if isinstance(answer, BaseException):
+                            _settle(send.done, error=answer)
+                            continue
+                        if not answer[1]:
+                            try:
+                                await send.publish(answer[0])
+                            except Exception as exc:  # that send's caller gets it
+                                _settle(send.done, error=exc)
+                                continue
+                        _settle(send.done, answer)
+                batch = []
+        finally:
+            del self._queued[group_id]
+            for send in (*batch, *queue):  # only when stopped from outside (shutdown)
+                _settle(send.done, error=StorageUnavailable("the server stopped before this send was answered"))
 
     async def _claim_files(
         self, user_id: str, group_id: str, attachment_ids: Sequence[str], claim: str, message_id: str

@@ -11,7 +11,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from . import search_words
@@ -43,6 +43,20 @@ class Message(TypedDict):
     answer_id: str | None  # a question's accepted answer
     attachments: list[dict[str, Any]]
     deleted_by: str | None  # a moderator who deleted someone else's message
+
+
+class NewMessage(TypedDict):
+    """One send for ``Store.add_messages``: ``Store.add_message``'s keyword arguments."""
+
+    sender_id: str | None
+    sender_name: str
+    content: str
+    client_msg_id: str | None
+    mentions: NotRequired[Sequence[str]]
+    kind: NotRequired[str]
+    reply_to: NotRequired[dict[str, Any] | None]
+    attachments: NotRequired[Sequence[dict[str, Any]]]
+    message_id: NotRequired[str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +157,15 @@ class Store(Protocol):
         ``True``. The platform's own messages (``kind="system"``) have no sender
         id: their ``client_msg_id`` is one key space per group.
         """
+
+    async def add_messages(
+        self, group_id: str, sends: Sequence[NewMessage]
+    ) -> list[tuple[Message, bool] | StorageUnavailable]:
+        """Store several sends to one group in order, exactly as ``add_message`` would
+        one after the other, in as few writes as the backend can (MongoDB: one
+        ordered ``insert_many``). Each send's answer is in its place: its
+        ``(message, duplicate)``, or the ``StorageUnavailable`` that kept it from being
+        stored (or from being known stored); a send never depends on a later one's outcome."""
 
     async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:
         """Those of ``user_ids`` (lowercase hex) that are not members of the group, in the given order."""

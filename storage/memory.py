@@ -19,7 +19,9 @@ from .base import (
     GroupAccess,
     GroupSummary,
     Message,
+    NewMessage,
     ReadState,
+    StorageUnavailable,
     User,
     display_name,
     iso_timestamp,
@@ -145,6 +147,11 @@ class MemoryStore:
             content=content, client_msg_id=client_msg_id, mentions=mentions, kind=kind,
             reply_to=reply_to, attachments=attachments, message_id=message_id,
         ), False
+
+    async def add_messages(
+        self, group_id: str, sends: Sequence[NewMessage]
+    ) -> list[tuple[Message, bool] | StorageUnavailable]:
+        return [await self.add_message(group_id, **send) for send in sends]
 
     def seed_message(
         self,

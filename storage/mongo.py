@@ -66,13 +66,14 @@ import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.cursor import AsyncCursor
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from . import conversation, mongo_conversation, mongo_membership, mongo_search
 from .base import (
     GroupAccess,
     GroupSummary,
     Message,
+    NewMessage,
     ReadState,
     StorageUnavailable,
     User,
@@ -100,6 +101,7 @@ from .search_words import Query
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 2.0
 MAX_INSERT_ATTEMPTS = 200
+DUPLICATE_KEY = 11000
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -261,7 +263,6 @@ class MongoStore:
 
     # -- messages --
 
-    @_unavailable
     async def add_message(
         self,
         group_id: str,
@@ -276,55 +277,98 @@ class MongoStore:
         attachments: Sequence[dict[str, Any]] = (),
         message_id: str | None = None,
     ) -> tuple[Message, bool]:
-        gid, sid = oid(group_id), None if sender_id is None else oid(sender_id)
+        send: NewMessage = {
+            "sender_id": sender_id, "sender_name": sender_name, "content": content,
+            "client_msg_id": client_msg_id, "mentions": mentions, "kind": kind, "reply_to": reply_to,
+            "attachments": attachments, "message_id": message_id,
+        }
+        [answer] = await self.add_messages(group_id, [send])
+        if isinstance(answer, StorageUnavailable):
+            raise answer
+        return answer
+
+    async def add_messages(
+        self, group_id: str, sends: Sequence[NewMessage]
+    ) -> list[tuple[Message, bool] | StorageUnavailable]:
+        """One ordered insert of all of them, numbered from the group's top as this
+        process knows it. No read comes first: a repeated ``client_msg_id`` is found
+        by its unique index refusing the insert, and a number another process took
+        by the ``seq``/``revs`` indexes refusing it (then the top is read and the
+        sends not stored yet are numbered again)."""
+        if self._client is None:
+            raise StorageUnavailable("the MongoDB store is not open")
+        gid = oid(group_id)
+        docs = [_new_document(gid, send) for send in sends]
+        answers: list[tuple[Message, bool] | StorageUnavailable | None] = [None] * len(docs)
+        pending = list(range(len(docs)))  # not stored yet, in order
         async with self._writer(str(gid)):
-            if client_msg_id is not None:
-                first = await self._messages.find_one(client_msg_filter(gid, sid, client_msg_id))
-                if first is not None:
-                    return to_wire(first), True
-            doc: dict[str, Any] = {
-                "_id": ObjectId(message_id) if message_id else ObjectId(),
-                "group_id": gid,
-                "kind": kind,
-                "sender_id": sid,
-                "sender": sender_name,
-                "content": content,
-                "client_msg_id": client_msg_id,
-                "edited_at": None,
-                "deleted": False,
-                **mongo_search.words_field(content, attachments=attachments),
-            }
-            if attachments:
-                doc["attachments"] = [dict(a) for a in attachments]
-            if mentions:
-                doc["mentions"] = [oid(user_id) for user_id in mentions]
-            if reply_to is not None:
-                doc["reply_to"] = mongo_conversation.stored_reply(reply_to)
-            tags = conversation.tags(
-                {"deleted": False, "kind": kind, "sender_id": sender_id, "mentions": mentions}
-            )
-            if tags:
-                doc["tags"] = tags
-            for attempt in range(MAX_INSERT_ATTEMPTS):
-                seq, rev = await self._tops(gid, probe=attempt > 0)
-                doc.update(seq=seq + 1, rev=rev + 1, revs=[rev + 1], timestamp=now_ms())
+            races = 0
+            while pending:
                 try:
-                    await self._messages.insert_one(doc)
-                except DuplicateKeyError as exc:
-                    if await self._lost_race(gid, exc, doc["seq"], doc["rev"], attempt):
-                        continue
-                    if duplicate_index(exc) == CLIENT_MSG_INDEX and client_msg_id is not None:
-                        # Another process stored the same send first.
-                        first = await self._messages.find_one(
-                            client_msg_filter(gid, sid, client_msg_id)
-                        )
-                        if first is not None:
-                            return to_wire(first), True
-                    raise StorageUnavailable(f"unexpected duplicate key: {exc}") from exc
-                self._seqs.remember(gid, doc["seq"])
-                self._revs.remember(gid, doc["rev"])
-                return to_wire(doc), False
-        raise StorageUnavailable(f"no free seq after {MAX_INSERT_ATTEMPTS} attempts")
+                    stored, refused = await self._insert_in_order(gid, [docs[i] for i in pending], probe=races > 0)
+                except PyMongoError as exc:  # whether the ones in flight were stored is unknown
+                    failure = StorageUnavailable(f"MongoDB did not answer: {_short(exc)}")
+                    for i in pending:
+                        answers[i] = failure
+                    break
+                for i in pending[:stored]:
+                    answers[i] = (to_wire(docs[i]), False)
+                if refused is None:
+                    break
+                first = pending[stored]
+                doc = docs[first]
+                if await self._lost_race(gid, refused, doc["seq"], doc["rev"], races):
+                    races += 1
+                    if races == MAX_INSERT_ATTEMPTS:
+                        for i in pending[stored:]:
+                            answers[i] = StorageUnavailable(f"no free seq after {MAX_INSERT_ATTEMPTS} attempts")
+                        break
+                    pending = pending[stored:]
+                    continue
+                answers[first] = await self._stored_before(gid, doc, refused)
+                pending = pending[stored + 1 :]
+        return [a if a is not None else StorageUnavailable("not stored") for a in answers]
+
+    async def _insert_in_order(
+        self, gid: ObjectId, docs: list[dict[str, Any]], *, probe: bool
+    ) -> tuple[int, DuplicateKeyError | None]:
+        """Number ``docs`` from the group's top and insert them in order: how many were
+        stored, and the unique index refusal that stopped the rest (``None``: all stored)."""
+        seq, rev = await self._tops(gid, probe=probe)
+        stamp = now_ms()
+        for k, doc in enumerate(docs, start=1):
+            doc.update(seq=seq + k, rev=rev + k, revs=[rev + k], timestamp=stamp)
+        stored, refused = len(docs), None
+        try:
+            if len(docs) == 1:
+                await self._messages.insert_one(docs[0])
+            else:
+                await self._messages.insert_many(docs, ordered=True)
+        except DuplicateKeyError as exc:
+            stored, refused = 0, exc
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if not errors or errors[0].get("code") != DUPLICATE_KEY:
+                raise
+            stored = int(exc.details.get("nInserted", errors[0]["index"]))
+            refused = DuplicateKeyError(errors[0].get("errmsg", ""), DUPLICATE_KEY, errors[0])
+        if stored:
+            self._seqs.remember(gid, docs[stored - 1]["seq"])
+            self._revs.remember(gid, docs[stored - 1]["rev"])
+        return stored, refused
+
+    async def _stored_before(
+        self, gid: ObjectId, doc: dict[str, Any], refused: DuplicateKeyError
+    ) -> tuple[Message, bool] | StorageUnavailable:
+        """The answer for a send whose insert was refused as a repeat: the first one stored."""
+        if duplicate_index(refused) == CLIENT_MSG_INDEX and doc["client_msg_id"] is not None:
+            try:
+                first = await self._messages.find_one(client_msg_filter(gid, doc["sender_id"], doc["client_msg_id"]))
+            except PyMongoError as exc:
+                return StorageUnavailable(f"MongoDB did not answer: {_short(exc)}")
+            if first is not None:
+                return to_wire(first), True
+        return StorageUnavailable(f"unexpected duplicate key: {refused}")
 
     async def _lost_race(self, gid: ObjectId, exc: DuplicateKeyError, seq: int, rev: int, attempt: int) -> bool:
         """Whether a write lost a ``seq`` or ``rev`` race (that number is stored now:
@@ -656,6 +700,35 @@ class MongoStore:
                     self._revs.remember(gid, rev)
                 return doc
         raise StorageUnavailable(f"no free rev after {MAX_INSERT_ATTEMPTS} attempts")
+
+
+def _new_document(gid: ObjectId, send: NewMessage) -> dict[str, Any]:
+    """A send's message document, without its numbers (``seq``, ``rev``, ``revs``, ``timestamp``)."""
+    sender_id, kind, content = send["sender_id"], send.get("kind", "message"), send["content"]
+    attachments, mentions = send.get("attachments") or (), send.get("mentions") or ()
+    reply_to, message_id = send.get("reply_to"), send.get("message_id")
+    doc: dict[str, Any] = {
+        "_id": ObjectId(message_id) if message_id else ObjectId(),
+        "group_id": gid,
+        "kind": kind,
+        "sender_id": None if sender_id is None else oid(sender_id),
+        "sender": send["sender_name"],
+        "content": content,
+        "client_msg_id": send["client_msg_id"],
+        "edited_at": None,
+        "deleted": False,
+        **mongo_search.words_field(content, attachments=attachments),
+    }
+    if attachments:
+        doc["attachments"] = [dict(a) for a in attachments]
+    if mentions:
+        doc["mentions"] = [oid(user_id) for user_id in mentions]
+    if reply_to is not None:
+        doc["reply_to"] = mongo_conversation.stored_reply(reply_to)
+    tags = conversation.tags({"deleted": False, "kind": kind, "sender_id": sender_id, "mentions": mentions})
+    if tags:
+        doc["tags"] = tags
+    return doc
 
 
 async def _both(first: Coroutine[Any, Any, int], second: Coroutine[Any, Any, int]) -> tuple[int, int]:
