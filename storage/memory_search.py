@@ -6,6 +6,8 @@ from __future__ import annotations
 import bisect
 import itertools
 
+from sortedcontainers import SortedList
+
 from .search_words import Query, prefix_upper_bound
 
 
@@ -14,7 +16,9 @@ class WordIndex:
 
     def __init__(self) -> None:
         self._postings: dict[str, list[int]] = {}  # word -> seqs of the live messages that have it
-        self._vocabulary: list[str] = []  # the keys of ``_postings``, sorted
+        # The keys of ``_postings``, sorted. Not a list: most messages bring a word never
+        # seen before (a number, a name), and inserting into a long list moves all above it.
+        self._vocabulary = SortedList()
         self._words_of: dict[int, frozenset[str]] = {}
 
     def update(self, seq: int, words: list[str]) -> None:
@@ -28,12 +32,12 @@ class WordIndex:
             del seqs[bisect.bisect_left(seqs, seq)]
             if not seqs:
                 del self._postings[word]
-                del self._vocabulary[bisect.bisect_left(self._vocabulary, word)]
+                self._vocabulary.remove(word)
         for word in new - old:
             having = self._postings.get(word)
             if having is None:
                 self._postings[word] = [seq]
-                bisect.insort(self._vocabulary, word)
+                self._vocabulary.add(word)
             else:
                 bisect.insort(having, seq)
 
@@ -50,9 +54,8 @@ class WordIndex:
         if lists:
             lead = min(lists, key=len)
         else:
-            low = bisect.bisect_left(self._vocabulary, query.prefix)
-            high = bisect.bisect_left(self._vocabulary, prefix_upper_bound(query.prefix))
-            words = self._vocabulary[low:high]
+            words = list(self._vocabulary.irange(query.prefix, prefix_upper_bound(query.prefix),
+                                                 inclusive=(True, False)))
             if not words:
                 return [], False
             lead = self._postings[words[0]] if len(words) == 1 else sorted(

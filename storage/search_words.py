@@ -10,6 +10,11 @@ was written:
    character, not by dictionary words.
 2. Folding: case folded ("Straße" is "strasse"), compatibility-decomposed, and
    combining marks dropped, so "Resolvió" is "resolvio" and "ﬁ" is "fi".
+   Text that is all ASCII (most messages) takes a shortcut with the same
+   result: the default boundaries reduced to the ASCII characters they treat
+   specially (``_ASCII_WORD``; a test holds it to the ``regex`` path), about
+   five times faster, which matters because every message stored is broken
+   into words.
 3. Each word keeps its letters and digits only: "don't" is "dont", "3.14" is
    "314". A message also stores the parts of such a word ("don", "t"; "mail",
    "com"), so a query for one part finds it too.
@@ -22,6 +27,7 @@ word matches as a prefix ("deriv" finds "derivadas"), the others exactly.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,8 +52,32 @@ def fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+# UAX #29 on ASCII: letters, digits and "_" (ExtendNumLet) join; ":" "." "'" join two
+# letters (MidLetter, MidNumLet, Single_Quote), and "." "," ";" "'" two digits (MidNum...).
+_ASCII_WORD = re.compile(
+    r"[A-Za-z0-9_]+(?:(?:(?<=[A-Za-z])[:.'](?=[A-Za-z])|(?<=[0-9])[.,;'](?=[0-9]))[A-Za-z0-9_]+)*"
+)
+_ASCII_RUN = re.compile(r"[a-z0-9]+")
+
+
 def _words(text: str) -> list[list[str]]:
     """Each word of ``text`` as its runs of letters and digits, folded."""
+    if text.isascii():
+        return _ascii_words(text)
+    return _unicode_words(text)
+
+
+def _ascii_words(text: str) -> list[list[str]]:
+    """``_unicode_words`` for ASCII text (folding ASCII is lowercasing)."""
+    found = []
+    for segment in _ASCII_WORD.findall(text.lower()):
+        runs = [run[:MAX_WORD_LENGTH] for run in _ASCII_RUN.findall(segment)]
+        if runs:
+            found.append(runs)
+    return found
+
+
+def _unicode_words(text: str) -> list[list[str]]:
     found = []
     for segment in _BOUNDARIES.split(text):
         runs = [run[:MAX_WORD_LENGTH] for run in _LETTERS_AND_DIGITS.findall(fold(segment))]

@@ -4,6 +4,7 @@ query behind it: an index range per group, never a collection scan."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -59,6 +60,20 @@ def test_words_are_folded_and_broken_by_unicode_rules() -> None:
     assert len(message_words(" ".join(f"w{i}" for i in range(2000)))) == search_words.MAX_MESSAGE_WORDS
     assert message_words("x" * 500) == ["x" * search_words.MAX_WORD_LENGTH]
 
+
+
+def test_ascii_text_breaks_into_the_same_words_as_the_unicode_rules() -> None:
+    """The ASCII shortcut against the ``regex`` package's word boundaries: random ASCII
+    strings over the characters the rules treat specially, and over all 128."""
+    rng = random.Random(29)
+    special = "aZ09_.:,;'\" -\n\r\t!?@#$%&*()[]{}/\\<>=+~`^|"
+    every = [chr(i) for i in range(128)]
+    for alphabet, longest in ((special, 14), (every, 40)):
+        for _ in range(20_000):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest)))
+            assert search_words._ascii_words(text) == search_words._unicode_words(text), repr(text)
+    prose = "Does anyone have notes on Ch. 3? e.g. the 3.14, 1,000 & don't-miss items: see x:y_z @ 9:30am."
+    assert search_words._ascii_words(prose) == search_words._unicode_words(prose)
 
 def test_a_query_is_exact_words_and_a_last_prefix() -> None:
     query = parse_query("  Resolvió  las DERIV")
