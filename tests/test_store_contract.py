@@ -21,7 +21,7 @@ import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 
-from storage.base import Message, StorageUnavailable, Store
+from storage.base import Message, NewMessage, StorageUnavailable, Store
 from storage.memory import MemoryStore
 from storage.mongo import MongoStore
 from storage.mongo_counter import PROBE
@@ -171,6 +171,59 @@ async def test_duplicate_client_msg_id_returns_the_first_message(store: Store) -
     assert (other_sender["seq"], other_group["seq"]) == (2, 1)
     # Without a client_msg_id nothing is deduplicated.
     assert seqs([await send(store, ALICE, "x"), await send(store, ALICE, "x")]) == [3, 4]
+
+
+async def test_a_batch_of_sends_is_stored_in_order_and_finds_repeats(store: Store) -> None:
+    """``add_messages``: each send's answer in its place, repeats (of an earlier send or of one
+    in the same batch) answered with the first stored, the others numbered on without a hole."""
+    first = await send(store, ALICE, "first", client_msg_id="c-1")
+
+    def fields(sender: str, content: str, client_msg_id: str | None) -> NewMessage:
+        return {"sender_id": sender, "sender_name": "x", "content": content, "client_msg_id": client_msg_id}
+
+    answers = await store.add_messages(ZOOLOGY, [
+        fields(ALICE, "second", "c-2"),
+        fields(ALICE, "repeat of first", "c-1"),
+        fields(BOB, "bob's own c-1", "c-1"),
+        fields(ALICE, "repeat of second", "c-2"),
+        fields(BOB, "no id", None),
+    ])
+    stored = [a for a in answers if not isinstance(a, BaseException)]
+    assert len(stored) == 5, answers
+    assert [(m["seq"], m["content"], duplicate) for m, duplicate in stored] == [
+        (2, "second", False), (1, "first", True), (3, "bob's own c-1", False), (2, "second", True), (4, "no id", False),
+    ]
+    assert stored[1][0] == first
+    messages, _ = await store.get_messages(ZOOLOGY, limit=10)
+    assert [(m["seq"], m["rev"]) for m in messages] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert await store.add_messages(ZOOLOGY, []) == []
+
+
+async def test_batches_from_several_processes_get_exact_seqs(mongo_uri: str, mongo_db_name: str) -> None:
+    """Batches of 10 through 4 clients at once, each process numbering from what it last
+    saw: the unique indexes refuse the numbers another took, and every send ends up stored
+    once, seq 1..200, with repeats of another process's sends found."""
+    await seed_mongo(mongo_uri, mongo_db_name, USERS, GROUPS)
+    stores = [MongoStore(mongo_uri, mongo_db_name) for _ in range(4)]
+    for s in stores:
+        await s.open()
+    try:
+        def batch(first: int) -> list[NewMessage]:
+            return [{"sender_id": (ALICE, BOB)[i % 2], "sender_name": "x", "content": f"m{i}",
+                     "client_msg_id": f"c-{i}"} for i in range(first, first + 10)]
+
+        # Every batch twice (on different processes): 400 sends, 200 of them repeats.
+        batches = [stores[(k + k // 20) % 4].add_messages(ZOOLOGY, batch(10 * (k % 20))) for k in range(40)]
+        answers = [a for answers in await asyncio.gather(*batches) for a in answers]
+        assert not [a for a in answers if isinstance(a, BaseException)]
+        stored = [a for a in answers if not isinstance(a, BaseException)]
+        originals = {m["client_msg_id"]: m for m, duplicate in stored if not duplicate}
+        assert sorted(m["seq"] for m in originals.values()) == list(range(1, 201))
+        assert all(originals[m["client_msg_id"]] == m for m, duplicate in stored if duplicate)
+        assert await stores[1].latest_seq(ZOOLOGY) == 200 and await stores[2].latest_rev(ZOOLOGY) == 200
+    finally:
+        for s in stores:
+            await s.close()
 
 
 # -- paging --
