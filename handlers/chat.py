@@ -22,6 +22,7 @@ from storage.base import GroupAccess, GroupSummary, Message, NewMessage, ReadSta
 from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError, invalid
+from .group_reads import GroupReads
 from .notifications import Notifier
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class ChatService:
         self._writer = KeyedLock()
         self._queued: dict[str, list[_QueuedSend]] = {}  # sends waiting for the group's writer
         self._writing: set[asyncio.Task[None]] = set()
+        self._group_reads = GroupReads(store)  # membership checks that overlap share a read
         # Searches read more than other events: a few at a time, so a burst of them
         # cannot take every storage connection from sends and joins.
         self._searches = asyncio.Semaphore(SEARCHES_AT_ONCE)
@@ -75,12 +77,12 @@ class ChatService:
 
     async def check_group_exists(self, user_id: str, group_id: str) -> None:
         """``group_not_found`` unless the group exists (membership not required)."""
-        if await self.store.get_group(group_id, user_id) is None:
+        if await self._group_reads.get(group_id, user_id) is None:
             raise ChatError("group_not_found")
 
     async def group_for(self, user_id: str, group_id: str) -> GroupAccess:
         """The group, if it exists and ``user_id`` is a member; else the refusal."""
-        group = await self.store.get_group(group_id, user_id)
+        group = await self._group_reads.get(group_id, user_id)
         if group is None:
             raise ChatError("group_not_found")
         if not group.is_member:

@@ -127,6 +127,9 @@ class Store(Protocol):
     async def list_groups(self, user_id: str) -> list[GroupSummary]:
         """The user's groups ordered by name, with ``latest_seq`` and unread counts."""
 
+    async def get_group_for(self, group_id: str, user_ids: Collection[str]) -> dict[str, GroupAccess] | None:
+        """``get_group`` for several users of one group in one read (``None``: no such group)."""
+
     async def group_members(self, group_id: str) -> frozenset[str] | None:
         """The group's member ids now; ``None`` when the group does not exist."""
 

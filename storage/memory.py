@@ -100,6 +100,12 @@ class MemoryStore:
             return None
         return GroupAccess(group_id, group.name, user_id in group.members)
 
+    async def get_group_for(self, group_id: str, user_ids: Collection[str]) -> dict[str, GroupAccess] | None:
+        group = self._groups.get(group_id)
+        if group is None:
+            return None
+        return {user_id: GroupAccess(group_id, group.name, user_id in group.members) for user_id in user_ids}
+
     async def group_members(self, group_id: str) -> frozenset[str] | None:
         group = self._groups.get(group_id)
         return None if group is None else frozenset(group.members)

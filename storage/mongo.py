@@ -220,6 +220,24 @@ class MongoStore:
         return GroupAccess(str(gid), group_name(doc), bool(doc.get("members")))
 
     @_unavailable
+    async def get_group_for(self, group_id: str, user_ids: Collection[str]) -> dict[str, GroupAccess] | None:
+        gid = oid_or_none(group_id)
+        if gid is None:
+            return None
+        uids = {user_id: oid_or_none(user_id) for user_id in user_ids}
+        asked = [u for u in uids.values() if u is not None]
+        # Only the asked-for members come back, never the whole array.
+        pipeline = [{"$match": {"_id": gid}},
+                    {"$project": {"name": 1, "members": {"$setIntersection": ["$members", asked]}}}]
+        found = await (await self._db.study_groups.aggregate(pipeline)).to_list(1)
+        if not found:
+            return None
+        doc = found[0]
+        members = set(doc.get("members") or ())
+        name = group_name(doc)
+        return {user_id: GroupAccess(str(gid), name, uid is not None and uid in members) for user_id, uid in uids.items()}
+
+    @_unavailable
     async def group_members(self, group_id: str) -> frozenset[str] | None:
         return await mongo_membership.group_members(self._db, group_id)
 

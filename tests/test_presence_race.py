@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,10 @@ class SlowStore(MemoryStore):
     async def get_group(self, group_id: str, user_id: str) -> GroupAccess | None:
         await self._wait()
         return await super().get_group(group_id, user_id)
+
+    async def get_group_for(self, group_id: str, user_ids: Collection[str]) -> dict[str, GroupAccess] | None:
+        await self._wait()
+        return await super().get_group_for(group_id, user_ids)
 
     async def get_messages(self, group_id: str, **kwargs: Any) -> tuple[list[Message], bool]:
         await self._wait()

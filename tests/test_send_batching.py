@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pymongo import monitoring
+from bson import ObjectId
+from pymongo import AsyncMongoClient, monitoring
 
 from tests.support.chat import ANA, BEN, CAROL, MATHS
 
@@ -103,6 +104,9 @@ async def test_sends_arriving_together_are_written_together_and_acked_in_order(c
     assert len({a["message"]["content"] for a in acks}) == total
     inserts = commands.seen[("insert", "messages")]
     assert 1 <= inserts < total, commands.seen
+    # Membership is checked for every send, but checks that overlap share one read.
+    membership_reads = commands.seen[("find", "study_groups")] + commands.seen[("aggregate", "study_groups")]
+    assert 1 <= membership_reads < total, commands.seen
     # No read of the group's top or of an earlier send with the same client_msg_id before
     # the insert (what else reads messages meanwhile is the server's start-up work).
     assert not [f for f in commands.filters if "client_msg_id" in f or "seq" in f], commands.filters
@@ -115,3 +119,25 @@ async def test_sends_arriving_together_are_written_together_and_acked_in_order(c
     for client in clients:
         await client.settle()
         assert len(client.events("message")) == total + 1
+
+
+async def test_a_check_waiting_for_a_shared_read_sees_a_removal_made_before_it(
+    connect: Any, mongo_uri: str, mongo_db_name: str
+) -> None:
+    """Sends keep the group's membership reads busy; the platform removes Ben; Ben's send,
+    made after the removal was written, is refused: no check is answered by an older read."""
+    ana, ben = await connect(ANA), await connect(BEN)
+    for client in (ana, ben):
+        assert (await client.call("join_group", {"group_id": MATHS}))["ok"] is True
+    busy = [asyncio.create_task(ana.call("send_message", {"group_id": MATHS, "content": f"busy {n}"}))
+            for n in range(30)]
+    await asyncio.sleep(0)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+    try:
+        await client[mongo_db_name].study_groups.update_one({"_id": ObjectId(MATHS)},
+                                                           {"$pull": {"members": ObjectId(BEN)}})
+    finally:
+        await client.close()
+    refused = await ben.call("send_message", {"group_id": MATHS, "content": "after removal"})
+    assert refused["ok"] is False and refused["error"]["code"] == "not_member", refused
+    assert all(ack["ok"] for ack in await asyncio.gather(*busy))
