@@ -123,6 +123,17 @@ async def test_get_group_tells_members_from_others(store: Store) -> None:
     assert await store.get_group(NOWHERE, ALICE) is None
 
 
+async def test_get_group_for_several_users_in_one_read(store: Store) -> None:
+    found = await store.get_group_for(ZOOLOGY, [ALICE, EVE, DAVE, "not-an-id"])
+    assert found is not None
+    assert {u: (a.id, a.name, a.is_member) for u, a in found.items()} == {
+        ALICE: (ZOOLOGY, "Zoology", True), EVE: (ZOOLOGY, "Zoology", False),
+        DAVE: (ZOOLOGY, "Zoology", True), "not-an-id": (ZOOLOGY, "Zoology", False),
+    }
+    assert await store.get_group_for(NOWHERE, [ALICE]) is None
+    assert await store.get_group_for("not-an-id", [ALICE]) is None
+
+
 async def test_list_groups_by_name_with_counts(store: Store) -> None:
     await send(store, BOB, group=ALGEBRA)
     await send(store, ALICE, group=ALGEBRA)
