@@ -95,6 +95,14 @@ def run_storage(procs: Procs, quick: bool) -> dict[str, Any]:
     return result
 
 
+def run_store_load(procs: Procs, quick: bool) -> dict[str, Any]:
+    args = ["--join-histories", "1000,20000", "--quick"] if quick else ["--join-histories", "1000,100000"]
+    result = _on_secantus(procs, "store_load", args, 600 if not quick else 180)
+    if quick and "sends" in result:
+        result["note"] = "quick mode: joins at 1k vs 20k messages"
+    return result
+
+
 def run_search(procs: Procs, quick: bool) -> dict[str, Any]:
     args = ["--messages", "10000", "--quick"] if quick else ["--messages", "100000"]
     result = _on_secantus(procs, "search", args, 900 if not quick else 180)
@@ -193,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             results["storage"] = run_storage(procs, plan.quick)
             if "error" in results["storage"] or "skipped" in results["storage"]:
                 log.warning("  storage: %s", results["storage"])
+            log.info("storage: database commands per acked send, join latency vs history")
+            results["store_load"] = run_store_load(procs, plan.quick)
+            if "error" in results["store_load"] or "skipped" in results["store_load"]:
+                log.warning("  store_load: %s", results["store_load"])
         if args.skip_search:
             results["search"] = {"skipped": "--skip-search"}
         else:

@@ -20,8 +20,13 @@ SATURATION_SHAPE = {10: (10, 10), 100: (20, 4), 1000: (10, 2)}
 RATE_ROOM = 100
 RATE_SENDERS = 20
 # Fixed absolute rates, the same for every peer: (room, deliveries per second, senders).
-# 5,000 deliveries/s in a room of 100 is 50 sends/s; in a room of 1,000, 5 sends/s.
-FIXED_RATES = ((100, 5_000, 10), (1000, 5_000, 5))
+# 5,000 deliveries/s in a room of 100 is 50 sends/s; in a room of 10, 500 sends/s; in a room
+# of 1,000, 5 sends/s. 50,000 a second in a room of 10 is about half of one core's saturation.
+FIXED_RATES = (
+    (10, 1_000, 10), (10, 5_000, 10), (10, 50_000, 10),
+    (100, 1_000, 10), (100, 5_000, 10), (100, 50_000, 10),
+    (1000, 5_000, 5),
+)
 # A window in which other processes took more than this share of the server's core is measured
 # again (at most MAX_RETRIES times per row, and only while the run is within its time budget).
 # This machine is shared.

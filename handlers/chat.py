@@ -200,50 +200,61 @@ class ChatService:
         """Store a new message and, unless it repeats an earlier send, ``publish`` it
         before the group's next change. Sends to one group that arrive while one
         is being written wait for it and are then written together, in arrival
-        order, in one store call (one ``insert_many`` on MongoDB); a send that finds
-        the group idle is written at once, so nothing waits for company."""
+        order, in one store call (one ``insert_many`` on MongoDB). A send that finds
+        the group idle is written at once by its own task, so nothing waits for
+        company and a lone send costs no other task."""
         send = _QueuedSend(fields, publish, asyncio.get_running_loop().create_future())  # type: ignore[arg-type]
         queue = self._queued.get(group_id)
         if queue is not None:
             queue.append(send)
-        else:
-            self._queued[group_id] = [send]
-            # A task of its own: the sends it carries must not depend on the first sender's task.
-            task = asyncio.create_task(self._write_queued(group_id), name=f"sends to {group_id}")
-            self._writing.add(task)
-            task.add_done_callback(self._writing.discard)
-        return await send.done
+            return await send.done
+        self._queued[group_id] = [send]
+        await self._write_queued(group_id, lead=send)
+        return send.done.result()
 
-    async def _write_queued(self, group_id: str) -> None:
-        """Store and publish the group's queued sends, a batch at a time, until none are left."""
+    async def _write_queued(self, group_id: str, lead: _QueuedSend | None = None) -> None:
+        """Store and publish the group's queued sends, a batch at a time. The task of
+        the send that started the writing (``lead``) writes until its own send is
+        answered, then leaves what queued meanwhile to a task of its own, so no
+        sender waits for others' sends to be answered."""
         queue = self._queued[group_id]
         batch: list[_QueuedSend] = []
         try:
             while queue:
+                if lead is not None and lead.done.done():
+                    break
                 batch = queue[:SENDS_PER_WRITE]
                 del queue[:SENDS_PER_WRITE]
-                async with self._writer(group_id):
-                    answers: list[tuple[Message, bool] | BaseException]
-                    try:
-                        answers = [*await self.store.add_messages(group_id, [s.fields for s in batch])]
-                    except Exception as exc:  # every send of the batch gets it
-                        answers = [exc] * len(batch)
-                    for send, answer in zip(batch, answers, strict=True):
-                        if isinstance(answer, BaseException):
-                            _settle(send.done, error=answer)
-                            continue
-                        if not answer[1]:
-                            try:
-                                await send.publish(answer[0])
-                            except Exception as exc:  # that send's caller gets it
-                                _settle(send.done, error=exc)
-                                continue
-                        _settle(send.done, answer)
+                await self._write_batch(group_id, batch)
                 batch = []
         finally:
-            del self._queued[group_id]
-            for send in (*batch, *queue):  # only when stopped from outside (shutdown)
+            for send in batch:  # interrupted (shutdown) with a write in flight: its outcome is unknown
                 _settle(send.done, error=StorageUnavailable("the server stopped before this send was answered"))
+            if queue:
+                task = asyncio.create_task(self._write_queued(group_id), name=f"sends to {group_id}")
+                self._writing.add(task)
+                task.add_done_callback(self._writing.discard)
+            else:
+                del self._queued[group_id]
+
+    async def _write_batch(self, group_id: str, batch: list[_QueuedSend]) -> None:
+        async with self._writer(group_id):
+            answers: list[tuple[Message, bool] | BaseException]
+            try:
+                answers = [*await self.store.add_messages(group_id, [s.fields for s in batch])]
+            except Exception as exc:  # every send of the batch gets it
+                answers = [exc] * len(batch)
+            for send, answer in zip(batch, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    _settle(send.done, error=answer)
+                    continue
+                if not answer[1]:
+                    try:
+                        await send.publish(answer[0])
+                    except Exception as exc:  # that send's caller gets it
+                        _settle(send.done, error=exc)
+                        continue
+                _settle(send.done, answer)
 
     async def _claim_files(
         self, user_id: str, group_id: str, attachment_ids: Sequence[str], claim: str, message_id: str
