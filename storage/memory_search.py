@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
+from collections.abc import Sequence
 
 from sortedcontainers import SortedList
 
@@ -15,18 +17,20 @@ class WordIndex:
     """One group's words."""
 
     def __init__(self) -> None:
-        self._postings: dict[str, list[int]] = {}  # word -> seqs of the live messages that have it
+        # word -> seqs of the live messages that have it. Arrays and tuples, not lists and
+        # sets: the collector does not walk them, and there are several per message kept.
+        self._postings: dict[str, array[int]] = {}
         # The keys of ``_postings``, sorted. Not a list: most messages bring a word never
         # seen before (a number, a name), and inserting into a long list moves all above it.
         self._vocabulary = SortedList()
-        self._words_of: dict[int, frozenset[str]] = {}
+        self._words_of: dict[int, tuple[str, ...]] = {}
 
     def update(self, seq: int, words: list[str]) -> None:
         """Message ``seq`` now has ``words`` (``[]``: deleted, or none)."""
-        old = self._words_of.pop(seq, frozenset())
+        old = frozenset(self._words_of.pop(seq, ()))
         new = frozenset(words)
         if new:
-            self._words_of[seq] = new
+            self._words_of[seq] = tuple(words)
         for word in old - new:
             seqs = self._postings[word]
             del seqs[bisect.bisect_left(seqs, seq)]
@@ -36,7 +40,7 @@ class WordIndex:
         for word in new - old:
             having = self._postings.get(word)
             if having is None:
-                self._postings[word] = [seq]
+                self._postings[word] = array("q", (seq,))
                 self._vocabulary.add(word)
             else:
                 bisect.insort(having, seq)
@@ -51,6 +55,7 @@ class WordIndex:
             if not posting:
                 return [], False
             lists.append(posting)
+        lead: Sequence[int]
         if lists:
             lead = min(lists, key=len)
         else:
@@ -65,7 +70,7 @@ class WordIndex:
         found: list[int] = []
         for i in range(end - 1, -1, -1):
             seq = lead[i]
-            if query.matches(self._words_of[seq]):
+            if query.matches(self._words_of[seq]):  # a message's words are few
                 if len(found) == limit:
                     return found, True
                 found.append(seq)

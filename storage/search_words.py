@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,7 @@ class Query:
     exact: tuple[str, ...]
     prefix: str
 
-    def matches(self, words: frozenset[str] | set[str]) -> bool:
+    def matches(self, words: Collection[str]) -> bool:
         """Whether a message with ``words`` is a result."""
         return all(word in words for word in self.exact) and (
             self.prefix in words or any(word.startswith(self.prefix) for word in words)
