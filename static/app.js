@@ -363,17 +363,21 @@ function renderGroups() {
     ...state.groups.map((group) => {
       const button = el("button", { type: "button", class: "group", "data-testid": "group", "data-group-id": group.id });
       if (state.view?.groupId === group.id) button.setAttribute("aria-current", "true");
-      button.append(el("span", { class: "group-name" }, group.name));
-      // Badges are seen; screen readers hear the counts in words instead ("3 unread").
-      const badge = (testid, cls, shown, said) => {
-        button.append(el("span", { class: cls, "data-testid": testid, "aria-hidden": "true" }, shown),
-          el("span", { class: "visually-hidden" }, `, ${said}`));
+      // What is seen (the name, count badges) is hidden from screen readers, which hear one
+      // run of text instead: "Calculus I, 3 unread, 1 mention of you". One text node, because
+      // browsers join separate blocks (an off-screen span is one) with a space of their own.
+      button.append(el("span", { class: "group-name", "aria-hidden": "true" }, group.name));
+      const said = [group.name];
+      const badge = (testid, cls, shown, words) => {
+        button.append(el("span", { class: cls, "data-testid": testid, "aria-hidden": "true" }, shown));
+        said.push(words);
       };
       if (group.unread_count > 0) badge("unread-count", "badge", String(group.unread_count), `${group.unread_count} unread`);
       if (group.mention_count > 0) {
         badge("mention-count", "badge mention", `@${group.mention_count}`,
           `${group.mention_count} ${group.mention_count === 1 ? "mention" : "mentions"} of you`);
       }
+      button.append(el("span", { class: "visually-hidden" }, said.join(", ")));
       const item = el("li");
       item.append(button);
       return item;
