@@ -36,12 +36,12 @@ class Message(TypedDict):
     client_msg_id: str | None
     edited_at: str | None
     deleted: bool
-    mentions: list[str]  # user ids the sender mentioned ([] when none)
+    mentions: Sequence[str]  # user ids the sender mentioned (empty when none)
     reply_to: dict[str, Any] | None  # what the reply quotes (``conversation.reply_snapshot``)
-    reactions: list[dict[str, Any]]  # [{emoji, count, user_ids}] in the order first used
+    reactions: Sequence[dict[str, Any]]  # [{emoji, count, user_ids}] in the order first used
     pinned: dict[str, Any] | None  # {by, at} while pinned
     answer_id: str | None  # a question's accepted answer
-    attachments: list[dict[str, Any]]
+    attachments: Sequence[dict[str, Any]]
     deleted_by: str | None  # a moderator who deleted someone else's message
 
 

@@ -147,7 +147,7 @@ class MemoryStore:
         if client_msg_id is not None:
             first = group.by_client_id.get((sender_id, client_msg_id))
             if first is not None:
-                return group.by_id[first["id"]], True
+                return _wire(group.by_id[first["id"]]), True
         return self.seed_message(
             group_id, sender_id=sender_id, sender_name=sender_name,
             content=content, client_msg_id=client_msg_id, mentions=mentions, kind=kind,
@@ -191,12 +191,14 @@ class MemoryStore:
             "client_msg_id": client_msg_id,
             "edited_at": None,
             "deleted": False,
-            "mentions": list(mentions),
+            # Tuples, not lists: a message whose values are all atoms is a dict the garbage
+            # collector stops walking, so its pauses do not grow with the history kept here.
+            "mentions": tuple(mentions),
             "reply_to": reply_to,
-            "reactions": [],
+            "reactions": (),
             "pinned": None,
             "answer_id": None,
-            "attachments": [dict(a) for a in attachments],
+            "attachments": tuple(dict(a) for a in attachments),
             "deleted_by": None,
         }
         group.messages.append(message)
@@ -207,7 +209,7 @@ class MemoryStore:
             group.by_client_id[(sender_id, client_msg_id)] = message
         group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
         group.live_count += 1
-        return message
+        return _wire(message)
 
     async def non_members(self, group_id: str, user_ids: Sequence[str]) -> list[str]:
         members = self._groups[group_id].members
@@ -227,10 +229,10 @@ class MemoryStore:
             return self._tagged_page(self._groups[group_id], tag, limit, before_seq, after_seq)
         if after_seq is not None:
             page = messages[after_seq : after_seq + limit]
-            return list(page), after_seq + limit < len(messages)
+            return [_wire(m) for m in page], after_seq + limit < len(messages)
         end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))
         start = max(0, end - limit)
-        return messages[start:end], start > 0
+        return [_wire(m) for m in messages[start:end]], start > 0
 
     async def latest_seq(self, group_id: str) -> int:
         return len(self._groups[group_id].messages)
@@ -251,12 +253,13 @@ class MemoryStore:
                 continue  # changed again later: it comes at its latest rev
             if len(page) == limit:
                 return page, True, group.rev
-            page.append(message)
+            page.append(_wire(message))
         return page, False, group.rev
 
     async def get_message(self, group_id: str, message_id: str) -> Message | None:
         group = self._groups.get(group_id)
-        return None if group is None else group.by_id.get(message_id)
+        message = None if group is None else group.by_id.get(message_id)
+        return None if message is None else _wire(message)
 
     async def edit_message(
         self, group_id: str, message_id: str, sender_id: str, content: str
@@ -272,7 +275,7 @@ class MemoryStore:
             "rev": self._next_rev(group, message_id),
         }
         self._replace(group, updated)
-        return updated
+        return _wire(updated)
 
     async def delete_message(
         self, group_id: str, message_id: str, sender_id: str | None, *, deleted_by: str | None = None
@@ -289,7 +292,7 @@ class MemoryStore:
         seqs = group.live_seqs_by_sender[current["sender_id"]]
         del seqs[bisect.bisect_left(seqs, updated["seq"])]
         group.live_count -= 1
-        return updated
+        return _wire(updated)
 
     async def react(
         self, group_id: str, message_id: str, user_id: str, emoji: str, on: bool
@@ -300,7 +303,7 @@ class MemoryStore:
             return None
         reactions = conversation.react(group.reactors.get(message_id, []), user_id, emoji, on)
         if reactions is None:
-            return current, False
+            return _wire(current), False
         group.reactors[message_id] = reactions
         return self._change(group, current, reactions=conversation.reactions_to_wire(reactions)), True
 
@@ -312,7 +315,7 @@ class MemoryStore:
         if current is None or current["deleted"]:
             return None
         if (current["pinned"] is not None) == (by is not None):
-            return current, False
+            return _wire(current), False
         if by is not None and len(group.tagged.get(conversation.TAG_PINNED, ())) >= conversation.MAX_PINNED_PER_GROUP:
             raise conversation.TooManyPins
         pinned = None if by is None else {"by": by, "at": iso_timestamp(now_ms())}
@@ -326,7 +329,7 @@ class MemoryStore:
         if current is None or current["deleted"]:
             return None
         if current["answer_id"] == answer_id:
-            return current, False
+            return _wire(current), False
         return self._change(group, current, answer_id=answer_id), True
 
     async def search_messages(
@@ -337,7 +340,7 @@ class MemoryStore:
             group = self._groups.get(group_id)
             if group is not None:
                 seqs, more = group.words.search(query, limit=limit, before_seq=before_seq)
-                pages.append(([group.messages[seq - 1] for seq in seqs], more))
+                pages.append(([_wire(group.messages[seq - 1]) for seq in seqs], more))
         return newest_first(pages, limit)
 
     async def open_questions(self, group_id: str) -> int:
@@ -379,7 +382,7 @@ class MemoryStore:
         updated: Message = {**current, **fields}  # type: ignore[typeddict-item]
         updated["rev"] = self._next_rev(group, current["id"])
         self._replace(group, updated)
-        return updated
+        return _wire(updated)
 
     def _read_state(self, group: _Group, user_id: str, last: int) -> ReadState:
         mentions = group.tagged.get(conversation.mention_tag(user_id), [])
@@ -400,7 +403,7 @@ class MemoryStore:
             end = len(seqs) if before_seq is None else bisect.bisect_left(seqs, before_seq)
             start = max(0, end - limit)
             page, more = seqs[start:end], start > 0
-        return [group.messages[seq - 1] for seq in page], more
+        return [_wire(group.messages[seq - 1]) for seq in page], more
 
     @staticmethod
     def _retag(group: _Group, before: Message | None, after: Message) -> None:
@@ -418,6 +421,7 @@ class MemoryStore:
 
     @classmethod
     def _replace(cls, group: _Group, updated: Message) -> None:
+        _untracked(updated)
         before = group.messages[updated["seq"] - 1]
         cls._retag(group, before, updated)
         if (before["content"], before["deleted"]) != (updated["content"], updated["deleted"]):
@@ -438,3 +442,19 @@ class MemoryStore:
         own = group.live_seqs_by_sender.get(user_id, [])
         own_above = len(own) - bisect.bisect_right(own, last_read)
         return total_above - own_above
+
+
+def _untracked(message: Message) -> None:
+    """The message's arrays as tuples (see ``seed_message``), in place; ``_wire`` undoes it."""
+    for key in ("mentions", "reactions", "attachments"):
+        value = message[key]
+        if type(value) is list:
+            message[key] = tuple(value)
+
+
+def _wire(message: Message) -> Message:
+    """A stored message as callers get it: their own copy, with lists."""
+    wire = message.copy()
+    wire["mentions"], wire["reactions"], wire["attachments"] = (
+        list(message["mentions"]), list(message["reactions"]), list(message["attachments"]))
+    return wire

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from array import array
 from collections.abc import Sequence
 
 from sortedcontainers import SortedList
@@ -17,13 +16,14 @@ class WordIndex:
     """One group's words."""
 
     def __init__(self) -> None:
-        # word -> seqs of the live messages that have it. Arrays and tuples, not lists and
-        # sets: the collector does not walk them, and there are several per message kept.
-        self._postings: dict[str, array[int]] = {}
+        # word -> the seq of the one live message that has it, or the seqs (sorted) of all
+        # that do. Most words seen once (a number, a name) stay a bare int: a list per word
+        # would be several objects per stored message for the garbage collector to walk.
+        self._postings: dict[str, int | list[int]] = {}
         # The keys of ``_postings``, sorted. Not a list: most messages bring a word never
-        # seen before (a number, a name), and inserting into a long list moves all above it.
+        # seen before, and inserting into a long list moves all above it.
         self._vocabulary = SortedList()
-        self._words_of: dict[int, tuple[str, ...]] = {}
+        self._words_of: dict[int, tuple[str, ...]] = {}  # tuples of strings: not walked either
 
     def update(self, seq: int, words: list[str]) -> None:
         """Message ``seq`` now has ``words`` (``[]``: deleted, or none)."""
@@ -33,17 +33,30 @@ class WordIndex:
             self._words_of[seq] = tuple(words)
         for word in old - new:
             seqs = self._postings[word]
-            del seqs[bisect.bisect_left(seqs, seq)]
-            if not seqs:
-                del self._postings[word]
-                self._vocabulary.remove(word)
+            if isinstance(seqs, list):
+                del seqs[bisect.bisect_left(seqs, seq)]
+                if len(seqs) > 1:
+                    continue
+                if seqs:
+                    self._postings[word] = seqs[0]
+                    continue
+            del self._postings[word]
+            self._vocabulary.remove(word)
         for word in new - old:
             having = self._postings.get(word)
             if having is None:
-                self._postings[word] = array("q", (seq,))
+                self._postings[word] = seq
                 self._vocabulary.add(word)
+            elif isinstance(having, int):
+                self._postings[word] = [having, seq] if having < seq else [seq, having]
             else:
                 bisect.insort(having, seq)
+
+    def _posting(self, word: str) -> Sequence[int]:
+        having = self._postings.get(word)
+        if having is None:
+            return ()
+        return (having,) if isinstance(having, int) else having
 
     def search(self, query: Query, *, limit: int, before_seq: int | None) -> tuple[list[int], bool]:
         """The seqs of the newest ``limit`` matches below ``before_seq``, newest first,
@@ -51,7 +64,7 @@ class WordIndex:
         every word the prefix starts, when there is no exact word)."""
         lists = []
         for word in query.exact:
-            posting = self._postings.get(word)
+            posting = self._posting(word)
             if not posting:
                 return [], False
             lists.append(posting)
@@ -63,8 +76,8 @@ class WordIndex:
                                                  inclusive=(True, False)))
             if not words:
                 return [], False
-            lead = self._postings[words[0]] if len(words) == 1 else sorted(
-                set(itertools.chain.from_iterable(self._postings[w] for w in words))
+            lead = self._posting(words[0]) if len(words) == 1 else sorted(
+                set(itertools.chain.from_iterable(self._posting(w) for w in words))
             )
         end = len(lead) if before_seq is None else bisect.bisect_left(lead, before_seq)
         found: list[int] = []

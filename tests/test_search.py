@@ -13,6 +13,7 @@ from pymongo import AsyncMongoClient
 
 from storage import mongo_search, search_words
 from storage.base import Store, now_ms
+from storage.memory_search import WordIndex
 from storage.mongo import MongoStore
 from storage.mongo_documents import WORDS_INDEX
 from storage.mongo_search import FIRST_WINDOW, WordsBackfill, lead_filter, prefix_filter
@@ -86,6 +87,29 @@ def test_a_query_is_exact_words_and_a_last_prefix() -> None:
 
 
 # -- the store contract --
+
+
+def test_the_embedded_index_keeps_a_word_through_every_change_of_its_messages() -> None:
+    """A word's seqs go from one message to several and back as messages are added,
+    edited and deleted; search and prefixes see each state."""
+    index = WordIndex()
+    query = parse_query("calc")  # a prefix
+    exact = parse_query("calculus rules")
+    index.update(1, ["calculus"])
+    assert index.search(query, limit=10, before_seq=None) == ([1], False)
+    index.update(2, ["calculus", "rules"])
+    index.update(3, ["calculator"])
+    assert index.search(query, limit=10, before_seq=None) == ([3, 2, 1], False)
+    assert index.search(exact, limit=10, before_seq=None) == ([2], False)
+    index.update(1, [])  # deleted
+    assert index.search(query, limit=1, before_seq=None) == ([3], True)
+    index.update(2, ["rules"])  # edited: "calculus" is left in no message
+    assert index.search(query, limit=10, before_seq=None) == ([3], False)
+    assert index.search(exact, limit=10, before_seq=None) == ([], False)
+    index.update(3, [])
+    assert index.search(query, limit=10, before_seq=None) == ([], False)
+    index.update(4, ["calculus"])
+    assert index.search(parse_query("calculus"), limit=10, before_seq=None) == ([4], False)
 
 
 async def test_spanish_and_english_are_found_without_case_or_accents(store: Store) -> None:
