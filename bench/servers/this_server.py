@@ -66,12 +66,6 @@ def main() -> None:
     from server.cli import use_fast_event_loop
 
     use_fast_event_loop()  # as `python -m server` does
-    import gc, os
-    if os.environ.get("GC_T"):
-        t = [int(x) for x in os.environ["GC_T"].split(",")]
-        gc.set_threshold(*t)
-    if os.environ.get("GC_FREEZE"):
-        gc.freeze()
     app = build(load_spec(args.spec), args.port, args.redis_url, redis_cluster=args.redis_cluster,
                 redis_channels=args.redis_channels)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, shutdown_timeout=2)
