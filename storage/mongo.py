@@ -14,7 +14,10 @@ The store's own collections are:
     messages have ``sender_id: null``; ``mentions`` is left out when the
     message mentions no one). Anything else that writes here
     (``migrate-legacy-chat``) must write the same shape, ``deleted: false``
-    included: the unread counts read it through an index.
+    included: the unread counts read it through an index. An unread count is
+    the seqs above the reader's marker (seqs are contiguous) minus the deleted
+    ones and the reader's own among them, so a join costs the same whatever the
+    group's size (the two counts walk only deleted and own messages).
     Revisions add ``rev: int`` (the latest change's) and ``revs: [int]``
     (every revision the message ever took); messages stored before
     revisions existed have neither until ``storage.mongo_revisions`` gives
@@ -31,7 +34,12 @@ the insert, so a failed insert leaves no hole, and a number is only taken after
 the one below it was seen stored, so a higher ``seq`` is never visible before a
 lower one. Writers of one group inside a process queue on a lock (racing on one
 unique index is slow, on SecantusDB especially); across processes the retry is
-enough. Because seqs are contiguous, a page is a ``seq`` range and costs the
+enough. Sends that queued together are one ordered ``insert_many``, numbered
+from the top this process last stored, with no read first: the unique indexes
+refuse a number another process took (the rest are numbered again from a fresh
+read of the top) and a repeated ``client_msg_id`` (that send is answered with
+the first one stored). So a send costs one command when this process wrote to
+the group last, and a fraction of one when several arrive together. Because seqs are contiguous, a page is a ``seq`` range and costs the
 same whatever the group's size; the group's top is found from a per-process
 lower bound and a bounded range probe (galloping with point probes when far
 behind), which also works on servers that cannot stop an index walk at a
