@@ -353,9 +353,9 @@ def markdown(results: dict[str, Any]) -> str:
     out += channels_table(results)
     out += ["", "## Per-send storage cost vs history (SecantusDB, MongoDB wire protocol)", ""]
     out += storage_table(results)
-    out += ["", "## Search (SecantusDB, MongoDB wire protocol)", ""]
     out += ["", "## Database commands per acked send, and joins vs history (SecantusDB, through the chat's rules)", ""]
     out += store_load_tables(results)
+    out += ["", "## Search (SecantusDB, MongoDB wire protocol)", ""]
     out += search_table(results)
     out += ["", "Other load: share of the server's core (1) and of the swarm's core (0) that other processes "
             "used during the window (from /proc/stat; this machine is shared). ⚠ marks more than 15 %: wall-clock "
