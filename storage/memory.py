@@ -192,7 +192,7 @@ class MemoryStore:
             "edited_at": None,
             "deleted": False,
             # Tuples, not lists: a message whose values are all atoms is a dict the garbage
-            # collector stops walking, so its pauses do not grow with the history kept here.
+            # collector stops walking, so its pauses grow far more slowly with the history kept.
             "mentions": tuple(mentions),
             "reply_to": reply_to,
             "reactions": (),
