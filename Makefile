@@ -52,4 +52,5 @@ python-deps: $(PY)
 
 js-deps:
 	@command -v npm >/dev/null 2>&1 || { echo "npm is required (Debian: apt-get install nodejs npm)"; exit 1; }
+	cd clients/js && npm ci --no-audit --no-fund --silent
 	cd tests/js && npm ci --no-audit --no-fund --silent

@@ -26,6 +26,8 @@ READY_TIMEOUT_S = 2.0
 
 
 STATIC_DIR = web.AppKey("static_dir", Path)
+# The JavaScript client package (clients/js), which the page imports as an ES module.
+CLIENT_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "clients" / "js" / "src"
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -41,6 +43,7 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     for resource in list(app.router.resources()):
         if isinstance(resource, web.Resource) and not resource.canonical.startswith("/socket.io"):
             resource.add_route("OPTIONS", preflight)
+    app.router.add_static("/static/client/", CLIENT_PACKAGE_DIR, show_index=False)
     app.router.add_static("/static/", static_dir, show_index=False)
     app.on_response_prepare.append(cors_headers)
 

@@ -1,0 +1,131 @@
+// Sends that are not acked yet. Each keeps its client_msg_id for life, so a
+// resend after a timeout or a reconnect is answered with the stored message
+// (`duplicate: true`) instead of creating a second one. Sends to one group go
+// one at a time, in the order they were made: the next leaves only once the one
+// before it is stored (or refused for good), so the server numbers them in order.
+
+import { ChatError, RETRYABLE_CODES } from "./errors.js";
+import { Emitter } from "./emitter.js";
+import { backoff } from "./connection.js";
+
+/** A client_msg_id: random, printable, well under the 64-character limit. */
+export function newClientMsgId() {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes); // works outside secure contexts too
+  return "c-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Events: "acked" (message, entry), "retrying" (entry), "failed" (entry, ChatError). */
+export class Outbox extends Emitter {
+  constructor(connection) {
+    super();
+    this.connection = connection;
+    this.entries = new Map(); // client_msg_id -> entry, in creation order
+  }
+
+  /**
+   * Queue a send; it leaves when the group's earlier sends are stored and the
+   * connection is up. `extra`: send_message's other fields (reply_to, kind,
+   * mentions, attachments), sent with every try. `entry.stored` resolves with
+   * the stored message, or rejects with the ChatError that refused it for good.
+   */
+  add(groupId, content, extra = {}) {
+    const entry = {
+      id: newClientMsgId(), groupId, content, extra, attempt: 0, error: null,
+      inFlight: false, timer: null, stored: null, _resolve: null, _reject: null,
+    };
+    entry.stored = new Promise((resolve, reject) => {
+      entry._resolve = resolve;
+      entry._reject = reject;
+    });
+    entry.stored.catch(() => {}); // a refusal is also reported as "failed"; awaiting is optional
+    this.entries.set(entry.id, entry);
+    this._pump(groupId);
+    return entry;
+  }
+
+  /** The group's sends not stored yet, oldest first (failed ones included until dismissed). */
+  forGroup(groupId) {
+    return [...this.entries.values()].filter((e) => e.groupId === groupId);
+  }
+
+  /** Sends that still wait to be stored (not failed), oldest first. */
+  get waiting() {
+    return [...this.entries.values()].filter((e) => !e.error);
+  }
+
+  /** After a (re)connect: send every group's oldest waiting send (the rest follow in order). */
+  flush() {
+    for (const groupId of new Set([...this.entries.values()].map((e) => e.groupId))) this._pump(groupId);
+  }
+
+  /** One of our sends is stored (its ack, or its broadcast, arrived): stop resending it. */
+  settle(message) {
+    const entry = message && this.entries.get(message.client_msg_id);
+    if (!entry || entry.groupId !== message.group_id) return false;
+    clearTimeout(entry.timer);
+    this.entries.delete(entry.id);
+    entry._resolve(message);
+    this._pump(entry.groupId);
+    return true;
+  }
+
+  /** Forget a send (a failed one the person dismissed, say). */
+  dismiss(id) {
+    const entry = this.entries.get(id);
+    if (!entry) return;
+    clearTimeout(entry.timer);
+    this.entries.delete(id);
+    if (!entry.error) entry._reject(new ChatError({ code: "cancelled", message: "The send was cancelled." }));
+    this._pump(entry.groupId);
+  }
+
+  clear() {
+    for (const id of [...this.entries.keys()]) this.dismiss(id);
+  }
+
+  _head(groupId) {
+    for (const entry of this.entries.values()) if (entry.groupId === groupId && !entry.error) return entry;
+    return null;
+  }
+
+  _pump(groupId) {
+    const entry = this._head(groupId);
+    if (!entry || entry.inFlight || entry.timer || !this.connection.connected) return;
+    this._send(entry);
+  }
+
+  async _send(entry) {
+    entry.inFlight = true;
+    const attempt = ++entry.attempt;
+    if (attempt > 1) this.emit("retrying", entry);
+    const payload = { ...entry.extra, group_id: entry.groupId, content: entry.content, client_msg_id: entry.id };
+    let delay = null;
+    try {
+      const ack = await this.connection.request("send_message", payload);
+      if (this.settle(ack.message)) this.emit("acked", ack.message, entry);
+      return;
+    } catch (err) {
+      if (this.entries.get(entry.id) !== entry) return; // settled by its broadcast, or dismissed
+      if (err.code === "disconnected") return; // flush() sends it again after the reconnect
+      if (RETRYABLE_CODES.has(err.code)) {
+        // After a timeout the waiting is done: resend at once. Otherwise wait as told.
+        delay = err.code === "timeout" ? 0 : err.retryAfterMs ?? backoff(Math.min(attempt - 1, 4), 1000);
+      } else {
+        entry.error = err; // kept until dismissed: nothing is silently lost
+        entry._reject(err);
+        this.emit("failed", entry, err);
+      }
+    } finally {
+      entry.inFlight = false;
+    }
+    if (delay === null) {
+      this._pump(entry.groupId); // the next send of the group goes on
+      return;
+    }
+    entry.timer = setTimeout(() => {
+      entry.timer = null;
+      this._pump(entry.groupId);
+    }, delay);
+  }
+}

@@ -1,0 +1,218 @@
+// A signed-in session: one connection, the outbox, and the timelines of the
+// groups it has joined, kept exact across reconnects, server restarts and
+// missed broadcasts.
+
+import { ChatConnection } from "./connection.js";
+import { Outbox } from "./outbox.js";
+import { GroupTimeline } from "./timeline.js";
+import { Emitter } from "./emitter.js";
+
+/** Messages per page when joining and loading older history. */
+export const PAGE_SIZE = 50;
+/** Changes per page when catching up: the protocol's largest `limit`. */
+export const CATCH_UP_PAGE = 100;
+const MESSAGE_EVENTS = new Set(["message", "message_updated", "message_deleted"]);
+const PASSED_ON = ["state", "refused", "expiring", "refreshed", "ended"];
+const OTHER_SERVER_EVENTS = ["typing", "presence", "membership_revoked", "group_added"];
+
+/**
+ * Events (see index.d.ts): "connected" (a connection is up; catch-up follows), "messages"
+ * ({timeline, messages, added}), "event" (name, payload, {timeline, added}), "rejoined"
+ * (timeline, ack), "reset" (timeline), "caught_up" (timeline), "error" (ChatError, context),
+ * "left" (timeline, reason), the connection's "state", "refused", "expiring", "refreshed",
+ * "ended", and the outbox's "acked", "retrying", "failed".
+ */
+export class ChatSession extends Emitter {
+  constructor({ createTimeline = (groupId) => new GroupTimeline(groupId), connection, ...options } = {}) {
+    super();
+    this.connection = connection ?? new ChatConnection(options);
+    this.outbox = new Outbox(this.connection);
+    this.createTimeline = createTimeline;
+    this.timelines = new Map(); // group id -> joined timeline
+    this.joining = new Map(); // group id -> timeline whose join ack is awaited (it collects events)
+    const conn = this.connection;
+    for (const event of PASSED_ON) conn.on(event, (...args) => this.emit(event, ...args));
+    for (const event of ["acked", "retrying", "failed"]) this.outbox.on(event, (...args) => this.emit(event, ...args));
+    conn.on("connect", () => this._onConnect());
+    for (const event of MESSAGE_EVENTS) conn.on(event, (payload) => this._onMessageEvent(event, payload));
+    for (const event of OTHER_SERVER_EVENTS) conn.on(event, (payload) => this._onOtherEvent(event, payload));
+  }
+
+  get connected() {
+    return this.connection.connected;
+  }
+
+  connect() {
+    return this.connection.connect();
+  }
+
+  close() {
+    this.outbox.clear();
+    this.connection.close();
+  }
+
+  /** A request answered by its ack (rejects with ChatError). */
+  request(event, payload, options) {
+    return this.connection.request(event, payload, options);
+  }
+
+  /** The timeline of a joined group (or one being joined), or undefined. */
+  timeline(groupId) {
+    return this.timelines.get(groupId) ?? this.joining.get(groupId);
+  }
+
+  /**
+   * Join a group: its latest page of messages. Events that arrive before the
+   * join's ack are kept. Resolves with the timeline and the ack.
+   */
+  async open(groupId, { limit = PAGE_SIZE } = {}) {
+    groupId = groupId.trim().toLowerCase(); // answers and events carry lowercase ids
+    const joined = this.timelines.get(groupId);
+    if (joined) return { timeline: joined, ack: null };
+    const timeline = this.createTimeline(groupId);
+    this.joining.set(groupId, timeline);
+    let ack;
+    try {
+      ack = await this.connection.requestRetrying("join_group", { group_id: groupId, limit });
+    } finally {
+      if (this.joining.get(groupId) === timeline) this.joining.delete(groupId);
+    }
+    timeline.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
+    timeline.applyUpTo(ack.latest_rev); // read before the page: every change up to it is in the page
+    this.timelines.set(groupId, timeline);
+    this.merge(timeline, ack.messages);
+    return { timeline, ack };
+  }
+
+  /** Leave a group's room and drop its timeline (its waiting sends stay in the outbox). */
+  leave(groupId) {
+    const timeline = this.timelines.get(groupId);
+    this.timelines.delete(groupId);
+    this.joining.delete(groupId);
+    if (timeline && this.connected) this.connection.notify("leave_group", { group_id: groupId });
+    return timeline;
+  }
+
+  /** Load the page before the oldest held message; resolves with the ack. */
+  async loadOlder(timeline, { limit = PAGE_SIZE } = {}) {
+    const payload = { group_id: timeline.groupId, limit };
+    if (timeline.oldest !== null) payload.before_seq = timeline.oldest;
+    const ack = await this.connection.requestRetrying("get_history", payload);
+    timeline.hasOlder = ack.has_more;
+    this.merge(timeline, ack.messages);
+    return ack;
+  }
+
+  /** Queue a send (see Outbox.add): it is stored once, in order, whatever the network does. */
+  send(groupId, content, extra = {}) {
+    return this.outbox.add(groupId, content, extra);
+  }
+
+  /**
+   * Messages from acks, events, history or changes into a timeline, whatever
+   * their order or overlap; returns how many were new to it. A gap in `rev`
+   * that they reveal is filled.
+   */
+  merge(timeline, messages, options = {}) {
+    for (const message of messages) if (message.client_msg_id) this.outbox.settle(message);
+    const added = timeline.merge(messages, options);
+    this.emit("messages", { timeline, messages, added });
+    if (this.timelines.get(timeline.groupId) === timeline) this.fillGap(timeline);
+    return added;
+  }
+
+  async _onConnect() {
+    this.emit("connected");
+    for (const timeline of [...this.timelines.values()]) {
+      try {
+        await this.catchUp(timeline);
+      } catch (err) {
+        this.emit("error", err, { timeline, during: "catch-up" });
+      }
+    }
+    this.outbox.flush(); // after the catch-up: resends find their first store in place
+  }
+
+  /**
+   * Rejoin a group after a reconnect and apply every change made while away:
+   * new messages, edits, deletes, reactions alike. `join_group {since_rev}` and
+   * `get_changes` return the current state of each message changed after it.
+   */
+  async catchUp(timeline) {
+    const groupId = timeline.groupId;
+    timeline.catchingUp = true; // fillGap() stands aside: this loop fetches the same pages
+    try {
+      const ack = await this.connection.requestRetrying(
+        "join_group", { group_id: groupId, since_rev: timeline.rev, limit: CATCH_UP_PAGE });
+      if (this.timelines.get(groupId) !== timeline) return;
+      if (ack.latest_rev < timeline.rev || ack.latest_seq < timeline.top) {
+        // Not the history this copy came from (a server with a fresh store): start over.
+        timeline.reset();
+        this.emit("reset", timeline);
+        const fresh = await this.connection.requestRetrying("join_group", { group_id: groupId, limit: PAGE_SIZE });
+        timeline.hasOlder = fresh.has_more;
+        timeline.applyUpTo(fresh.latest_rev);
+        this.emit("rejoined", timeline, fresh);
+        this.merge(timeline, fresh.messages);
+      } else {
+        this.emit("rejoined", timeline, ack);
+        await this._applyChanges(timeline, ack);
+      }
+    } finally {
+      timeline.catchingUp = false;
+    }
+    this.emit("caught_up", timeline);
+    this.fillGap(timeline); // events that arrived meanwhile may have left a gap
+  }
+
+  /** Apply a `changes` answer, then page on with `get_changes` until nothing more is missing. */
+  async _applyChanges(timeline, ack) {
+    while (this.timelines.get(timeline.groupId) === timeline) {
+      this.merge(timeline, ack.changes, { onlyHeld: true });
+      const lastRev = ack.changes.length ? ack.changes[ack.changes.length - 1].rev : timeline.rev;
+      // A full page may end before `latest_rev`; the last page reaches it.
+      timeline.applyUpTo(ack.has_more ? lastRev : Math.max(lastRev, ack.latest_rev));
+      if (!ack.has_more) break;
+      ack = await this.connection.requestRetrying(
+        "get_changes", { group_id: timeline.groupId, after_rev: timeline.rev, limit: CATCH_UP_PAGE });
+    }
+  }
+
+  /** A rev more than one above the last applied one was seen: fetch the changes in between. */
+  fillGap(timeline) {
+    if (timeline.filling || timeline.catchingUp || !timeline.hasGap || !this.connected) return;
+    timeline.filling = (async () => {
+      try {
+        while (timeline.hasGap && this.connected && this.timelines.get(timeline.groupId) === timeline) {
+          const before = timeline.rev;
+          const ack = await this.connection.requestRetrying(
+            "get_changes", { group_id: timeline.groupId, after_rev: timeline.rev, limit: CATCH_UP_PAGE });
+          await this._applyChanges(timeline, ack);
+          if (timeline.rev === before) break; // nothing more to be had now
+        }
+      } catch (err) {
+        if (err.code !== "disconnected") this.emit("error", err, { timeline, during: "gap fill" });
+      } finally {
+        timeline.filling = null;
+      }
+    })();
+  }
+
+  _onMessageEvent(event, payload) {
+    if (payload?.client_msg_id) this.outbox.settle(payload);
+    const timeline = this.timeline(payload?.group_id);
+    const added = timeline ? this.merge(timeline, [payload]) : 0;
+    this.emit("event", event, payload, { timeline: timeline ?? null, added });
+  }
+
+  _onOtherEvent(event, payload) {
+    if (event === "membership_revoked") {
+      // The server took this connection out of the room: the timeline is closed.
+      const timeline = this.timeline(payload?.group_id);
+      this.timelines.delete(payload?.group_id);
+      this.joining.delete(payload?.group_id);
+      if (timeline) this.emit("left", timeline, "membership_revoked");
+    }
+    this.emit("event", event, payload, { timeline: this.timeline(payload?.group_id) ?? null, added: 0 });
+  }
+}

@@ -1,0 +1,147 @@
+// A dropped network, a lost ack, a server restart, a missed broadcast: after
+// each, a session holds exactly the server's state, and its sends are stored
+// once each, in the order they were made.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { ChatSession } from "studychat-client";
+import { ANA, BEN, GROUPS, socketOptions, startStack, token, until } from "./support.mjs";
+
+let stack;
+const sessions = [];
+
+before(async () => {
+  stack = await startStack();
+});
+
+after(async () => {
+  for (const session of sessions) session.close();
+  await stack.stop();
+});
+
+async function signIn(user, { url = stack.server.url, transport = "websocket", ...options } = {}) {
+  const session = new ChatSession({ url, token: token(user), socketOptions: socketOptions(transport), ...options });
+  sessions.push(session);
+  await session.connect();
+  await until(() => session.connected, "the connection");
+  return session;
+}
+
+/** The group's whole history as the server has it now (fewer than 100 messages). */
+async function serverState(session, group) {
+  const ack = await session.request("get_history", { group_id: group, limit: 100 });
+  assert.equal(ack.has_more, false);
+  return ack.messages;
+}
+
+async function sendAll(session, group, texts) {
+  const stored = [];
+  for (const text of texts) stored.push(await session.send(group, text).stored);
+  return stored;
+}
+
+for (const transport of ["websocket", "polling"]) {
+  test(`a dropped network (${transport}): the catch-up applies every change, waiting sends go in order`, async () => {
+    const group = transport === "websocket" ? GROUPS[0] : GROUPS[1];
+    const proxy = await stack.proxy();
+    const ana = await signIn(ANA, { url: proxy.url, transport });
+    const ben = await signIn(BEN);
+    const [mine, other] = await sendAll(ana, group, ["Ana's first", "Ana's second"]);
+    const [bens] = await sendAll(ben, group, ["Ben's first"]);
+    const { timeline } = await ana.open(group);
+    await ben.open(group);
+    assert.equal(timeline.newest, 3);
+
+    proxy.cut();
+    await until(() => !ana.connected, "Ana to notice the drop");
+    // While Ana is away: new messages, an edit, a delete, a reaction, a pin.
+    await sendAll(ben, group, ["while you were away 1", "while you were away 2"]);
+    await ben.request("edit_message", { group_id: group, message_id: bens.id, content: "Ben's first, edited" });
+    await ben.request("react", { group_id: group, message_id: mine.id, emoji: "👍", on: true });
+    await ben.request("pin_message", { group_id: group, message_id: other.id, pinned: true });
+    // Ana deletes one of hers from another device.
+    const anaElsewhere = await signIn(ANA);
+    await anaElsewhere.request("delete_message", { group_id: group, message_id: other.id });
+    // And writes three messages offline: they wait.
+    const offline = ["offline 1", "offline 2", "offline 3"].map((text) => ana.send(group, text));
+    assert.equal(ana.outbox.waiting.length, 3);
+
+    proxy.restore();
+    const stored = await Promise.all(offline.map((entry) => entry.stored));
+    assert.deepEqual(stored.map((m) => m.content), ["offline 1", "offline 2", "offline 3"]);
+    assert.deepEqual(stored.map((m) => m.seq), [6, 7, 8], "stored in the order they were written");
+    const expected = await serverState(ben, group);
+    await until(() => timeline.rev === expected.at(-1).rev && !timeline.hasGap, "Ana to be up to date");
+    assert.deepEqual(timeline.messages(), expected);
+    assert.equal(timeline.bySeq.get(2).deleted, true);
+    assert.equal(timeline.bySeq.get(1).reactions[0].emoji, "👍");
+    assert.equal(timeline.bySeq.get(3).content, "Ben's first, edited");
+  });
+}
+
+test("a lost ack: the send is tried again with its client_msg_id and stored once", async () => {
+  const group = GROUPS[2];
+  const proxy = await stack.proxy();
+  const ana = await signIn(ANA, { url: proxy.url, ackTimeoutMs: 1000 });
+  const ben = await signIn(BEN);
+  const { timeline: bens } = await ben.open(group);
+  const { timeline } = await ana.open(group);
+
+  proxy.stall(); // the send reaches the server; nothing comes back
+  const entry = ana.send(group, "did this arrive?");
+  await until(() => bens.newest === 1, "the server to store it");
+  await new Promise((resolve) => setTimeout(resolve, 1500)); // the ack timed out: tried again, unanswered
+  assert.ok(entry.attempt >= 2, `tried ${entry.attempt} times`);
+  proxy.cut();
+  proxy.restore();
+  const message = await entry.stored;
+  assert.equal(message.id, bens.bySeq.get(1).id, "the resend was answered with the first stored message");
+  assert.equal(message.client_msg_id, entry.id);
+  const history = await serverState(ben, group);
+  assert.deepEqual(history.map((m) => m.content), ["did this arrive?"], "stored once");
+  await until(() => timeline.newest === 1, "Ana's timeline");
+  assert.deepEqual(timeline.messages(), history);
+});
+
+test("a server restart: the session reconnects, catches up and sends what waited", async () => {
+  const group = GROUPS[3];
+  const ana = await signIn(ANA);
+  const ben = await signIn(BEN);
+  const { timeline } = await ana.open(group);
+  await ben.open(group);
+  await sendAll(ben, group, ["before the restart"]);
+  await until(() => timeline.newest === 1, "the first message");
+
+  await stack.server.kill();
+  await until(() => !ana.connected && !ben.connected, "both to notice");
+  const waiting = ["during the restart 1", "during the restart 2"].map((text) => ana.send(group, text));
+  await stack.server.start();
+  await until(() => ben.connected, "Ben to reconnect");
+  const bensLater = await sendAll(ben, group, ["after the restart"]);
+  const stored = await Promise.all(waiting.map((entry) => entry.stored));
+  assert.ok(stored[0].seq < stored[1].seq, "in the order they were written");
+  const expected = await serverState(ben, group);
+  assert.equal(expected.length, 4);
+  assert.ok(expected.some((m) => m.id === bensLater[0].id));
+  await until(() => timeline.rev === expected.at(-1).rev, "Ana to be up to date");
+  assert.deepEqual(timeline.messages(), expected);
+});
+
+test("a missed broadcast: the gap in rev is filled from get_changes", async () => {
+  const group = GROUPS[4];
+  const ana = await signIn(ANA);
+  const ben = await signIn(BEN);
+  const { timeline } = await ana.open(group);
+  await sendAll(ben, group, ["first"]);
+  await until(() => timeline.newest === 1, "the first message");
+  // Out of the room behind the session's back (as a lost broadcast would be):
+  // it misses the next message, then sees the one after it (rev 3 while it holds rev 1).
+  await new Promise((resolve) => ana.connection.socket.emit("leave_group", { group_id: group }, resolve));
+  const [missed] = await sendAll(ben, group, ["missed"]);
+  await new Promise((resolve) => ana.connection.socket.emit("join_group", { group_id: group, limit: 1 }, resolve));
+  await sendAll(ben, group, ["seen"]);
+  const expected = await serverState(ben, group);
+  await until(() => timeline.newest === 3 && !timeline.hasGap && timeline.rev === expected.at(-1).rev, "the gap to be filled");
+  assert.deepEqual(timeline.messages(), expected);
+  assert.equal(timeline.bySeq.get(2).id, missed.id);
+});

@@ -1,0 +1,111 @@
+// The session against a real server over both transports: joining, sending in
+// order, typed acks and errors, retry_after_ms honoured.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { ChatError, ChatSession } from "studychat-client";
+import { ANA, BEN, GROUPS, NAMES, NOT_MINE, socketOptions, startStack, token, until } from "./support.mjs";
+
+let stack;
+const sessions = [];
+
+before(async () => {
+  // A small send bucket, so that rate_limited comes quickly.
+  stack = await startStack({ RATE_LIMIT_SEND_PER_S: "4", RATE_LIMIT_SEND_BURST: "5" });
+});
+
+after(async () => {
+  for (const session of sessions) session.close();
+  await stack.stop();
+});
+
+async function signIn(user, transport = "websocket", options = {}) {
+  const session = new ChatSession({
+    url: stack.server.url, token: token(user), socketOptions: socketOptions(transport), ...options,
+  });
+  sessions.push(session);
+  await session.connect();
+  await until(() => session.connected, "the connection");
+  return session;
+}
+
+for (const [transport, group] of [["websocket", GROUPS[0]], ["polling", GROUPS[1]]]) {
+  describe(`over ${transport}`, () => {
+    test("two members see each other's messages in order, with typed acks", async () => {
+      const ana = await signIn(ANA, transport);
+      const ben = await signIn(BEN, transport === "websocket" ? "polling" : "websocket");
+      const { timeline: anas, ack } = await ana.open(group);
+      assert.equal(ack.group.id, group);
+      assert.deepEqual(anas.messages(), []);
+      const { timeline: bens } = await ben.open(group);
+
+      const entries = ["one", "two", "three", "four"].map((text) => ana.send(group, text));
+      const stored = await Promise.all(entries.map((entry) => entry.stored));
+      assert.deepEqual(stored.map((m) => m.content), ["one", "two", "three", "four"]);
+      assert.deepEqual(stored.map((m) => m.seq), [1, 2, 3, 4], "stored in the order they were sent");
+      for (const message of stored) {
+        assert.equal(message.sender_id, ANA);
+        assert.equal(message.sender_name, NAMES[ANA]);
+      }
+      await until(() => bens.newest === 4, "Ben to hold all four");
+      assert.deepEqual(bens.messages(), stored);
+      assert.deepEqual(anas.messages(), stored);
+      assert.equal(ana.outbox.waiting.length, 0);
+
+      const edited = await ben.request("join_group", { group_id: group, since_rev: 2 });
+      assert.deepEqual(edited.changes.map((m) => m.seq), [3, 4]);
+      ana.close();
+      ben.close();
+    });
+  });
+}
+
+test("a refusal is a ChatError with the protocol's code and details", async () => {
+  const ana = await signIn(ANA);
+  await assert.rejects(ana.open(NOT_MINE), (err) => err instanceof ChatError && err.code === "not_member");
+  await assert.rejects(ana.request("get_history", { group_id: GROUPS[2], limit: 0 }), (err) => {
+    assert.ok(err instanceof ChatError);
+    assert.equal(err.code, "invalid_payload");
+    assert.ok("limit" in err.details, JSON.stringify(err.details));
+    assert.match(err.describe(), /limit/);
+    return true;
+  });
+  ana.close();
+});
+
+test("a send refused for good fails alone; the group's next sends go on", async () => {
+  const ana = await signIn(ANA);
+  const group = GROUPS[2];
+  const failed = [];
+  ana.on("failed", (entry, err) => failed.push([entry.content, err.code]));
+  const bad = ana.send(group, "a reply to nothing", { reply_to: "66c000000000000000000000" });
+  const good = ana.send(group, "after it");
+  await assert.rejects(bad.stored, (err) => err.code === "message_not_found");
+  assert.equal((await good.stored).content, "after it");
+  assert.deepEqual(failed, [["a reply to nothing", "message_not_found"]]);
+  assert.equal(ana.outbox.forGroup(group).length, 1, "the failed send is kept until dismissed");
+  ana.outbox.dismiss(bad.id);
+  assert.equal(ana.outbox.forGroup(group).length, 0);
+  ana.close();
+});
+
+test("rate_limited sends wait retry_after_ms and are stored once each, in order", async () => {
+  const ana = await signIn(ANA);
+  const group = GROUPS[3];
+  let retries = 0;
+  ana.on("retrying", () => {
+    retries += 1;
+  });
+  const started = Date.now();
+  const texts = Array.from({ length: 10 }, (_, i) => `burst ${i}`);
+  const stored = await Promise.all(texts.map((text) => ana.send(group, text)).map((entry) => entry.stored));
+  const took = Date.now() - started;
+  assert.deepEqual(stored.map((m) => m.content), texts);
+  assert.deepEqual(stored.map((m) => m.seq), texts.map((_, i) => i + 1));
+  assert.ok(retries >= 1, "some sends were refused with rate_limited and tried again");
+  // 5 in the bucket, then 4 a second: the other 5 need about 1.25 s of refill.
+  assert.ok(took >= 1000, `took ${took} ms: the retries did not wait`);
+  const history = await ana.request("get_history", { group_id: group });
+  assert.equal(history.messages.length, 10, "no send was stored twice");
+  ana.close();
+});
