@@ -1,10 +1,11 @@
 // The bundled test page: sign-in, the group list, the open group, the composer.
-// It is also the reference client of the wire contract: every protocol rule it
-// follows is commented where it is applied. Automation drives it through the
+// The protocol side (connection, token refresh, ordered resends, timelines exact
+// by rev, catch-up) is the client package, clients/js, served at /static/client/;
+// this file is what a person sees of it. Automation drives it through the
 // data-testid attributes.
 
+import { ChatSession } from "/static/client/index.js";
 import { Announcer } from "./announcer.js";
-import { Connection, Outbox } from "./client.js";
 import { Compose } from "./compose.js";
 import { Conversation } from "./conversation.js";
 import { Tray, downloadFile, openImage, useToken } from "./files.js";
@@ -14,7 +15,6 @@ import { demoToken, demoUsers, forgetSession, saveSession, savedSession, tokenSu
 import { Timeline, el } from "./timeline.js";
 
 const PAGE_SIZE = 50;
-const CATCH_UP_PAGE = 100; // the protocol's largest `limit`
 const MAX_CONTENT = 4000; // code points
 
 const $ = (id) => document.getElementById(id);
@@ -39,15 +39,14 @@ const state = {
   demo: false, // the server offers the demo sign-in
   demoUser: null, // signed in through the demo picker: the token can be renewed
   me: null, // our user id: the token's `sub`
-  conn: null,
-  outbox: null,
+  session: null, // the client package's ChatSession
+  conn: null, // its connection
+  outbox: null, // its outbox
   everConnected: false,
-  tokenRenewedAt: 0,
   expiresAt: 0, // when the session ends (ms), from session_expiring
-  renewTimer: null, // a demo user's token renewal, due halfway to expiresAt
   groups: [], // the list_groups answer
   view: null, // the open group's Timeline
-  joining: null, // the Timeline being joined: it collects events until its ack
+  joining: null, // the id of the group being joined
   editing: null, // the message being edited
 };
 const people = new People($("online"), $("typing"));
@@ -137,24 +136,52 @@ function signIn(token, demoUser = null) {
   ui.signOut.hidden = false;
   ui.searchInput.disabled = ui.searchButton.disabled = false;
   ui.groupsTitle.focus(); // the sign-in form is gone: the next Tab reaches the groups
-  state.conn = new Connection(token, {
-    state: setConnectionState, connected: onConnected, refused: onRefused, event: onServerEvent,
-    expiring: onSessionExpiring, ended: onSessionEnded,
+  // A demo user's token is renewed by the session itself (before it runs out, and when a
+  // reconnect is refused); anyone else is told when the session ends.
+  const session = new ChatSession({
+    token,
+    tokenProvider: demoUser ? () => renewedDemoToken(demoUser) : null,
+    createTimeline: (groupId) => new Timeline(groupId, state.me, { merging, merged }),
   });
-  state.outbox = new Outbox(state.conn, { acked: onSendAcked, failed: onSendFailed, retrying: onSendRetrying });
+  Object.assign(state, { session, conn: session.connection, outbox: session.outbox });
+  session.on("state", setConnectionState);
+  session.on("connected", onConnected);
+  session.on("refused", onRefused);
+  session.on("event", onServerEvent);
+  session.on("expiring", onSessionExpiring);
+  session.on("refreshed", () => setSessionNotice(""));
+  session.on("refresh_failed", onRefreshFailed);
+  session.on("ended", onSessionEnded);
+  session.on("rejoined", onRejoined);
+  session.on("reset", (view) => {
+    if (view === state.view) conversation.open(view);
+  });
+  session.on("error", (err, { timeline, during }) => {
+    if (timeline !== state.view || err.code === "disconnected") return;
+    showError(during === "catch-up" ? `Could not rejoin ${ui.groupName.textContent}: ${describe(err)}`
+      : `Could not load missing changes: ${describe(err)}`);
+  });
+  session.on("acked", onSendAcked);
+  session.on("failed", onSendFailed);
+  session.on("retrying", onSendRetrying);
+  session.connect();
+}
+
+async function renewedDemoToken(demoUser) {
+  const token = await demoToken(demoUser);
+  saveSession(token, demoUser); // a reload keeps the renewed session
+  return token;
 }
 
 function signOut() {
-  clearTimeout(state.renewTimer);
   setSessionNotice("");
-  state.conn?.close();
-  state.outbox?.clear();
+  state.session?.close();
   forgetSession();
   cancelEdit();
   showGroup(null);
   Object.assign(state, {
-    demoUser: null, me: null, conn: null, outbox: null, everConnected: false, groups: [], joining: null,
-    expiresAt: 0, renewTimer: null,
+    demoUser: null, me: null, session: null, conn: null, outbox: null, everConnected: false, groups: [],
+    joining: null, expiresAt: 0,
   });
   people.me = null;
   people.reset();
@@ -168,22 +195,9 @@ function signOut() {
   focusWhereWorkGoesOn();
 }
 
-/** The server refused the handshake (`connect_error` with `{code, message}`). */
-async function onRefused(err) {
-  // Tokens are checked at each handshake: a demo user's expired (or, after a
-  // server restart, unknown) token is renewed, at most once a minute.
-  const conn = state.conn;
-  if (state.demoUser && err.code === "unauthorized" && Date.now() - state.tokenRenewedAt > 60_000) {
-    state.tokenRenewedAt = Date.now();
-    try {
-      conn.token = await demoToken(state.demoUser);
-      saveSession(conn.token, state.demoUser);
-      conn.connect();
-      return;
-    } catch {
-      // show the refusal
-    }
-  }
+/** The server refused the handshake (`connect_error` with `{code, message}`), and a demo
+ * user's fresh token (the session asks for one) did not help either. */
+function onRefused(err) {
   if (!state.everConnected) signOut(); // back to the sign-in form
   showError(`Sign-in refused: ${describe(err)}`);
 }
@@ -199,16 +213,17 @@ function setSessionNotice(text, offerSignIn = false) {
   ui.sessionSignIn.hidden = !offerSignIn;
 }
 
-/** `session_expiring`: a demo user's token is renewed halfway to the end (so a failed
- * renewal still leaves time to say so); anyone else is asked to sign in again. */
+/** `session_expiring`: a demo user's token is renewed by the session (halfway to the end,
+ * so a failed renewal still leaves time to say so); anyone else is asked to sign in again. */
 function onSessionExpiring(expiresAt) {
   state.expiresAt = expiresAt;
-  clearTimeout(state.renewTimer);
-  if (state.demoUser) {
-    state.renewTimer = setTimeout(renewDemoSession, Math.max(0, (expiresAt - Date.now()) / 2));
-  } else {
+  if (!state.demoUser) {
     setSessionNotice(`Your session ends at ${clockTime(expiresAt)}: sign in again to keep chatting.`, true);
   }
+}
+
+function onRefreshFailed(err, expiresAt) {
+  setSessionNotice(`Could not renew your session (${describe(err)}); it ends at ${clockTime(expiresAt)}.`, true);
 }
 
 /** `refresh_token` with a fresh demo token: the same connection goes on. */
@@ -221,15 +236,16 @@ async function renewDemoSession() {
     saveSession(token, state.demoUser);
     setSessionNotice("");
   } catch (err) {
-    if (state.conn !== conn) return;
-    setSessionNotice(`Could not renew your session (${describe(err)}); it ends at ${clockTime(state.expiresAt)}.`, true);
+    if (state.conn === conn) onRefreshFailed(err, state.expiresAt);
   }
 }
 
-/** The server ended the session (a server-side disconnect: its token expired). */
-function onSessionEnded() {
-  clearTimeout(state.renewTimer);
-  setSessionNotice("Your session has ended because your sign-in expired. Sign in again to keep chatting.", true);
+/** The server ended the session (its token expired). A demo user's session goes on with a
+ * fresh token by itself; anyone else has to sign in again. */
+function onSessionEnded({ reconnecting }) {
+  if (!reconnecting) {
+    setSessionNotice("Your session has ended because your sign-in expired. Sign in again to keep chatting.", true);
+  }
 }
 
 async function signInAgain() {
@@ -256,94 +272,37 @@ async function signInAgain() {
 
 // -- (re)connection and catch-up --
 
+/** A connection is up (again). The session rejoins the open group and applies every change
+ * made while we were away (by revision), then resends what waits in the outbox. */
 async function onConnected() {
   state.everConnected = true;
   setSessionNotice(""); // a new session: the server warns again if its token is short
   people.reset(); // the join ack says who is online now
   await refreshGroups();
-  const view = state.view;
-  if (view) {
-    try {
-      await catchUp(view);
-    } catch (err) {
-      showError(`Could not rejoin ${ui.groupName.textContent}: ${describe(err)}`);
-    }
-  }
-  state.outbox.flush(); // resend unacked messages, with their client_msg_id: never doubled
 }
 
-/**
- * Rejoin the open group and apply every change made while we were away: new
- * messages, edits and deletes alike. The view holds every change up to
- * `view.rev`; `join_group {since_rev}` and `get_changes` return the current
- * state of each message changed after it, in rev order.
- */
-async function catchUp(view) {
-  view.catchingUp = true; // fillGap() stands aside: this loop fetches the same pages
-  try {
-    const ack = await state.conn.request("join_group", { group_id: view.groupId, since_rev: view.rev, limit: CATCH_UP_PAGE });
-    if (ack.latest_rev < view.rev || ack.latest_seq < view.top) {
-      // Not the history we hold (a --demo server restarted with a fresh store): start over.
-      showGroup(null);
-      await openGroup(view.groupId);
-      return;
-    }
-    people.setOnline(ack.online);
-    await applyChanges(view, ack);
-  } finally {
-    view.catchingUp = false;
-  }
-  fillGap(view); // events that arrived meanwhile may have left a gap
+/** The open group was joined again after a reconnect: who is online now. */
+function onRejoined(view, ack) {
+  if (view === state.view) people.setOnline(ack.online);
 }
 
-/** Apply a `changes` answer, then page on with `get_changes` until nothing more is missing. */
-async function applyChanges(view, ack) {
-  while (state.view === view) {
-    mergeIntoView(view, ack.changes, { onlyHeld: true });
-    const lastRev = ack.changes.length ? ack.changes[ack.changes.length - 1].rev : view.rev;
-    // A full page may end before `latest_rev`; the last page reaches it.
-    view.applyUpTo(ack.has_more ? lastRev : Math.max(lastRev, ack.latest_rev));
-    if (!ack.has_more) break;
-    ack = await state.conn.request("get_changes", { group_id: view.groupId, after_rev: view.rev, limit: CATCH_UP_PAGE });
-  }
-}
-
-/** A rev more than one above the last applied one was seen: ask for the changes in between. */
-function fillGap(view) {
-  if (view.filling || view.catchingUp || !view.hasGap || !state.conn.connected) return;
-  view.filling = (async () => {
-    try {
-      while (view.hasGap && state.conn.connected && state.view === view) {
-        const before = view.rev;
-        const ack = await state.conn.request("get_changes", { group_id: view.groupId, after_rev: view.rev, limit: CATCH_UP_PAGE });
-        await applyChanges(view, ack);
-        if (view.rev === before) break; // nothing more to be had now
-      }
-    } catch (err) {
-      if (err.code !== "disconnected") showError(`Could not load missing changes: ${describe(err)}`);
-    } finally {
-      view.filling = null;
-    }
-  })();
-}
-
-/** Messages from acks, events, history or changes into a timeline, whatever their order or overlap;
- * returns how many were new to it. */
-function mergeIntoView(view, messages, options = {}) {
-  for (const m of messages) {
-    people.learn(m.sender_id, m.sender_name);
-    // One of our sends came back (possibly from before a reconnect): stop resending it.
-    if (m.sender_id === state.me && m.client_msg_id) state.outbox.settle(m);
-  }
+/** Before a timeline draws messages (from acks, events, history or changes): learn the
+ * senders' names, and whether the reader is at the bottom (then they stay there). */
+function merging(view, messages) {
+  for (const m of messages) people.learn(m.sender_id, m.sender_name);
   conversation.note(view, messages);
-  const shown = view === state.view;
-  const stick = shown && nearBottom();
-  const added = view.merge(messages, options);
-  if (!shown) return added;
+  return view === state.view && nearBottom();
+}
+
+function merged(view, messages, added, stick) {
+  if (view !== state.view) return;
   if (added && stick) scrollToBottom();
-  fillGap(view);
   markReadSoon();
-  return added;
+}
+
+/** Messages from an ack into the open group (the session settles our sends and fills gaps). */
+function mergeIntoView(view, messages) {
+  return state.session.merge(view, messages);
 }
 
 // -- groups --
@@ -396,38 +355,39 @@ function renderGroups() {
 async function openGroup(groupId) {
   clearError();
   groupId = groupId.trim().toLowerCase(); // answers and events carry lowercase ids
-  if (state.view?.groupId === groupId) return;
+  if (state.view?.groupId === groupId || state.joining === groupId) return;
   if (!state.conn.connected) {
     showError("Not connected to the server.");
     return;
   }
-  const next = new Timeline(groupId, state.me);
-  state.joining = next;
-  let ack;
+  state.joining = groupId;
+  let next, ack;
   try {
-    ack = await state.conn.request("join_group", { group_id: groupId, limit: PAGE_SIZE });
+    // The session collects the group's events from the moment the join is asked.
+    ({ timeline: next, ack } = await state.session.open(groupId, { limit: PAGE_SIZE }));
   } catch (err) {
-    if (state.joining === next) state.joining = null;
+    if (state.joining === groupId) state.joining = null;
     showError(describe(err)); // e.g. "You are not a member of this group."
     return;
   }
-  if (state.joining !== next) return; // another group was picked meanwhile
+  if (state.joining !== groupId) {
+    state.session.leave(groupId); // another group was picked meanwhile
+    return;
+  }
   state.joining = null;
   if (state.view) {
     typing.stop();
-    state.conn.notify("leave_group", { group_id: state.view.groupId });
+    state.session.leave(state.view.groupId);
   }
   cancelEdit();
   people.reset();
   people.setOnline(ack.online);
   showGroup(next, ack.group.name);
   conversation.open(next);
-  next.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
-  next.applyUpTo(ack.latest_rev); // read before the page: every change up to it is in the page
-  mergeIntoView(next, ack.messages);
   for (const entry of state.outbox.forGroup(groupId)) next.addPending(entry, people.nameOf(state.me));
   updateHistoryTop();
   scrollToBottom();
+  markReadSoon(); // the page came in before the group was shown
   loadOlderToFill();
 }
 
@@ -480,7 +440,7 @@ async function loadOlder() {
   view.loadingOlder = true;
   updateHistoryTop();
   try {
-    const ack = await state.conn.request("get_history", { group_id: view.groupId, before_seq: view.oldest, limit: PAGE_SIZE });
+    const ack = await state.conn.requestRetrying("get_history", { group_id: view.groupId, before_seq: view.oldest, limit: PAGE_SIZE });
     if (state.view !== view) return;
     // Keep what the reader looks at in place while rows are added above it.
     const fromBottom = ui.scroller.scrollHeight - ui.scroller.scrollTop;
@@ -531,20 +491,18 @@ async function markRead() {
 
 // -- server events --
 
-function onServerEvent(event, payload) {
+/** A server event, after the session applied it (`timeline`: the group's, if joined). */
+function onServerEvent(event, payload, { timeline: view, added }) {
   if (event === "membership_revoked" || event === "group_added") {
     onMembership(event, payload);
     return;
   }
   // Only the open group's events (and the one being joined) matter; we left
   // the rooms of the others, and list_groups counts their unread messages.
-  const view = [state.view, state.joining].find((v) => v?.groupId === payload.group_id);
   if (event === "message" || event === "message_updated" || event === "message_deleted") {
-    if (payload.sender_id === state.me && payload.client_msg_id) state.outbox.settle(payload);
     if (!view) return;
     if (event === "message" && view === state.view) people.typing(payload.sender_id, false);
     if (event === "message_deleted" && state.editing?.id === payload.id) cancelEdit();
-    const added = mergeIntoView(view, [payload]); // may arrive before or after our ack: merged by seq and rev
     if (event === "message" && added && view === state.view && payload.sender_id !== state.me) announceMessage(payload);
   } else if (event === "typing") {
     people.learn(payload.user_id, payload.name);
@@ -581,7 +539,7 @@ function onMembership(event, payload) {
   }
   const lost = state.groups.find((g) => g.id === payload.group_id);
   state.groups = state.groups.filter((g) => g.id !== payload.group_id);
-  if (state.joining?.groupId === payload.group_id) state.joining = null;
+  if (state.joining === payload.group_id) state.joining = null;
   if (state.view?.groupId === payload.group_id) {
     typing.stop();
     cancelEdit();
@@ -620,11 +578,11 @@ function submit() {
   ui.input.value = "";
   typing.stop();
   scrollToBottom();
-  state.outbox.send(entry); // offline, it waits for the reconnect
+  // The outbox sends it after the group's earlier sends are stored; offline, after the reconnect.
 }
 
 function onSendAcked(message) {
-  const view = [state.view, state.joining].find((v) => v?.groupId === message.group_id);
+  const view = state.session.timeline(message.group_id);
   if (!view) return;
   mergeIntoView(view, [message]);
   view.removePending(message.client_msg_id); // also when a resend is answered `duplicate: true`

@@ -1,22 +1,12 @@
 // One group's messages as the page shows them: each seq once, in seq order,
-// then our own sends that wait for their ack. Everything the server sends is
-// put on the page as text nodes or elements made here, never parsed as HTML
-// (message_view.js and markdown.js render a message's parts).
+// then our own sends that wait for their ack. Which messages, in which state,
+// is the client package's GroupTimeline (exact by seq and rev); this draws them.
+// Everything the server sends is put on the page as text nodes or elements made
+// here, never parsed as HTML (message_view.js and markdown.js render a message's parts).
 
+import { GroupTimeline } from "/static/client/index.js";
 import { el } from "./dom.js";
 import { actions, badges, messageBody } from "./message_view.js";
-
-/**
- * Should `incoming` replace `current` (same seq)? The state with the higher
- * `rev` is the later one. Messages stored before revisions existed carry rev 0
- * until the server has given them one: then tombstones are final and later edits win.
- */
-function supersedes(incoming, current) {
-  if (incoming.rev > 0 && current.rev > 0) return incoming.rev > current.rev;
-  if (current.deleted) return false;
-  if (incoming.deleted) return true;
-  return (incoming.edited_at || "") > (current.edited_at || "");
-}
 
 export { el };
 
@@ -43,30 +33,22 @@ function refocus(focused, old, node) {
   target.focus({ preventScroll: true });
 }
 
-export class Timeline {
-  /** `me` is the signed-in user's id: their messages get edit and delete buttons. */
-  constructor(groupId, me) {
-    this.groupId = groupId;
+export class Timeline extends GroupTimeline {
+  /**
+   * `me` is the signed-in user's id: their messages get edit and delete buttons.
+   * `hooks.merging(view, messages)` runs before messages are drawn and returns what
+   * `hooks.merged(view, messages, added, before)` gets after (the page keeps its scroll).
+   */
+  constructor(groupId, me, hooks = {}) {
+    super(groupId);
     this.me = me;
+    this.hooks = hooks;
     // A list for screen readers (list-style: none alone drops that in some of them).
     this.list = el("ol", { class: "messages", role: "list", "data-group-id": groupId });
-    this.bySeq = new Map(); // seq -> message
-    this.byId = new Map(); // id -> message
-    this.accepted = new Map(); // answer id -> the id of the question that accepted it
     this.nodes = new Map(); // seq -> <li>
-    this.seqs = []; // sorted
+    this.accepted = new Map(); // answer id -> the id of the question that accepted it
     this.pending = new Map(); // client_msg_id -> <li>
-    this.top = 0; // every seq from the oldest held up to `top` is held
-    // Revisions: every change to the group up to `rev` is applied here. A change
-    // with rev R shows as a message whose `rev` is R; the ones seen above `rev`
-    // wait in `revsAbove` until the revisions between have been seen too.
-    this.rev = 0;
-    this.revsAbove = new Set();
-    this.revKnown = 0; // the highest rev seen
-    this.hasOlder = false;
     this.loadingOlder = false;
-    this.filling = null; // the running gap fill, if any
-    this.catchingUp = false; // a rejoin after a reconnect is paging in what was missed
     this.lastMarked = 0; // the seq of our last mark_read
     // The keyboard's way in: one message of the list is in the tab order (the one
     // last focused, else the newest), with its buttons; arrow keys move between them.
@@ -74,60 +56,29 @@ export class Timeline {
     this.tabStop = null; // the <li> in the tab order
   }
 
-  get oldest() {
-    return this.seqs.length ? this.seqs[0] : null;
+  /** The server's history is not the one shown (a server with a fresh store): start over. */
+  reset() {
+    super.reset();
+    if (!this.nodes) return; // called by the constructor, before anything is drawn
+    for (const node of this.nodes.values()) node.remove();
+    this.nodes.clear();
+    this.accepted.clear();
+    this.active = null;
+    this.tabStop = null;
   }
 
-  get newest() {
-    return this.seqs.length ? this.seqs[this.seqs.length - 1] : 0;
-  }
-
-  /** True when a change above `rev` is known to exist: fetch `get_changes {after_rev: rev}`. */
-  get hasGap() {
-    return this.revKnown > this.rev;
-  }
-
-  /** Every change up to `rev` is applied (a join or a page of changes said so). */
-  applyUpTo(rev) {
-    if (rev > this.rev) this.rev = rev;
-    for (const seen of this.revsAbove) if (seen <= this.rev) this.revsAbove.delete(seen);
-    this._advanceRev();
-  }
-
-  _noteRev(rev) {
-    if (!(rev > this.rev)) return; // 0 (not revised yet) or already counted
-    this.revsAbove.add(rev);
-    this.revKnown = Math.max(this.revKnown, rev);
-  }
-
-  _advanceRev() {
-    while (this.revsAbove.delete(this.rev + 1)) this.rev += 1;
-    this.revKnown = Math.max(this.revKnown, this.rev);
-  }
-
-  /**
-   * Add or update messages; returns how many were new. Order of arrival does not
-   * matter. With `onlyHeld`, a message older than the oldest one held is left
-   * out (a change caught up on: loading older history fetches its current state).
-   */
-  merge(messages, { onlyHeld = false } = {}) {
-    let added = 0;
-    for (const message of messages) {
-      if (message.group_id !== this.groupId) continue;
-      this._noteRev(message.rev); // the state a change produced: that change is applied
-      const current = this.bySeq.get(message.seq);
-      if (!current && onlyHeld && message.seq < this.oldest) continue;
-      if (current && !supersedes(message, current)) continue;
-      if (!current) added += 1;
-      this.bySeq.set(message.seq, message);
-      this.byId.set(message.id, message);
-      this._place(message);
-      if (message.kind === "question") this._questionChanged(current, message);
-      if (message.sender_id === this.me && message.client_msg_id) this.removePending(message.client_msg_id);
-    }
-    if (added) this._advanceTop();
-    this._advanceRev();
+  merge(messages, options) {
+    const before = this.hooks.merging?.(this, messages);
+    const added = super.merge(messages, options);
+    this.hooks.merged?.(this, messages, added, before);
     return added;
+  }
+
+  /** A message arrived or changed (GroupTimeline decided it is newer than what is shown). */
+  changed(message, previous) {
+    this._place(message);
+    if (message.kind === "question") this._questionChanged(previous, message);
+    if (message.sender_id === this.me && message.client_msg_id) this.removePending(message.client_msg_id);
   }
 
   /** A question arrived or changed: its answers and replies show it (accept buttons, marks). */
@@ -151,11 +102,6 @@ export class Timeline {
     return this.accepted.has(id);
   }
 
-  _advanceTop() {
-    if (this.top < this.oldest - 1) this.top = this.oldest - 1;
-    while (this.bySeq.has(this.top + 1)) this.top += 1;
-  }
-
   _place(message) {
     const node = this._render(message);
     const old = this.nodes.get(message.seq);
@@ -168,16 +114,9 @@ export class Timeline {
       if (focused) refocus(focused, old, node);
       return;
     }
-    // Binary search for the position among the held seqs.
-    let lo = 0;
-    let hi = this.seqs.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.seqs[mid] < message.seq) lo = mid + 1;
-      else hi = mid;
-    }
-    this.seqs.splice(lo, 0, message.seq);
-    const next = lo + 1 < this.seqs.length ? this.nodes.get(this.seqs[lo + 1]) : null;
+    // GroupTimeline has put its seq in place among the held ones.
+    const at = this.position(message.seq);
+    const next = at + 1 < this.seqs.length ? this.nodes.get(this.seqs[at + 1]) : null;
     // The newest stored message goes before our unacked sends (or at the end).
     this.list.insertBefore(node, next || this.list.querySelector('[data-pending="true"], [data-failed="true"]'));
     this._updateTabStop();
@@ -191,8 +130,9 @@ export class Timeline {
 
   /** The held message `step` places from `seq` (-1: the one before), or null at either end. */
   neighbour(seq, step) {
-    const at = this.seqs.indexOf(seq);
-    const next = at < 0 ? -1 : at + step;
+    const at = this.position(seq);
+    if (this.seqs[at] !== seq) return null;
+    const next = at + step;
     return next >= 0 && next < this.seqs.length ? this.seqs[next] : null;
   }
 

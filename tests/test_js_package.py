@@ -95,3 +95,11 @@ def test_installable_from_the_repository(node: str, tmp_path: Path):
     out = run([node, "-e", "import('studychat-client').then(m => console.log(Object.keys(m).sort().join(' ')))"],
               cwd=tmp_path)
     assert {"ChatSession", "ChatConnection", "ChatError", "GroupTimeline", "Outbox"} <= set(out.split())
+
+
+def test_the_page_imports_the_same_socket_io_client_the_package_is_tested_with():
+    vendored = (ROOT / "static" / "vendor" / "socket.io.esm.min.js").read_text(encoding="utf-8")[:200]
+    installed = json.loads((PACKAGE / "node_modules" / "socket.io-client" / "package.json").read_text())["version"]
+    assert f"Socket.IO v{installed}\n" in vendored
+    page = (ROOT / "static" / "index.html").read_text(encoding="utf-8")
+    assert '"socket.io-client": "/static/vendor/socket.io.esm.min.js"' in page

@@ -418,3 +418,26 @@ async def test_announcements_and_membership_changes_show_on_the_page(browser, de
     await expect(juan.hook("group")).to_have_count(1)
     await expect(juan.page.locator(f'[data-testid="group"][data-group-id="{CHEMISTRY}"]')).to_be_visible()
     await expect(ana.hook("group-name")).to_have_text("Calculus I")
+
+
+async def test_the_page_runs_on_the_client_package_and_sends_what_waited_in_order(browser, demo_server, demo_store):
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    await ana.open_group(CALCULUS)
+    # The protocol side is clients/js, served at /static/client/ (no copy of its own).
+    assert await ana.page.evaluate(
+        "import('/static/client/index.js').then((m) => studyChat.state.session instanceof m.ChatSession)")
+
+    await ana.context.set_offline(True)
+    await ana.page.evaluate("studyChat.socket.io.engine.close()")
+    await expect(ana.hook("connection-state")).to_have_text("reconnecting")
+    written = [f"offline, in order {n}" for n in range(1, 7)]
+    for text in written:
+        await ana.send(text)
+    await ana.context.set_offline(False)
+    await expect(ana.hook("connection-state")).to_have_text("connected", timeout=30_000)
+    for text in written:
+        await expect(ana.message_with(text)).to_have_attribute("data-pending", "false")
+    contents = await stored_contents(demo_store, CALCULUS)
+    assert contents[-len(written):] == written, contents
+    await expect_exactly(ana, contents)
+    assert not ana.errors

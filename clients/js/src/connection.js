@@ -23,7 +23,8 @@ export function backoff(attempt, baseMs = 500, maxMs = 30_000) {
 
 /**
  * Events (see index.d.ts): "state" (`"connected" | "reconnecting" | "disconnected"`, reason),
- * "connect", "refused" (ChatError), "expiring" (ms), "refreshed" (ms), "ended" ({reconnecting}),
+ * "connect", "refused" (ChatError), "expiring" (ms), "refreshed" (ms), "refresh_failed" (ChatError, ms),
+ * "ended" ({reconnecting}),
  * and every server event by its name.
  */
 export class ChatConnection extends Emitter {
@@ -37,7 +38,7 @@ export class ChatConnection extends Emitter {
     this.expiresAt = null; // when the server ends this session, from session_expiring (ms)
     this.closed = true;
     this._renewals = 0; // handshakes refused in a row
-    this._refreshing = null;
+    this._refreshTimer = null;
     const options = {
       ...socketOptions,
       autoConnect: false,
@@ -125,6 +126,7 @@ export class ChatConnection extends Emitter {
 
   close() {
     this.closed = true;
+    clearTimeout(this._refreshTimer);
     this.socket.disconnect();
   }
 
@@ -150,22 +152,27 @@ export class ChatConnection extends Emitter {
     this.emit("refused", new ChatError({ code: "unauthorized", message: `No fresh token: ${lastError?.message ?? lastError}` }));
   }
 
-  /** Refresh the token before `expiresAt`, trying again with pauses until it is done or too late. */
+  /**
+   * Refresh the token halfway to `expiresAt` (30 s before for the server's
+   * usual 60 s warning; a short token is not refreshed in a tight loop), trying
+   * again with pauses until it is done or too late. A newer warning replaces it.
+   */
   _refreshBefore(expiresAt) {
-    if (this._refreshing) return;
-    this._refreshing = (async () => {
-      for (let attempt = 0; this.connected && Date.now() < expiresAt; attempt += 1) {
+    clearTimeout(this._refreshTimer);
+    const run = async () => {
+      for (let attempt = 0; this.connected && this.expiresAt === expiresAt && Date.now() < expiresAt; attempt += 1) {
         try {
           const token = await this.tokenProvider();
           await this.refresh(token);
           return;
-        } catch {
+        } catch (err) {
+          this.emit("refresh_failed", err instanceof ChatError ? err
+            : new ChatError({ code: "unauthorized", message: String(err?.message ?? err) }), expiresAt);
           await sleep(Math.min(backoff(attempt, 1000), Math.max(0, expiresAt - Date.now() - 250)));
         }
       }
-    })().finally(() => {
-      this._refreshing = null;
-    });
+    };
+    this._refreshTimer = setTimeout(run, Math.max(0, (expiresAt - Date.now()) / 2));
   }
 
   /**

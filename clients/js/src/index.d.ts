@@ -68,6 +68,8 @@ export type ConnectionEvents = {
   expiring: [expiresAt: number];
   /** A refreshed token moved the session's end here (ms). */
   refreshed: [expiresAt: number];
+  /** A try to refresh failed (the provider or refresh_token); it is tried again until `expiresAt`. */
+  refresh_failed: [error: ChatError, expiresAt: number];
   /** The server ended the session (its token ran out); with a token provider it reconnects. */
   ended: [info: { reconnecting: boolean }];
 } & { [E in ServerEventName]: Parameters<ServerToClientEvents[E]> };
@@ -159,6 +161,8 @@ export declare class GroupTimeline {
   readonly oldest: number | null;
   readonly newest: number;
   messages(): Message[];
+  /** Where `seq` is, or would go, in `seqs`. */
+  position(seq: number): number;
   applyUpTo(rev: number): void;
   merge(messages: readonly Message[], options?: { onlyHeld?: boolean }): number;
   /** Called for each message added (previous null) or replaced by a later state. */
@@ -195,6 +199,7 @@ export type SessionEvents<T extends GroupTimeline> = {
   refused: ConnectionEvents["refused"];
   expiring: ConnectionEvents["expiring"];
   refreshed: ConnectionEvents["refreshed"];
+  refresh_failed: ConnectionEvents["refresh_failed"];
   ended: ConnectionEvents["ended"];
 } & OutboxEvents;
 

@@ -12,7 +12,7 @@ export const PAGE_SIZE = 50;
 /** Changes per page when catching up: the protocol's largest `limit`. */
 export const CATCH_UP_PAGE = 100;
 const MESSAGE_EVENTS = new Set(["message", "message_updated", "message_deleted"]);
-const PASSED_ON = ["state", "refused", "expiring", "refreshed", "ended"];
+const PASSED_ON = ["state", "refused", "expiring", "refreshed", "refresh_failed", "ended"];
 const OTHER_SERVER_EVENTS = ["typing", "presence", "membership_revoked", "group_added"];
 
 /**
@@ -20,7 +20,7 @@ const OTHER_SERVER_EVENTS = ["typing", "presence", "membership_revoked", "group_
  * ({timeline, messages, added}), "event" (name, payload, {timeline, added}), "rejoined"
  * (timeline, ack), "reset" (timeline), "caught_up" (timeline), "error" (ChatError, context),
  * "left" (timeline, reason), the connection's "state", "refused", "expiring", "refreshed",
- * "ended", and the outbox's "acked", "retrying", "failed".
+ * "refresh_failed", "ended", and the outbox's "acked", "retrying", "failed".
  */
 export class ChatSession extends Emitter {
   constructor({ createTimeline = (groupId) => new GroupTimeline(groupId), connection, ...options } = {}) {

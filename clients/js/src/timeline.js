@@ -104,7 +104,8 @@ export class GroupTimeline {
   /** Called for every message added (`previous` null) or replaced by a later state. */
   changed(message, previous) {} // eslint-disable-line no-unused-vars
 
-  _insertSeq(seq) {
+  /** Where `seq` is, or would go, among the held seqs (binary search). */
+  position(seq) {
     let lo = 0;
     let hi = this.seqs.length;
     while (lo < hi) {
@@ -112,7 +113,11 @@ export class GroupTimeline {
       if (this.seqs[mid] < seq) lo = mid + 1;
       else hi = mid;
     }
-    this.seqs.splice(lo, 0, seq);
+    return lo;
+  }
+
+  _insertSeq(seq) {
+    this.seqs.splice(this.position(seq), 0, seq);
   }
 
   _advanceTop() {
