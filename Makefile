@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test check deps system-deps python-deps js-deps demo soak bench
+.PHONY: test check deps system-deps python-deps js-deps api-docs demo soak bench
 
 # The suite in two parts: most of it on JOBS workers at once (a test module stays
 # on one worker, so its fixtures start once), then the tests that measure latency,
@@ -22,7 +22,7 @@ check: python-deps
 	$(PY) -m mypy
 	$(PY) -m ruff check .
 
-demo: python-deps
+demo: python-deps api-docs
 	$(PY) -m server --demo
 
 soak: deps
@@ -31,7 +31,16 @@ soak: deps
 bench: python-deps
 	bench/run
 
-deps: system-deps python-deps js-deps
+# The AsyncAPI page served at /docs (docs/api/build/index.html), built from docs/asyncapi.yaml
+# when it is missing or older than what it is made of. Without npm the server still runs, and
+# /docs says how to build it.
+API_DOCS := docs/api/build/index.html
+api-docs: $(API_DOCS)
+$(API_DOCS): docs/asyncapi.yaml docs/api/build.mjs docs/api/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: /docs will answer 404 until \`make api-docs\` runs"; exit 0; }; \
+	cd docs/api && npm ci --no-audit --no-fund --silent && node build.mjs
+
+deps: system-deps python-deps js-deps api-docs
 
 system-deps:
 	@missing=""; \

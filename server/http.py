@@ -1,4 +1,4 @@
-"""HTTP routes: history and groups for REST clients, health, demo sign-in, the page."""
+"""HTTP routes: history and groups for REST clients, health, demo sign-in, the page, the API documentation."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ READY_TIMEOUT_S = 2.0
 STATIC_DIR = web.AppKey("static_dir", Path)
 # The JavaScript client package (clients/js), which the page imports as an ES module.
 CLIENT_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "clients" / "js" / "src"
+API_DOCS_DIR = web.AppKey("api_docs_dir", Path)
+# The AsyncAPI page (docs/asyncapi.yaml as HTML), built by `make api-docs` (docs/api/build.mjs).
+API_DOCS_BUILD = Path(__file__).resolve().parent.parent / "docs" / "api" / "build"
 
 
 def setup_routes(app: web.Application, static_dir: Path) -> None:
@@ -40,6 +43,9 @@ def setup_routes(app: web.Application, static_dir: Path) -> None:
     app.router.add_get("/demo/users", demo_users)
     app.router.add_post("/demo/token", demo_token)
     app.router.add_get("/", index)
+    app[API_DOCS_DIR] = API_DOCS_BUILD
+    app.router.add_get("/docs", api_docs)
+    app.router.add_get("/docs/{name:[^/]*}", api_docs)
     for resource in list(app.router.resources()):
         if isinstance(resource, web.Resource) and not resource.canonical.startswith("/socket.io"):
             resource.add_route("OPTIONS", preflight)
@@ -169,6 +175,19 @@ async def demo_token(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(request.app[STATIC_DIR] / "index.html")
+
+
+async def api_docs(request: web.Request) -> web.StreamResponse:
+    """``/docs``: the AsyncAPI page and the files beside it, as ``make api-docs`` built them
+    (a ``.gz`` twin goes to browsers that accept gzip)."""
+    directory = request.app[API_DOCS_DIR]
+    name = request.match_info.get("name") or "index.html"
+    if not (directory / "index.html").is_file():
+        return web.Response(status=404, text="The API documentation is not built: run `make api-docs`.\n")
+    path = directory / name
+    if name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
 # CORS for the HTTP routes: the configured origins (the page's own needs none);

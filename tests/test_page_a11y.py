@@ -388,3 +388,37 @@ async def test_a_busy_batch_is_summed_up_not_read_out_name_by_name(browser, demo
         "2 new messages from Ana and Bea, 1 mentioning you. Latest, Bea mentioned you: dos "
         "Carla is typing. 5 people came online. Fede went offline."
     )
+
+
+async def test_the_api_documentation_page_is_accessible_with_its_panels_open(browser, demo_server):
+    """/docs (built from docs/asyncapi.yaml by `make api-docs`): axe with every panel open,
+    keyboard-operable panels, and nothing fetched from anywhere else."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.goto(str(demo_server.make_url("/docs")))
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("2.0.0")
+    await assert_accessible(page, "/docs, as it opens")
+    # Open panels (payloads, replies, schemas): the first 25 toggles as they appear.
+    toggles = page.locator("main button[type='button']:visible")
+    for n in range(25):
+        if n >= await toggles.count():
+            break
+        await toggles.nth(n).click()
+    await assert_accessible(page, "/docs, panels open")
+    # A panel opens from the keyboard: more of the page shows.
+    shown = await page.locator("main :visible").count()
+    toggle = page.locator("main button[type='button']:visible").last
+    await toggle.focus()
+    await page.keyboard.press("Enter")
+    for _ in range(50):
+        if await page.locator("main :visible").count() != shown:
+            break
+        await page.wait_for_timeout(100)
+    assert await page.locator("main :visible").count() != shown
+    origin = str(demo_server.make_url("/"))
+    assert [url for url in requests if not url.startswith(origin)] == []
+    assert errors == []
