@@ -64,12 +64,73 @@ def test_declarations_check_against_the_typed_example(node: str):
     run([node, str(PACKAGE / "node_modules" / "typescript" / "bin" / "tsc"), "--noEmit", "-p", "."], cwd=PACKAGE)
 
 
+PROTOCOL_TYPES = (PACKAGE / "src" / "protocol.d.ts").read_text(encoding="utf-8")
+
+
+def fields(name: str) -> dict[str, bool]:
+    """An interface of protocol.d.ts: field -> required (inherited fields included)."""
+    found = re.search(r"^(?:export )?interface %s(?: extends (\w+))? \{(.*?)\n\}" % name, PROTOCOL_TYPES, re.S | re.M)
+    assert found, f"protocol.d.ts has no interface {name}"
+    own = {field: not optional for field, optional in re.findall(r"^  (\w+)(\?)?:", found.group(2), re.M)}
+    return {**(fields(found.group(1)) if found.group(1) else {}), **own}
+
+
 def declared(name: str) -> set[str]:
-    """The keys of an interface in protocol.d.ts."""
-    text = (PACKAGE / "src" / "protocol.d.ts").read_text(encoding="utf-8")
-    body = re.search(r"export interface %s \{(.*?)\n\}" % name, text, re.S)
-    assert body, name
-    return set(re.findall(r"^  (\w+)[?]?:", body.group(1), re.M))
+    return set(fields(name))
+
+
+def requests() -> dict[str, tuple[str, str]]:
+    """`Requests` of protocol.d.ts: event -> (payload type, success ack type)."""
+    body = re.search(r"export interface Requests \{(.*?)\n\}", PROTOCOL_TYPES, re.S)
+    assert body
+    return {event: (payload, ack) for event, payload, ack in re.findall(r"^  (\w+): \[(.+?), (.+?)\];", body.group(1), re.M)}
+
+
+def schema_fields(schema: dict) -> dict[str, bool]:
+    required = set(schema.get("required", ()))
+    return {field: field in required for field in schema.get("properties", {})}
+
+
+# Older clients' field, which every event accepts (it must be the caller's id): the typed
+# client declares it only where older clients sent it, on send_message.
+LEGACY = {"sender_id"}
+
+
+def test_typed_payloads_and_acks_match_the_asyncapi_document():
+    from tests.test_asyncapi import documented
+
+    sends = documented("send")
+    assert set(requests()) == set(sends)
+    for event, (payload_type, ack_type) in requests().items():
+        documented_payload = {k: v for k, v in schema_fields(sends[event].payload).items() if k not in LEGACY}
+        typed = {} if payload_type == "NoPayload" else fields(payload_type)
+        typed = {k: v for k, v in typed.items() if k not in LEGACY}
+        assert typed == documented_payload, event
+        reply = sends[event].replies[0]
+        documented_ack = set(reply["properties"])
+        typed_ack: set[str] = set()
+        for name in ack_type.split(" | "):
+            typed_ack |= declared(name.strip())
+        assert typed_ack == documented_ack, event
+
+
+def test_typed_server_events_match_the_asyncapi_document():
+    from tests.test_asyncapi import documented
+
+    receives = documented("receive")
+    body = re.search(r"export interface ServerToClientEvents \{(.*?)\n\}", PROTOCOL_TYPES, re.S)
+    assert body
+    typed = dict(re.findall(r"^  (\w+): \(\w+: (\w+)\) => void;", body.group(1), re.M))
+    assert set(typed) == set(receives)
+    for event, type_name in typed.items():
+        assert fields(type_name) == schema_fields(receives[event].payload), event
+    message = receives["message"].payload
+    for nested, type_name in (("reply_to", "ReplyQuote"), ("reactions", "Reaction"), ("pinned", "Pin"),
+                              ("attachments", "Attachment")):
+        prop = message["properties"][nested]
+        options = prop.get("oneOf") or prop.get("anyOf") or [prop]
+        shapes = [o.get("items", o) for o in options if o.get("type") != "null"]
+        assert any(declared(type_name) == set(shape.get("properties", {})) for shape in shapes), nested
 
 
 def test_typed_requests_are_the_events_the_server_registers():

@@ -120,6 +120,9 @@ export interface GroupSummary {
 
 // ---------------------------------------------------------------- payloads
 
+/** `list_groups` takes `{}`, `null` or nothing. */
+export type NoPayload = Record<string, never> | null | undefined;
+
 export interface JoinGroupPayload {
   group_id: Id;
   /** Messages after this seq, oldest first (page on with get_history {after_seq}). */
@@ -303,7 +306,7 @@ export type Ack<T> = T | ErrorAck;
 
 /** Each client → server event: its payload and its success ack. */
 export interface Requests {
-  list_groups: [Record<string, never> | undefined, ListGroupsOk];
+  list_groups: [NoPayload, ListGroupsOk];
   join_group: [JoinGroupPayload, JoinOk | JoinChangesOk];
   leave_group: [GroupPayload, OkOnly];
   send_message: [SendMessagePayload, SendOk];
