@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": _meta(), "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
                                "peers": {}, "redis": {}}
     try:
-        spec, secret = write_spec(plan.idle_conns)
+        spec, secret = write_spec(max(plan.idle_conns, plan.many_conns))
         wanted = [k.strip() for k in args.peers.split(",") if k.strip()]
         for key in wanted:
             peer = PEERS[key]

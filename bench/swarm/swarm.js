@@ -9,7 +9,9 @@
 //   saturate  closed loop: each sender keeps `window` sends in flight; a send completes when
 //             both its ack and its own broadcast copy arrived (so server queues stay bounded).
 //   rate      open loop at `rate` deliveries/s (sends/s = rate / room size), latency measured.
-//   idle      open `conns` connections, sign in, join, hold; server RSS before/after.
+//   idle      open `conns` connections, sign in, join, hold; server RSS before/after; then the
+//             server's CPU over `heartbeatS` with nothing but heartbeats, and the latency of a
+//             probe: the first group's first member sends `probeRate` a second for `probeS`.
 //
 // Every receiver checks the broadcast `seq` of its group: each acked seq exactly once, in
 // increasing order (missing / duplicate / reordered are counted, and must be 0).
@@ -36,6 +38,9 @@ const cfg = Object.assign({
   setupTimeoutS: 120,
   settleMaxS: 60,
   holdS: 2,               // idle: how long to hold before reading RSS
+  heartbeatS: 0,          // idle: a window of heartbeats only (server CPU)
+  probeS: 0,              // idle: a window with a probe sender in the first group
+  probeRate: 20,          // idle: the probe's sends per second
   concurrency: 200,       // handshakes in flight during setup
   contentLen: 64,
   maxInflight: 20000,     // rate mode: sends in flight beyond this are skipped (and counted)
@@ -45,7 +50,7 @@ const cfg = Object.assign({
 }, JSON.parse(process.argv[2] || '{}'));
 
 const HARD_LIMIT_S = cfg.setupTimeoutS + cfg.settleMaxS + cfg.warmupS + cfg.measureS +
-  cfg.drainS + cfg.holdS + 30;
+  cfg.drainS + cfg.holdS + cfg.heartbeatS + cfg.probeS + 30;
 const hardTimer = setTimeout(() => {
   finish({ error: `swarm hard time limit (${HARD_LIMIT_S}s) reached` });
 }, HARD_LIMIT_S * 1000);
@@ -63,7 +68,8 @@ const conns = [];
 const errors = [];
 let measuring = false;
 let deliveries = 0;          // `message` events received, all receivers, whole run
-let otherEvents = 0;         // presence, typing, ...: not counted, but used to wait for quiet
+let otherEvents = 0;
+let pings = 0;               // Engine.IO pings received, all connections         // presence, typing, ...: not counted, but used to wait for quiet
 let lastOtherAt = 0;
 let sendsAcked = 0;
 let ackErrors = 0;
@@ -144,6 +150,7 @@ class Conn {
         this.fail();
       }
     } else if (c0 === 50 /* '2' ping */) {
+      pings++;
       this.ws.send('3');
     } else if (c0 === 48 /* '0' open */) {
       this.ws.send(`40${JSON.stringify({ token: token(this.user) })}`);
@@ -283,20 +290,20 @@ function startRate(senders) {
   return { stop: () => clearInterval(timer), stats: () => ({ issued, skipped }) };
 }
 
-async function drain() {
+async function drain(members = conns) {
   const t0 = performance.now();
   const limit = t0 + cfg.drainS * 1000;
   const caughtUp = () => inflight === 0 &&
-    conns.every((c) => !c.ready || c.last >= maxAcked);
+    members.every((c) => !c.ready || c.last >= maxAcked);
   while (performance.now() < limit && !caughtUp()) await sleep(20);
   await sleep(100);  // late duplicates would show up here
   return { drain_s: (performance.now() - t0) / 1000, drain_complete: caughtUp() };
 }
 
-function verify() {
+function verify(members = conns) {
   let missing = 0, dups = 0, reorders = 0, unexpected = 0, receivers = 0, expected = 0;
   for (let s = seqBase + 1; s <= maxAcked; s++) if (ackedSeqs[s]) expected++;
-  for (const c of conns) {
+  for (const c of members) {
     if (!c.ready) continue;
     receivers++;
     dups += c.dups;
@@ -332,6 +339,9 @@ async function main() {
       kb_per_conn: (rssAfter - rssBefore) / cfg.conns,
       conns_per_s: cfg.conns / out.setup_s,
     });
+    if (cfg.heartbeatS > 0) out.heartbeat = await heartbeatWindow();
+    if (cfg.probeS > 0) out.probe = await probeWindow();
+    Object.assign(out, await massDisconnect());
     return finish(out);
   }
 
@@ -385,6 +395,52 @@ async function main() {
   out.deliveries_total = deliveries;
   out.other_events = otherEvents;
   finish(out);
+}
+
+/** The server's CPU while every connection only exchanges heartbeats. */
+async function heartbeatWindow() {
+  const c0 = procCpuS(cfg.serverPid), p0 = pings, t0 = performance.now();
+  await sleep(cfg.heartbeatS * 1000);
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = procCpuS(cfg.serverPid) - c0;
+  const closed = conns.filter((c) => c.closed).length;
+  return { window_s: wall, server_cpu_s: cpu, server_cpu_util: cpu / wall, pings: pings - p0,
+    pings_per_s: (pings - p0) / wall, closed };
+}
+
+/** Send -> deliver latency in the first group while every other connection idles. */
+async function probeWindow() {
+  const members = conns.slice(0, cfg.groupSize).filter((c) => c.ready);
+  const sender = members[0];
+  const c0 = procCpuS(cfg.serverPid), t0 = performance.now();
+  sending = true;
+  measuring = true;
+  const timer = setInterval(() => sender.send(), 1000 / cfg.probeRate);
+  await sleep(cfg.probeS * 1000);
+  clearInterval(timer);
+  measuring = false;
+  sending = false;
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = procCpuS(cfg.serverPid) - c0;
+  const drained = await drain(members);
+  return { window_s: wall, room: members.length, sends: sendsAcked, server_cpu_util: cpu / wall,
+    latency_ms: lat.summary(), ...drained, verify: verify(members),
+    closed: conns.filter((c) => c.closed).length };
+}
+
+/** Drop every connection at once; the server's CPU until it has gone quiet again. */
+async function massDisconnect() {
+  const c0 = procCpuS(cfg.serverPid), t0 = performance.now();
+  for (const c of conns) { c.closed = true; try { c.ws.terminate(); } catch (e) { /* closing anyway */ } }
+  let last = c0, quietFor = 0, busyUntil = performance.now();
+  const limit = performance.now() + 90_000;
+  while (quietFor < 500 && performance.now() < limit) {
+    await sleep(100);
+    const now = procCpuS(cfg.serverPid);
+    if (now - last > 0.02) { quietFor = 0; busyUntil = performance.now(); } else quietFor += 100;
+    last = now;
+  }
+  return { teardown_s: (busyUntil - t0) / 1000, teardown_cpu_s: last - c0 };
 }
 
 let finished = false;
