@@ -3,29 +3,11 @@
 // once each, in the order they were made.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { ChatSession } from "studychat-client";
-import { ANA, BEN, GROUPS, socketOptions, startStack, token, until } from "./support.mjs";
+import { test } from "node:test";
+import { ANA, BEN, GROUPS, until, useStack } from "./support.mjs";
 
-let stack;
-const sessions = [];
-
-before(async () => {
-  stack = await startStack();
-});
-
-after(async () => {
-  for (const session of sessions) session.close();
-  await stack.stop();
-});
-
-async function signIn(user, { url = stack.server.url, transport = "websocket", ...options } = {}) {
-  const session = new ChatSession({ url, token: token(user), socketOptions: socketOptions(transport), ...options });
-  sessions.push(session);
-  await session.connect();
-  await until(() => session.connected, "the connection");
-  return session;
-}
+const env = useStack();
+const signIn = (user, options) => env.signIn(user, options);
 
 /** The group's whole history as the server has it now (fewer than 100 messages). */
 async function serverState(session, group) {
@@ -43,7 +25,7 @@ async function sendAll(session, group, texts) {
 for (const transport of ["websocket", "polling"]) {
   test(`a dropped network (${transport}): the catch-up applies every change, waiting sends go in order`, async () => {
     const group = transport === "websocket" ? GROUPS[0] : GROUPS[1];
-    const proxy = await stack.proxy();
+    const proxy = await env.stack.proxy();
     const ana = await signIn(ANA, { url: proxy.url, transport });
     const ben = await signIn(BEN);
     const [mine, other] = await sendAll(ana, group, ["Ana's first", "Ana's second"]);
@@ -81,7 +63,7 @@ for (const transport of ["websocket", "polling"]) {
 
 test("a lost ack: the send is tried again with its client_msg_id and stored once", async () => {
   const group = GROUPS[2];
-  const proxy = await stack.proxy();
+  const proxy = await env.stack.proxy();
   const ana = await signIn(ANA, { url: proxy.url, ackTimeoutMs: 1000 });
   const ben = await signIn(BEN);
   const { timeline: bens } = await ben.open(group);
@@ -112,10 +94,10 @@ test("a server restart: the session reconnects, catches up and sends what waited
   await sendAll(ben, group, ["before the restart"]);
   await until(() => timeline.newest === 1, "the first message");
 
-  await stack.server.kill();
+  await env.stack.server.kill();
   await until(() => !ana.connected && !ben.connected, "both to notice");
   const waiting = ["during the restart 1", "during the restart 2"].map((text) => ana.send(group, text));
-  await stack.server.start();
+  await env.stack.server.start();
   await until(() => ben.connected, "Ben to reconnect");
   const bensLater = await sendAll(ben, group, ["after the restart"]);
   const stored = await Promise.all(waiting.map((entry) => entry.stored));

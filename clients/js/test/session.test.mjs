@@ -2,32 +2,13 @@
 // order, typed acks and errors, retry_after_ms honoured.
 
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { ChatError, ChatSession } from "studychat-client";
-import { ANA, BEN, GROUPS, NAMES, NOT_MINE, socketOptions, startStack, token, until } from "./support.mjs";
+import { describe, test } from "node:test";
+import { ChatError } from "studychat-client";
+import { ANA, BEN, GROUPS, NAMES, NOT_MINE, until, useStack } from "./support.mjs";
 
-let stack;
-const sessions = [];
-
-before(async () => {
-  // A small send bucket, so that rate_limited comes quickly.
-  stack = await startStack({ RATE_LIMIT_SEND_PER_S: "4", RATE_LIMIT_SEND_BURST: "5" });
-});
-
-after(async () => {
-  for (const session of sessions) session.close();
-  await stack.stop();
-});
-
-async function signIn(user, transport = "websocket", options = {}) {
-  const session = new ChatSession({
-    url: stack.server.url, token: token(user), socketOptions: socketOptions(transport), ...options,
-  });
-  sessions.push(session);
-  await session.connect();
-  await until(() => session.connected, "the connection");
-  return session;
-}
+// A small send bucket, so that rate_limited comes quickly.
+const env = useStack({ RATE_LIMIT_SEND_PER_S: "4", RATE_LIMIT_SEND_BURST: "5" });
+const signIn = (user, transport = "websocket") => env.signIn(user, { transport });
 
 for (const [transport, group] of [["websocket", GROUPS[0]], ["polling", GROUPS[1]]]) {
   describe(`over ${transport}`, () => {

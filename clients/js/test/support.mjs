@@ -12,7 +12,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
+import { ChatSession } from "studychat-client";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const PYTHON = process.env.CHAT_PYTHON || path.join(ROOT, ".venv", "bin", "python");
@@ -268,4 +270,35 @@ export async function startStack(settings = {}) {
 export function socketOptions(transport = "websocket") {
   const transports = transport === "polling" ? { transports: ["polling"], upgrade: false } : { transports: ["websocket"] };
   return { ...transports, reconnectionDelay: 100, reconnectionDelayMax: 500, randomizationFactor: 0 };
+}
+
+/**
+ * A test file's stack (started before its tests, stopped after them) and its sessions:
+ * `env.session(options)` makes one (closed at the end), `env.signIn(user, options)` makes one
+ * with a token for `user` and waits until it is connected.
+ */
+export function useStack(settings = {}) {
+  const sessions = [];
+  const env = {
+    stack: null,
+    session({ transport = "websocket", ...options } = {}) {
+      const made = new ChatSession({ url: env.stack.server.url, socketOptions: socketOptions(transport), ...options });
+      sessions.push(made);
+      return made;
+    },
+    async signIn(user, options = {}) {
+      const made = env.session({ token: token(user), ...options });
+      await made.connect();
+      await until(() => made.connected, "the connection");
+      return made;
+    },
+  };
+  before(async () => {
+    env.stack = await startStack(settings);
+  });
+  after(async () => {
+    for (const made of sessions) made.close();
+    await env.stack.stop();
+  });
+  return env;
 }

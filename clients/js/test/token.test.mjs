@@ -2,31 +2,15 @@
 // refused, and the session's end reported when nothing can renew it.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { ChatSession } from "studychat-client";
-import { ANA, BEN, GROUPS, sleep, socketOptions, startStack, token, until } from "./support.mjs";
+import { test } from "node:test";
+import { ANA, BEN, GROUPS, sleep, token, until, useStack } from "./support.mjs";
 
-let stack;
-const sessions = [];
-
-before(async () => {
-  stack = await startStack();
-});
-
-after(async () => {
-  for (const session of sessions) session.close();
-  await stack.stop();
-});
-
-function session(user, options = {}) {
-  const made = new ChatSession({ url: stack.server.url, socketOptions: socketOptions(), ...options });
-  sessions.push(made);
-  return made;
-}
+const env = useStack();
+const session = (options) => env.session(options);
 
 test("a token about to expire is refreshed from the provider: the same connection goes on", async () => {
   let asked = 0;
-  const ana = session(ANA, {
+  const ana = session({
     token: token(ANA, 4), // the server warns at once: session_expiring
     tokenProvider: async () => {
       asked += 1;
@@ -50,7 +34,7 @@ test("a token about to expire is refreshed from the provider: the same connectio
 });
 
 test("without a provider, the session's end is reported and the connection stays closed", async () => {
-  const ben = session(BEN, { token: token(BEN, 4) });
+  const ben = session({ token: token(BEN, 4) });
   const states = [];
   ben.on("state", (state) => states.push(state));
   const ended = ben.once("ended", 10_000);
@@ -64,7 +48,7 @@ test("without a provider, the session's end is reported and the connection stays
 
 test("a provider that cannot refresh in time: the session ends, then goes on with a fresh token", async () => {
   let fresh = false;
-  const ana = session(ANA, {
+  const ana = session({
     token: token(ANA, 4),
     tokenProvider: async () => {
       if (!fresh) throw new Error("the sign-in service is down");
@@ -82,7 +66,7 @@ test("a provider that cannot refresh in time: the session ends, then goes on wit
   }, 1500);
   await until(() => ana.connected && ana.connection.id !== firstId, "a new connection", 15_000);
   await ana.once("caught_up", 5000).catch(() => {}); // the group is joined again
-  const ben = session(BEN, { token: token(BEN) });
+  const ben = session({ token: token(BEN) });
   await ben.connect();
   await until(() => ben.connected, "Ben");
   await ben.request("send_message", { group_id: GROUPS[1], content: "for Ana's new connection" });
@@ -92,7 +76,7 @@ test("a provider that cannot refresh in time: the session ends, then goes on wit
 
 test("an expired token at connect: the provider's fresh one is used", async () => {
   let asked = 0;
-  const ana = session(ANA, {
+  const ana = session({
     token: token(ANA, -60),
     tokenProvider: async () => {
       asked += 1;
@@ -108,7 +92,7 @@ test("an expired token at connect: the provider's fresh one is used", async () =
 });
 
 test("a refused handshake without a provider is a typed refusal", async () => {
-  const ana = session(ANA, { token: "not-a-token" });
+  const ana = session({ token: "not-a-token" });
   const refused = ana.once("refused", 5000);
   await ana.connect();
   const err = await refused;
