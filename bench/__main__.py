@@ -23,7 +23,7 @@ from . import report
 from .channels import run_channels
 from .harness import BENCH, LOGS, PYTHON, ROOT, WORK, BenchError, Procs, free_port, wait_port
 from .peers import PEERS, this_server_missing, write_spec
-from .scenarios import Plan, run_peer, run_redis
+from .scenarios import Plan, run_idle, run_peer, run_redis
 
 log = logging.getLogger("bench")
 RESULTS = BENCH / "results"
@@ -129,6 +129,32 @@ def _search_only(procs: Procs, plan: Plan) -> int:
     return 0
 
 
+def _idle_only(procs: Procs, plan: Plan, wanted: list[str]) -> int:
+    stem = "quick" if plan.quick else "latest"
+    path = RESULTS / f"{stem}.json"
+    if not path.exists():
+        print(f"bench: {path} does not exist; run the whole benchmark first", file=sys.stderr)
+        return 2
+    results = json.loads(path.read_text())
+    results["plan"].update({k: v for k, v in plan.__dict__.items() if k in ("many_conns", "idle_conns", "heartbeat_s", "probe_s")})
+    try:
+        spec, secret = write_spec(max(plan.idle_conns, plan.many_conns))
+        for key in wanted:
+            log.info("%s: idle connections", PEERS[key].label)
+            results["peers"].setdefault(key, {"label": PEERS[key].label}).update(
+                run_idle(procs, PEERS[key], plan, spec, secret))
+    finally:
+        procs.stop_all()
+    results["meta"]["idle_measured"] = _meta()
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    table = report.markdown(results)
+    (RESULTS / f"{stem}.md").write_text(table)
+    if not plan.quick:
+        report.update_readme(BENCH / "README.md", table)
+    print("\n".join(report.idle_table(results)))
+    return 0
+
+
 def _lock():
     """Hold bench/.work/lock for this run (``bench/run`` takes it itself and says so)."""
     if os.environ.get("BENCH_LOCK_HELD"):
@@ -152,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--search-only", action="store_true",
                         help="measure search alone and put it into the existing results (latest or quick)")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="measure the idle-connections row alone (for --peers) and put it into the existing results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -170,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.search_only:
         return _search_only(procs, plan)
+    if args.idle_only:
+        return _idle_only(procs, plan, [k.strip() for k in args.peers.split(",") if k.strip()])
     results: dict[str, Any] = {"meta": _meta(), "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
                                "peers": {}, "redis": {}}
     try:

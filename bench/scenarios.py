@@ -181,6 +181,31 @@ def _note(name: str, res: dict[str, Any]) -> None:
                  lat["p50"] or 0, lat["p99"] or 0, v["missing"], v["dups"], v["reorders"])
 
 
+def run_idle(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[str, Any]:
+    """Many idle connections on a fresh process: memory, heartbeats, a probe group, a mass disconnect."""
+    out: dict[str, Any] = {}
+    proc, url = _start(procs, peer, spec)
+    try:
+        out["rss_start_kb"] = proc_rss_kb(proc.pid)
+        conns = plan.many_conns if peer.key == "this" else plan.idle_conns
+        res = _swarm(procs, plan, url, secret, proc.pid, mode="idle", conns=conns,
+                     groupBase=IDLE_GROUP_BASE, groupSize=IDLE_GROUP_SIZE, concurrency=200, holdS=2,
+                     heartbeatS=plan.heartbeat_s, probeS=plan.probe_s, probeRate=20,
+                     setupTimeoutS=max(120, conns // 100))
+        out["idle"] = res
+        _note("idle", res)
+        _alive(proc)
+        # The swarm dropped every connection at once and measured the server's CPU until it
+        # went quiet (how long, and how much CPU, that many disconnects take).
+        if not res.get("error"):
+            wait_quiet(proc.pid, max_s=90)
+            log.info("  %-14s %.1f s, %.2f CPU-s to process the disconnects", "teardown",
+                     res["teardown_s"], res["teardown_cpu_s"])
+    finally:
+        procs.stop(proc)
+    return out
+
+
 def run_peer(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[str, Any]:
     """All single-node scenarios against one peer: idle on one fresh process, the rest on another.
 
@@ -189,26 +214,7 @@ def run_peer(procs: Procs, peer: Peer, plan: Plan, spec, secret: str) -> dict[st
     """
     out: dict[str, Any] = {"label": peer.label, "saturation": {}, "rates": {}}
     try:
-        proc, url = _start(procs, peer, spec)
-        try:
-            out["rss_start_kb"] = proc_rss_kb(proc.pid)
-            conns = plan.many_conns if peer.key == "this" else plan.idle_conns
-            res = _swarm(procs, plan, url, secret, proc.pid, mode="idle", conns=conns,
-                         groupBase=IDLE_GROUP_BASE, groupSize=IDLE_GROUP_SIZE, concurrency=200, holdS=2,
-                         heartbeatS=plan.heartbeat_s, probeS=plan.probe_s, probeRate=20,
-                         setupTimeoutS=max(120, conns // 100))
-            out["idle"] = res
-            _note("idle", res)
-            _alive(proc)
-            # The swarm dropped every connection at once and measured the server's CPU until it
-            # went quiet (how long, and how much CPU, that many disconnects take).
-            if not res.get("error"):
-                wait_quiet(proc.pid, max_s=90)
-                log.info("  %-14s %.1f s, %.2f CPU-s to process the disconnects", "teardown",
-                         res["teardown_s"], res["teardown_cpu_s"])
-        finally:
-            procs.stop(proc)
-
+        out.update(run_idle(procs, peer, plan, spec, secret))
         proc, url = _start(procs, peer, spec)
         try:
             # The largest room goes last: filling and emptying it can keep a server busy long
