@@ -140,6 +140,9 @@ class FastSocket(engineio.async_socket.AsyncSocket):
                 self.frames_left -= 1
                 if self.frames_left < 0 and not self._renew_budget():
                     break
+                if frame == "3":  # a pong: the next ping is due a ping interval from now
+                    self.schedule_ping()
+                    continue
                 if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
                     continue
                 try:

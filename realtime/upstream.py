@@ -25,7 +25,8 @@ PINS: dict[str, str] = {"python-engineio": "4.15.1", "python-socketio": "5.18.1"
 # "module:Qualified.name" -> first 16 hex digits of the SHA-256 of its source.
 FINGERPRINTS: dict[str, str] = {
     # FastEngineServer: handle_request and _handle_connect copied (answers every
-    # request itself); attach overridden; calls start_service_task/_service_task,
+    # request itself); attach and _service_task overridden (shutdown still sets
+    # service_task_event and awaits service_task_handle); calls start_service_task,
     # _trigger_event, _make_response, _unauthorized, _cors_allowed_origins,
     # _log_error_once, _ok, _bad_request, _gzip/_deflate; replaces _async["websocket"].
     "engineio.async_server:AsyncServer.attach": "7874d4dc1c319bc6",
@@ -36,7 +37,6 @@ FINGERPRINTS: dict[str, str] = {
     "engineio.base_server:BaseServer._deflate": "a0f1838bf7393936",
     "engineio.async_server:AsyncServer.handle_request": "1a8c878e35166cfe",
     "engineio.async_server:AsyncServer._handle_connect": "5bd7edc1d1ae115a",
-    "engineio.async_server:AsyncServer._service_task": "b6358bda51d0b34b",
     "engineio.async_server:AsyncServer._trigger_event": "4a09b6e47eb66532",
     "engineio.async_server:AsyncServer._make_response": "5f883ef57e34f34c",
     "engineio.async_server:AsyncServer.shutdown": "3f734c62c291d56a",

@@ -18,7 +18,7 @@ from realtime.engine_server import FastEngineServer
 from realtime.engine_socket import MAX_BUFFERED, FastSocket
 from realtime.light_queue import LightQueue
 from realtime.manager import MAX_QUEUED, FastManager
-from realtime.ping_wheel import PingWheel
+from realtime.ping_wheel import BATCH_S, PING_FRAME, PingWheel
 from realtime.socket_server import FastSocketServer
 from realtime.websocket_frames import websocket_frame
 
@@ -78,6 +78,8 @@ async def test_light_queue_join_waits_for_task_done():
 
 
 class _PingedSocket:
+    transport = None  # long-polling: pings go through send()
+
     def __init__(self, sid: str, fail: bool = False) -> None:
         self.sid, self.fail = sid, fail
         self.closing = self.closed = False
@@ -116,6 +118,40 @@ async def test_ping_wheel_pings_each_socket_after_the_interval_from_one_task():
     wheel.add(sockets[0])  # a pong came back: pinged again, by a new task
     await _until(lambda: len(sockets[0].sent) == 2)
     assert sockets[3].sent == [eio_packet.PING]
+    await wheel.close()
+
+
+class _WebSocketPinged(_PingedSocket):
+    """On WebSocket: the wheel hands the ping frame to the transport, with the loop's time."""
+
+    def __init__(self, sid: str) -> None:
+        super().__init__(sid)
+        self.transport = object()  # type: ignore[assignment]
+        self.frames: list[tuple[float, bytes]] = []
+
+    def write_frame(self, transport: object, frame: bytes) -> None:
+        assert transport is self.transport
+        self.frames.append((asyncio.get_running_loop().time(), frame))
+
+
+async def test_ping_wheel_writes_one_prebuilt_frame_and_batches_pings_that_fall_due_together():
+    """Sockets that joined 2 ms apart over 100 ms are pinged in a few wake-ups (at most
+    ``BATCH_S`` late each), each with the same ready-made frame ``2``, not a packet each."""
+    wheel = PingWheel(SimpleNamespace(ping_interval=0.2))  # type: ignore[arg-type]
+    sockets = [_WebSocketPinged(f"w{i}") for i in range(50)]
+    loop = asyncio.get_running_loop()
+    added = []
+    for socket in sockets:
+        added.append(loop.time())
+        wheel.add(socket)
+        await asyncio.sleep(0.002)
+    await _until(lambda: all(socket.frames for socket in sockets))
+    assert {frame for socket in sockets for _, frame in socket.frames} == {PING_FRAME} == {b"\x81\x012"}
+    assert all(socket.sent == [] for socket in sockets)  # no packet was encoded
+    times = [socket.frames[0][0] for socket in sockets]
+    for at, joined in zip(times, added, strict=True):
+        assert joined + 0.2 - 0.005 <= at <= joined + 0.2 + BATCH_S + 0.05
+    assert len({round(t, 3) for t in times}) <= 6, sorted(set(times))  # wake-ups, not one per socket
     await wheel.close()
 
 
