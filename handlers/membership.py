@@ -9,7 +9,9 @@ revoked user is refused everywhere at once; what this module adds is the room
 
 To tell a change from what was already so, the groups of each user connected
 here are kept as last read: read in batches when the user's first connection
-opens, and replaced by every re-read. When to re-read is the server's choice
+opens, and replaced by every re-read. A user added to a group between their
+connection opening and that first read is still told (the read finds the
+group already there, but the user may have listed their groups before). When to re-read is the server's choice
 (``server.membership``: a change stream, polling, the platform's call).
 """
 
@@ -44,6 +46,9 @@ class MembershipTracker:
         self._known: dict[str, set[str]] = {}  # user id -> group ids, as last read
         self._local: dict[str, int] = {}  # user id -> connections on this node
         self._pending: set[str] = set()  # users whose groups are still to be read
+        # Groups a pending user was added to before their first read: that read will find
+        # them already there, and the user is still to be told (their list may predate it).
+        self._added_while_pending: dict[str, set[str]] = {}
         self._loader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one read-and-apply at a time: later reads win
         # Counts re-reads of memberships, moved on as soon as one has read the store
@@ -70,6 +75,7 @@ class MembershipTracker:
         self._local.pop(user_id, None)
         self._known.pop(user_id, None)
         self._pending.discard(user_id)
+        self._added_while_pending.pop(user_id, None)
 
     async def _load_pending(self) -> None:
         """Read the groups of users whose first connection just opened (no news: a start)."""
@@ -79,9 +85,14 @@ class MembershipTracker:
             try:
                 async with self._lock:
                     found = await self.chat.user_groups(batch)
+                    added: list[tuple[str, str]] = []
                     for user_id, groups in found.items():
                         if user_id in self._local and user_id not in self._known:
                             self._known[user_id] = groups
+                            news = self._added_while_pending.pop(user_id, set()) & groups
+                            added.extend((user_id, group_id) for group_id in news)
+                    if added:
+                        await self._apply(self._by_user(), [], added)
             except StorageUnavailable as exc:
                 log.warning("cannot read the groups of %d connected users (trying again): %s", len(batch), exc)
                 self._pending.update(u for u in batch if u in self._local and u not in self._known)
@@ -113,6 +124,8 @@ class MembershipTracker:
                 elif known is not None and not was:
                     known.add(group_id)
                     added.append((user_id, group_id))
+                elif known is None:  # not read yet: the read will find it, and tell (_load_pending)
+                    self._added_while_pending.setdefault(user_id, set()).add(group_id)
             await self._apply(by_user, revoked, added)
 
     async def refresh_all(self) -> None:

@@ -310,3 +310,21 @@ def test_the_membership_settings():
     for name, value in (("MEMBERSHIP_POLL_S", "0"), ("MEMBERSHIP_POLL_S", "soon"), ("MEMBERSHIP_CHANGE_STREAM", "yes")):
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({**base, name: value})
+
+
+@pytest.mark.parametrize("backend", ["memory"])
+async def test_a_user_added_in_the_moment_after_connecting_gets_the_group(backend, connect, server_url, store):
+    """The change comes before the server has first read the new connection's groups (they are
+    read in batches, a moment after a user's first connection opens): the read finds the group
+    already there, and the user, whose list of groups may predate it, is still told."""
+    dan = await connect(DAN)
+    assert (await ok(dan, "list_groups", {}))["groups"] == []
+    store.set_members(MATHS, [ANA, BEN, CAROL, DAN])
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{server_url}/study-groups/{MATHS}/membership-changed", headers=SERVICE)
+        assert resp.status == 200
+    [added] = await dan.wait_event("group_added", timeout=LIMIT_S)
+    assert added["group"]["id"] == MATHS
+    await asyncio.sleep(0.3)
+    await dan.settle()
+    assert len(dan.events("group_added")) == 1
