@@ -154,7 +154,13 @@ function signIn(token, demoUser = null) {
   session.on("ended", onSessionEnded);
   session.on("rejoined", onRejoined);
   session.on("reset", (view) => {
-    if (view === state.view) conversation.open(view);
+    if (view !== state.view) return;
+    conversation.open(view);
+    updateHistoryTop();
+  });
+  session.on("left", (view, reason) => {
+    // Removed while we were away (the rejoin was refused): as if told at once.
+    if (reason !== "membership_revoked") onMembership("membership_revoked", { group_id: view.groupId });
   });
   session.on("error", (err, { timeline, during }) => {
     if (timeline !== state.view || err.code === "disconnected") return;
@@ -164,7 +170,7 @@ function signIn(token, demoUser = null) {
   session.on("acked", onSendAcked);
   session.on("failed", onSendFailed);
   session.on("retrying", onSendRetrying);
-  session.connect();
+  session.connect().catch(() => {}); // a refusal is told by the "refused" event
 }
 
 async function renewedDemoToken(demoUser) {
@@ -260,7 +266,7 @@ async function signInAgain() {
       conn.token = await demoToken(state.demoUser);
       saveSession(conn.token, state.demoUser);
       setSessionNotice("");
-      conn.connect();
+      conn.connect().catch(() => {});
     } catch (err) {
       setSessionNotice(`Could not sign in again: ${describe(err)}`, true);
     }
@@ -355,7 +361,11 @@ function renderGroups() {
 async function openGroup(groupId) {
   clearError();
   groupId = groupId.trim().toLowerCase(); // answers and events carry lowercase ids
-  if (state.view?.groupId === groupId || state.joining === groupId) return;
+  if (state.joining === groupId) return;
+  if (state.view?.groupId === groupId) {
+    state.joining = null; // back to the open group: a join under way is not wanted any more
+    return;
+  }
   if (!state.conn.connected) {
     showError("Not connected to the server.");
     return;
@@ -367,11 +377,12 @@ async function openGroup(groupId) {
     ({ timeline: next, ack } = await state.session.open(groupId, { limit: PAGE_SIZE }));
   } catch (err) {
     if (state.joining === groupId) state.joining = null;
-    showError(describe(err)); // e.g. "You are not a member of this group."
+    if (err.code !== "cancelled") showError(describe(err)); // e.g. "You are not a member of this group."
     return;
   }
   if (state.joining !== groupId) {
-    state.session.leave(groupId); // another group was picked meanwhile
+    // Another group was picked meanwhile (or this one again, and that call shows it).
+    if (state.view?.groupId !== groupId) state.session.leave(groupId);
     return;
   }
   state.joining = null;
@@ -786,7 +797,7 @@ function wire() {
     else showError("Paste a token first.");
   });
   ui.signOut.addEventListener("click", signOut);
-  ui.reconnect.addEventListener("click", () => state.conn?.connect());
+  ui.reconnect.addEventListener("click", () => state.conn?.connect().catch(() => {}));
   ui.errorDismiss.addEventListener("click", clearError);
   ui.sessionSignIn.addEventListener("click", signInAgain);
   ui.groups.addEventListener("click", (event) => {

@@ -65,6 +65,7 @@ export class Timeline extends GroupTimeline {
     this.accepted.clear();
     this.active = null;
     this.tabStop = null;
+    this.lastMarked = 0;
   }
 
   merge(messages, options) {

@@ -30,8 +30,7 @@ export async function chat(url: string, fetchToken: () => Promise<string>): Prom
     if (name === "message" && timeline) console.log(timeline.lines.length, payload.seq); // payload: Message
   });
   session.on("failed", (entry, error) => console.log(entry.id, error.code, error.describe()));
-  await session.connect();
-  await session.connection.once("connect", 10_000);
+  await session.connect(); // resolves once connected
 
   const { timeline, ack } = await session.open(GROUP);
   const lines: string[] = timeline.lines; // the subclass comes back typed

@@ -13,6 +13,8 @@ export const SERVER_EVENTS = Object.freeze([
   "message", "message_updated", "message_deleted", "typing", "presence",
   "session_expiring", "membership_revoked", "group_added",
 ]);
+/** How long before a token's end the server warns (`session_expiring`). */
+const WARNING_MS = 60_000;
 /** Refused handshakes in a row after which a token provider is not asked again. */
 const MAX_TOKEN_RENEWALS = 5;
 /** Waits between tries: 0.5 s doubling to 30 s, with jitter so a fleet does not retry in step. */
@@ -110,24 +112,47 @@ export class ChatConnection extends Emitter {
     return this.socket.id;
   }
 
-  /** Connect (again); without a token yet, the token provider gives one first. */
-  async connect() {
+  /**
+   * Connect (again); without a token yet, the token provider gives one first.
+   * Resolves once connected; rejects with the ChatError of a refusal for good
+   * (also reported as "refused"), or `cancelled` when closed meanwhile.
+   */
+  connect() {
     this.closed = false;
-    if (!this.token && this.tokenProvider) {
-      try {
-        this.token = await this.tokenProvider();
-      } catch (err) {
-        this.emit("refused", new ChatError({ code: "unauthorized", message: `No token: ${err?.message ?? err}` }));
+    const connected = new Promise((resolve, reject) => {
+      if (this.socket.connected) {
+        resolve();
         return;
       }
-    }
-    if (!this.closed) this.socket.connect();
+      const stops = [
+        this.on("connect", () => finish(resolve)),
+        this.on("refused", (err) => finish(() => reject(err))),
+        this.on("closed", () => finish(() => reject(new ChatError({ code: "cancelled", message: "Closed." })))),
+      ];
+      const finish = (then) => {
+        for (const stop of stops) stop();
+        then();
+      };
+    });
+    (async () => {
+      if (!this.token && this.tokenProvider) {
+        try {
+          this.token = await this.tokenProvider();
+        } catch (err) {
+          this.emit("refused", new ChatError({ code: "unauthorized", message: `No token: ${err?.message ?? err}` }));
+          return;
+        }
+      }
+      if (!this.closed) this.socket.connect();
+    })();
+    return connected;
   }
 
   close() {
     this.closed = true;
     clearTimeout(this._refreshTimer);
     this.socket.disconnect();
+    this.emit("closed");
   }
 
   /** A new token from the provider, then a new handshake; the provider is asked again with pauses. */
@@ -153,26 +178,39 @@ export class ChatConnection extends Emitter {
   }
 
   /**
-   * Refresh the token halfway to `expiresAt` (30 s before for the server's
-   * usual 60 s warning; a short token is not refreshed in a tight loop), trying
-   * again with pauses until it is done or too late. A newer warning replaces it.
+   * Refresh the token halfway to the session's end (30 s before it for the
+   * server's usual 60 s warning; a short token is not refreshed in a tight
+   * loop), trying again with pauses until it is done or too late. The time left
+   * is taken from the warning's arrival, not from this device's clock against
+   * the server's (which may differ), and counts at most the warning's 60 s.
+   * A newer warning replaces it.
    */
   _refreshBefore(expiresAt) {
     clearTimeout(this._refreshTimer);
+    const left = Math.min(Math.max(0, expiresAt - Date.now()), WARNING_MS);
+    const deadline = Date.now() + left;
     const run = async () => {
-      for (let attempt = 0; this.connected && this.expiresAt === expiresAt && Date.now() < expiresAt; attempt += 1) {
+      for (let attempt = 0; this.connected && this.expiresAt === expiresAt && Date.now() < deadline; attempt += 1) {
         try {
           const token = await this.tokenProvider();
-          await this.refresh(token);
+          const ack = await this.request("refresh_token", { token });
+          const until = Date.parse(ack.expires_at);
+          if (!(until > expiresAt)) {
+            // A provider that gave the same token again (a cache): the session would end anyway.
+            throw new ChatError({ code: "unauthorized", message: "The new token does not last longer than the old one." });
+          }
+          this.token = token;
+          this.expiresAt = until;
+          this.emit("refreshed", until);
           return;
         } catch (err) {
           this.emit("refresh_failed", err instanceof ChatError ? err
             : new ChatError({ code: "unauthorized", message: String(err?.message ?? err) }), expiresAt);
-          await sleep(Math.min(backoff(attempt, 1000), Math.max(0, expiresAt - Date.now() - 250)));
+          await sleep(Math.min(backoff(attempt, 1000), Math.max(0, deadline - Date.now() - 250)));
         }
       }
     };
-    this._refreshTimer = setTimeout(run, Math.max(0, (expiresAt - Date.now()) / 2));
+    this._refreshTimer = setTimeout(run, left / 2);
   }
 
   /**

@@ -10,7 +10,7 @@ import type {
 export type * from "./protocol.js";
 
 /** The protocol's error codes, and the client's own: no ack in time, not connected, a send dismissed. */
-export type ClientErrorCode = ErrorCode | "timeout" | "disconnected" | "cancelled";
+export type ClientErrorCode = ErrorCode | "too_many_connections" | "timeout" | "disconnected" | "cancelled";
 
 export declare const RETRYABLE_CODES: ReadonlySet<ClientErrorCode>;
 export declare const ACK_TIMEOUT_MS: number;
@@ -46,7 +46,7 @@ export declare class Emitter<Events extends { [K in keyof Events]: unknown[] }> 
 
 export type ConnectionState = "connected" | "reconnecting" | "disconnected";
 /** Gives a fresh token: at the first connect without one, before the current one runs out, and after a refusal. */
-export type TokenProvider = () => Promise<string>;
+export type TokenProvider = () => Promise<string> | string;
 
 export interface ConnectionOptions {
   /** The server's origin; leave it out in a page served by the server itself. */
@@ -72,7 +72,9 @@ export type ConnectionEvents = {
   refresh_failed: [error: ChatError, expiresAt: number];
   /** The server ended the session (its token ran out); with a token provider it reconnects. */
   ended: [info: { reconnecting: boolean }];
-} & { [E in ServerEventName]: Parameters<ServerToClientEvents[E]> };
+  /** close() was called. */
+  closed: [];
+} & { [E in Exclude<ServerEventName, "session_expiring">]: Parameters<ServerToClientEvents[E]> };
 
 export interface RequestOptions {
   timeoutMs?: number;
@@ -88,6 +90,7 @@ export declare class ChatConnection extends Emitter<ConnectionEvents> {
   readonly expiresAt: number | null;
   readonly connected: boolean;
   readonly id: string | undefined;
+  /** Resolves once connected; rejects with the ChatError of a refusal for good (`cancelled` when closed first). */
   connect(): Promise<void>;
   close(): void;
   /** Resolves with the success ack; rejects with ChatError. */
@@ -187,13 +190,14 @@ export type SessionEvents<T extends GroupTimeline> = {
   /** A connection is up (again); the joined groups' catch-up follows. */
   connected: [];
   messages: [batch: { timeline: T; messages: readonly Message[]; added: number }];
-  event: { [E in ServerEventName]: [name: E, payload: Parameters<ServerToClientEvents[E]>[0], context: EventContext<T>] }[ServerEventName];
+  event: { [E in Exclude<ServerEventName, "session_expiring">]: [name: E, payload: Parameters<ServerToClientEvents[E]>[0], context: EventContext<T>] }[Exclude<ServerEventName, "session_expiring">];
   /** A joined group was joined again after a reconnect (`online` and counts are fresh). */
   rejoined: [timeline: T, ack: JoinOk | JoinChangesOk];
   /** The server's history is not the one held (a fresh store): the timeline starts over. */
   reset: [timeline: T];
   caught_up: [timeline: T];
-  left: [timeline: T, reason: "membership_revoked"];
+  /** A timeline closed: `membership_revoked` came, or a rejoin after a reconnect was refused. */
+  left: [timeline: T, reason: "membership_revoked" | "not_member" | "group_not_found"];
   error: [error: ChatError, context: { timeline: T; during: "catch-up" | "gap fill" }];
   state: ConnectionEvents["state"];
   refused: ConnectionEvents["refused"];
@@ -216,7 +220,9 @@ export declare class ChatSession<T extends GroupTimeline = GroupTimeline> extend
   close(): void;
   request<E extends RequestName, P extends PayloadOf<E>>(event: E, payload?: P, options?: RequestOptions): Promise<AckOf<E, P>>;
   timeline(groupId: string): T | undefined;
-  /** Join a group: its latest page (ack null when it was joined already). */
+
+  /** Join a group: its latest page (ack null when it was joined already; a second call during the
+   * join gets the same answer; rejects with `cancelled` when left first). */
   open(groupId: string, options?: { limit?: number }): Promise<{ timeline: T; ack: JoinOk | null }>;
   leave(groupId: string): T | undefined;
   loadOlder(timeline: T, options?: { limit?: number }): Promise<AckOf<"get_history">>;

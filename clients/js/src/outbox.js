@@ -30,6 +30,7 @@ export class Outbox extends Emitter {
    * the stored message, or rejects with the ChatError that refused it for good.
    */
   add(groupId, content, extra = {}) {
+    groupId = String(groupId).toLowerCase(); // the server answers in lowercase
     const entry = {
       id: newClientMsgId(), groupId, content, extra, attempt: 0, error: null,
       inFlight: false, timer: null, stored: null, _resolve: null, _reject: null,
@@ -46,6 +47,7 @@ export class Outbox extends Emitter {
 
   /** The group's sends not stored yet, oldest first (failed ones included until dismissed). */
   forGroup(groupId) {
+    groupId = String(groupId).toLowerCase();
     return [...this.entries.values()].filter((e) => e.groupId === groupId);
   }
 
@@ -59,29 +61,43 @@ export class Outbox extends Emitter {
     for (const groupId of new Set([...this.entries.values()].map((e) => e.groupId))) this._pump(groupId);
   }
 
-  /** One of our sends is stored (its ack, or its broadcast, arrived): stop resending it. */
+  /**
+   * A stored message arrived (an ack, or a broadcast, whichever came first): if it is
+   * one of our waiting sends, it is done, and the group's next send goes.
+   */
   settle(message) {
     const entry = message && this.entries.get(message.client_msg_id);
     if (!entry || entry.groupId !== message.group_id) return false;
-    clearTimeout(entry.timer);
-    this.entries.delete(entry.id);
-    entry._resolve(message);
-    this._pump(entry.groupId);
+    this._done(entry, message);
     return true;
   }
 
-  /** Forget a send (a failed one the person dismissed, say). */
+  _done(entry, message) {
+    clearTimeout(entry.timer);
+    this.entries.delete(entry.id);
+    entry._resolve(message);
+    this.emit("acked", message, entry);
+    this._pump(entry.groupId);
+  }
+
+  /** Forget a send (a failed one the person dismissed, say); one in flight is answered first. */
   dismiss(id) {
     const entry = this.entries.get(id);
     if (!entry) return;
     clearTimeout(entry.timer);
     this.entries.delete(id);
     if (!entry.error) entry._reject(new ChatError({ code: "cancelled", message: "The send was cancelled." }));
-    this._pump(entry.groupId);
+    if (!entry.inFlight) this._pump(entry.groupId); // else the group goes on once its answer is in
   }
 
+  /** Forget every send, sending nothing more (closing the session). */
   clear() {
-    for (const id of [...this.entries.keys()]) this.dismiss(id);
+    const entries = [...this.entries.values()];
+    this.entries.clear();
+    for (const entry of entries) {
+      clearTimeout(entry.timer);
+      if (!entry.error) entry._reject(new ChatError({ code: "cancelled", message: "The send was cancelled." }));
+    }
   }
 
   _head(groupId) {
@@ -103,11 +119,15 @@ export class Outbox extends Emitter {
     let delay = null;
     try {
       const ack = await this.connection.request("send_message", payload);
-      if (this.settle(ack.message)) this.emit("acked", ack.message, entry);
+      entry.inFlight = false;
+      // This very entry (not one found by the answer's fields): it is stored.
+      if (this.entries.get(entry.id) === entry) this._done(entry, ack.message);
       return;
     } catch (err) {
       if (this.entries.get(entry.id) !== entry) return; // settled by its broadcast, or dismissed
-      if (err.code === "disconnected") return; // flush() sends it again after the reconnect
+      // Not connected, or the session's token ran out (refused until the reconnect with a
+      // fresh one): sent again after the next connection's catch-up (flush()).
+      if (err.code === "disconnected" || err.code === "unauthorized") return;
       if (RETRYABLE_CODES.has(err.code)) {
         // After a timeout the waiting is done: resend at once. Otherwise wait as told.
         delay = err.code === "timeout" ? 0 : err.retryAfterMs ?? backoff(Math.min(attempt - 1, 4), 1000);
@@ -118,11 +138,10 @@ export class Outbox extends Emitter {
       }
     } finally {
       entry.inFlight = false;
+      // Settled or dismissed meanwhile (or refused for good): the group's next send goes.
+      if (this.entries.get(entry.id) !== entry || entry.error) this._pump(entry.groupId);
     }
-    if (delay === null) {
-      this._pump(entry.groupId); // the next send of the group goes on
-      return;
-    }
+    if (delay === null) return;
     entry.timer = setTimeout(() => {
       entry.timer = null;
       this._pump(entry.groupId);

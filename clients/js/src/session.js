@@ -5,7 +5,9 @@
 import { ChatConnection } from "./connection.js";
 import { Outbox } from "./outbox.js";
 import { GroupTimeline } from "./timeline.js";
-import { Emitter } from "./emitter.js";
+import { Emitter, sleep } from "./emitter.js";
+import { ChatError } from "./errors.js";
+import { backoff } from "./connection.js";
 
 /** Messages per page when joining and loading older history. */
 export const PAGE_SIZE = 50;
@@ -14,6 +16,11 @@ export const CATCH_UP_PAGE = 100;
 const MESSAGE_EVENTS = new Set(["message", "message_updated", "message_deleted"]);
 const PASSED_ON = ["state", "refused", "expiring", "refreshed", "refresh_failed", "ended"];
 const OTHER_SERVER_EVENTS = ["typing", "presence", "membership_revoked", "group_added"];
+/** A rejoin after a reconnect that fails (not for membership) is tried this many times. */
+const CATCH_UP_ATTEMPTS = 5;
+/** Refusals of a rejoin that mean the group is no longer ours: its timeline closes. */
+const GONE = new Set(["not_member", "group_not_found"]);
+const lower = (groupId) => String(groupId ?? "").trim().toLowerCase();
 
 /**
  * Events (see index.d.ts): "connected" (a connection is up; catch-up follows), "messages"
@@ -29,7 +36,7 @@ export class ChatSession extends Emitter {
     this.outbox = new Outbox(this.connection);
     this.createTimeline = createTimeline;
     this.timelines = new Map(); // group id -> joined timeline
-    this.joining = new Map(); // group id -> timeline whose join ack is awaited (it collects events)
+    this.joining = new Map(); // group id -> {timeline, early, done}: a join whose ack is awaited
     const conn = this.connection;
     for (const event of PASSED_ON) conn.on(event, (...args) => this.emit(event, ...args));
     for (const event of ["acked", "retrying", "failed"]) this.outbox.on(event, (...args) => this.emit(event, ...args));
@@ -46,9 +53,10 @@ export class ChatSession extends Emitter {
     return this.connection.connect();
   }
 
+  /** Disconnect and forget what waits (nothing more is sent). */
   close() {
-    this.outbox.clear();
     this.connection.close();
+    this.outbox.clear();
   }
 
   /** A request answered by its ack (rejects with ChatError). */
@@ -58,39 +66,62 @@ export class ChatSession extends Emitter {
 
   /** The timeline of a joined group (or one being joined), or undefined. */
   timeline(groupId) {
-    return this.timelines.get(groupId) ?? this.joining.get(groupId);
+    groupId = lower(groupId);
+    return this.timelines.get(groupId) ?? this.joining.get(groupId)?.timeline;
   }
 
   /**
    * Join a group: its latest page of messages. Events that arrive before the
-   * join's ack are kept. Resolves with the timeline and the ack.
+   * join's ack are applied after its page. Resolves with the timeline and the
+   * ack (`null` when the group was joined already); a second call while the
+   * join is under way gets the same answer. A join left (`leave`) before its
+   * ack rejects with `cancelled` and leaves the room again.
    */
-  async open(groupId, { limit = PAGE_SIZE } = {}) {
-    groupId = groupId.trim().toLowerCase(); // answers and events carry lowercase ids
+  open(groupId, { limit = PAGE_SIZE } = {}) {
+    groupId = lower(groupId); // answers and events carry lowercase ids
     const joined = this.timelines.get(groupId);
-    if (joined) return { timeline: joined, ack: null };
-    const timeline = this.createTimeline(groupId);
-    this.joining.set(groupId, timeline);
+    if (joined) return Promise.resolve({ timeline: joined, ack: null });
+    const under = this.joining.get(groupId);
+    if (under) return under.done;
+    const join = { timeline: this.createTimeline(groupId), early: [], done: null };
+    this.joining.set(groupId, join);
+    join.done = this._join(groupId, join, limit);
+    return join.done;
+  }
+
+  async _join(groupId, join, limit) {
     let ack;
     try {
       ack = await this.connection.requestRetrying("join_group", { group_id: groupId, limit });
-    } finally {
-      if (this.joining.get(groupId) === timeline) this.joining.delete(groupId);
+    } catch (err) {
+      if (this.joining.get(groupId) === join) this.joining.delete(groupId);
+      throw err;
     }
+    if (this.joining.get(groupId) !== join) {
+      if (this.connected && !this.timelines.has(groupId)) this.connection.notify("leave_group", { group_id: groupId });
+      throw new ChatError({ code: "cancelled", message: "The join was cancelled." });
+    }
+    this.joining.delete(groupId);
+    const { timeline } = join;
     timeline.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
     timeline.applyUpTo(ack.latest_rev); // read before the page: every change up to it is in the page
     this.timelines.set(groupId, timeline);
     this.merge(timeline, ack.messages);
+    // What came meanwhile: only changes to what the page holds (or newer) are kept, so the
+    // history held stays one run of seqs that older pages extend.
+    if (join.early.length) this.merge(timeline, join.early, { onlyHeld: true });
     return { timeline, ack };
   }
 
   /** Leave a group's room and drop its timeline (its waiting sends stay in the outbox). */
   leave(groupId) {
+    groupId = lower(groupId);
     const timeline = this.timelines.get(groupId);
+    const joining = this.joining.get(groupId);
     this.timelines.delete(groupId);
     this.joining.delete(groupId);
-    if (timeline && this.connected) this.connection.notify("leave_group", { group_id: groupId });
-    return timeline;
+    if ((timeline || joining) && this.connected) this.connection.notify("leave_group", { group_id: groupId });
+    return timeline ?? joining?.timeline;
   }
 
   /** Load the page before the oldest held message; resolves with the ack. */
@@ -105,7 +136,7 @@ export class ChatSession extends Emitter {
 
   /** Queue a send (see Outbox.add): it is stored once, in order, whatever the network does. */
   send(groupId, content, extra = {}) {
-    return this.outbox.add(groupId, content, extra);
+    return this.outbox.add(lower(groupId), content, extra);
   }
 
   /**
@@ -123,14 +154,31 @@ export class ChatSession extends Emitter {
 
   async _onConnect() {
     this.emit("connected");
-    for (const timeline of [...this.timelines.values()]) {
+    const id = this.connection.id;
+    await Promise.all([...this.timelines.values()].map((timeline) => this._rejoin(timeline, id)));
+    this.outbox.flush(); // after the catch-up: resends find their first store in place
+  }
+
+  /** Catch a timeline up after a reconnect, trying again while the same connection lasts. */
+  async _rejoin(timeline, connectionId) {
+    for (let attempt = 0; ; attempt += 1) {
       try {
         await this.catchUp(timeline);
+        return;
       } catch (err) {
-        this.emit("error", err, { timeline, during: "catch-up" });
+        const current = this.timelines.get(timeline.groupId) === timeline;
+        if (current && GONE.has(err.code)) {
+          // Removed (or deleted) while we were away: no membership_revoked comes for that.
+          this.timelines.delete(timeline.groupId);
+          this.emit("left", timeline, err.code);
+          return;
+        }
+        if (current && err.code !== "disconnected") this.emit("error", err, { timeline, during: "catch-up" });
+        if (!current || attempt + 1 >= CATCH_UP_ATTEMPTS) return;
+        await sleep(backoff(attempt, 1000));
+        if (!this.connected || this.connection.id !== connectionId) return; // the next connection rejoins
       }
     }
-    this.outbox.flush(); // after the catch-up: resends find their first store in place
   }
 
   /**
@@ -148,6 +196,7 @@ export class ChatSession extends Emitter {
       if (ack.latest_rev < timeline.rev || ack.latest_seq < timeline.top) {
         // Not the history this copy came from (a server with a fresh store): start over.
         timeline.reset();
+        timeline.catchingUp = true; // reset() cleared it: this loop goes on fetching
         this.emit("reset", timeline);
         const fresh = await this.connection.requestRetrying("join_group", { group_id: groupId, limit: PAGE_SIZE });
         timeline.hasOlder = fresh.has_more;
@@ -200,17 +249,23 @@ export class ChatSession extends Emitter {
 
   _onMessageEvent(event, payload) {
     if (payload?.client_msg_id) this.outbox.settle(payload);
-    const timeline = this.timeline(payload?.group_id);
-    const added = timeline ? this.merge(timeline, [payload]) : 0;
-    this.emit("event", event, payload, { timeline: timeline ?? null, added });
+    const groupId = lower(payload?.group_id);
+    const joining = this.joining.get(groupId);
+    if (joining) joining.early.push(payload); // applied after the join's page
+    const timeline = this.timelines.get(groupId);
+    // A change to a message older than the oldest held is left to older pages: the
+    // history held stays one run of seqs.
+    const added = timeline ? this.merge(timeline, [payload], { onlyHeld: true }) : 0;
+    this.emit("event", event, payload, { timeline: timeline ?? joining?.timeline ?? null, added });
   }
 
   _onOtherEvent(event, payload) {
     if (event === "membership_revoked") {
       // The server took this connection out of the room: the timeline is closed.
-      const timeline = this.timeline(payload?.group_id);
-      this.timelines.delete(payload?.group_id);
-      this.joining.delete(payload?.group_id);
+      const groupId = lower(payload?.group_id);
+      const timeline = this.timeline(groupId);
+      this.timelines.delete(groupId);
+      this.joining.delete(groupId);
       if (timeline) this.emit("left", timeline, "membership_revoked");
     }
     this.emit("event", event, payload, { timeline: this.timeline(payload?.group_id) ?? null, added: 0 });

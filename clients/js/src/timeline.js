@@ -8,7 +8,8 @@
  * until the server gives them one: then tombstones are final and later edits win.
  */
 export function supersedes(incoming, current) {
-  if (incoming.rev > 0 && current.rev > 0) return incoming.rev > current.rev;
+  // Any revised state is later than an unrevised one (a reaction or a pin, not only an edit).
+  if (incoming.rev > 0 || current.rev > 0) return incoming.rev > current.rev;
   if (current.deleted) return false;
   if (incoming.deleted) return true;
   return (incoming.edited_at || "") > (current.edited_at || "");

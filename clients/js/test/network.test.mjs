@@ -127,3 +127,64 @@ test("a missed broadcast: the gap in rev is filled from get_changes", async () =
   assert.deepEqual(timeline.messages(), expected);
   assert.equal(timeline.bySeq.get(2).id, missed.id);
 });
+
+test("closing the session sends nothing more of what waited", async () => {
+  const group = GROUPS[5];
+  const proxy = await env.stack.proxy();
+  const ana = await signIn(ANA, { url: proxy.url });
+  const ben = await signIn(BEN);
+  const { timeline: bens } = await ben.open(group);
+  proxy.stall(); // the first send reaches the server; its answer does not come back
+  const first = ana.send(group, "first");
+  await until(() => bens.newest === 1, "the first send to be stored");
+  const later = ["second", "third"].map((text) => ana.send(group, text));
+  ana.close();
+  proxy.restore();
+  for (const entry of later) await assert.rejects(entry.stored, (err) => err.code === "cancelled");
+  await assert.rejects(first.stored, (err) => err.code === "cancelled");
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.deepEqual((await serverState(ben, group)).map((m) => m.content), ["first"]);
+});
+
+test("ids in any case: a send to an upper-case group id is stored and the next ones follow", async () => {
+  const group = GROUPS[6];
+  const ana = await signIn(ANA);
+  const entries = ["upper 1", "upper 2"].map((text) => ana.send(group.toUpperCase(), text));
+  const stored = await Promise.all(entries.map((entry) => entry.stored));
+  assert.deepEqual(stored.map((m) => [m.group_id, m.content]), [[group, "upper 1"], [group, "upper 2"]]);
+  assert.equal(ana.outbox.waiting.length, 0);
+});
+
+test("two opens of one group share one join; a join left before its answer leaves the room", async () => {
+  const group = GROUPS[7];
+  const ana = await signIn(ANA);
+  const ben = await signIn(BEN);
+  const [one, two] = await Promise.all([ana.open(group.toUpperCase()), ana.open(group)]);
+  assert.equal(one.timeline, two.timeline);
+  assert.equal(ana.timeline(group), one.timeline);
+  ana.leave(group);
+  const cancelled = ana.open(group);
+  ana.leave(group);
+  await assert.rejects(cancelled, (err) => err.code === "cancelled");
+  assert.equal(ana.timeline(group), undefined);
+  const seen = [];
+  ana.on("event", (name, payload) => seen.push(payload.content));
+  await ben.request("send_message", { group_id: group, content: "after Ana left" });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.deepEqual(seen, [], "out of the room");
+});
+
+test("removed while away: the rejoin is refused and the timeline closes (left)", async () => {
+  const group = GROUPS[6];
+  const proxy = await env.stack.proxy();
+  const ana = await signIn(ANA, { url: proxy.url });
+  const { timeline } = await ana.open(group);
+  const left = ana.once("left", 15_000);
+  proxy.cut();
+  await until(() => !ana.connected, "Ana to notice the drop");
+  env.stack.setMembers(group, [BEN]);
+  proxy.restore();
+  assert.equal(await left, timeline);
+  assert.equal(ana.timeline(group), undefined);
+  env.stack.setMembers(group, [ANA, BEN]);
+});

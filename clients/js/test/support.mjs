@@ -258,6 +258,18 @@ export async function startStack(settings = {}) {
       proxies.push(proxy);
       return proxy;
     },
+    /** The platform changes a group's members (straight in the database, as it does). */
+    setMembers(groupId, members) {
+      const script = `
+import sys
+from bson import ObjectId
+from pymongo import MongoClient
+MongoClient(sys.argv[1])[sys.argv[2]].study_groups.update_one(
+    {"_id": ObjectId(sys.argv[3])}, {"$set": {"members": [ObjectId(m) for m in sys.argv[4:]]}})
+`;
+      const result = spawnSync(PYTHON, ["-c", script, database.uri, db, groupId, ...members], { encoding: "utf8" });
+      if (result.status !== 0) throw new Error(`setMembers failed: ${result.stderr}`);
+    },
     async stop() {
       for (const proxy of proxies) await proxy.close();
       await server.kill();

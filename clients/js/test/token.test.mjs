@@ -94,8 +94,22 @@ test("an expired token at connect: the provider's fresh one is used", async () =
 test("a refused handshake without a provider is a typed refusal", async () => {
   const ana = session({ token: "not-a-token" });
   const refused = ana.once("refused", 5000);
-  await ana.connect();
+  await assert.rejects(ana.connect(), (err) => err.code === "unauthorized");
   const err = await refused;
   assert.equal(err.code, "unauthorized");
   assert.equal(ana.connected, false);
+});
+
+test("a provider that gives the same token again: reported as a failed refresh, not as refreshed", async () => {
+  const short = token(ANA, 4);
+  const ana = session({ token: short, tokenProvider: async () => short });
+  let refreshed = false;
+  ana.on("refreshed", () => {
+    refreshed = true;
+  });
+  const failed = ana.once("refresh_failed", 6000);
+  await ana.connect();
+  const err = await failed;
+  assert.match(err.message, /does not last longer/);
+  assert.equal(refreshed, false);
 });
