@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from . import report
@@ -111,31 +112,43 @@ def run_search(procs: Procs, quick: bool) -> dict[str, Any]:
     return result
 
 
-def _search_only(procs: Procs, plan: Plan) -> int:
-    stem = "quick" if plan.quick else "latest"
-    path = RESULTS / f"{stem}.json"
+def _stored_results(plan: Plan) -> tuple[Path, dict[str, Any]] | None:
+    """The latest (or quick) results, for a run that measures one row again into them."""
+    path = RESULTS / f"{'quick' if plan.quick else 'latest'}.json"
     if not path.exists():
         print(f"bench: {path} does not exist; run the whole benchmark first", file=sys.stderr)
+        return None
+    return path, json.loads(path.read_text())
+
+
+def _store_results(path: Path, results: dict[str, Any]) -> str:
+    """Write results and their report beside them; returns the report."""
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    table = report.markdown(results)
+    path.with_suffix(".md").write_text(table)
+    return table
+
+
+def _search_only(procs: Procs, plan: Plan) -> int:
+    stored = _stored_results(plan)
+    if stored is None:
         return 2
-    results = json.loads(path.read_text())
+    path, results = stored
     log.info("search: latency with %s messages in one group", "10,000" if plan.quick else "100,000")
     try:
         results["search"] = run_search(procs, plan.quick)
     finally:
         procs.stop_all()
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / f"{stem}.md").write_text(report.markdown(results))
+    _store_results(path, results)
     print("\n".join(report.search_table(results)))
     return 0
 
 
 def _idle_only(procs: Procs, plan: Plan, wanted: list[str]) -> int:
-    stem = "quick" if plan.quick else "latest"
-    path = RESULTS / f"{stem}.json"
-    if not path.exists():
-        print(f"bench: {path} does not exist; run the whole benchmark first", file=sys.stderr)
+    stored = _stored_results(plan)
+    if stored is None:
         return 2
-    results = json.loads(path.read_text())
+    path, results = stored
     results["plan"].update({k: v for k, v in plan.__dict__.items() if k in ("many_conns", "idle_conns", "heartbeat_s", "probe_s")})
     try:
         spec, secret = write_spec(max(plan.idle_conns, plan.many_conns))
@@ -146,9 +159,7 @@ def _idle_only(procs: Procs, plan: Plan, wanted: list[str]) -> int:
     finally:
         procs.stop_all()
     results["meta"]["idle_measured"] = _meta()
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    table = report.markdown(results)
-    (RESULTS / f"{stem}.md").write_text(table)
+    table = _store_results(path, results)
     if not plan.quick:
         report.update_readme(BENCH / "README.md", table)
     print("\n".join(report.idle_table(results)))
