@@ -193,15 +193,12 @@ export class ChatConnection extends Emitter {
       for (let attempt = 0; this.connected && this.expiresAt === expiresAt && Date.now() < deadline; attempt += 1) {
         try {
           const token = await this.tokenProvider();
-          const ack = await this.request("refresh_token", { token });
-          const until = Date.parse(ack.expires_at);
+          const until = await this._exchange(token);
           if (!(until > expiresAt)) {
             // A provider that gave the same token again (a cache): the session would end anyway.
             throw new ChatError({ code: "unauthorized", message: "The new token does not last longer than the old one." });
           }
-          this.token = token;
-          this.expiresAt = until;
-          this.emit("refreshed", until);
+          this._refreshed(token, until);
           return;
         } catch (err) {
           this.emit("refresh_failed", err instanceof ChatError ? err
@@ -262,10 +259,19 @@ export class ChatConnection extends Emitter {
 
   /** Move this session's end to a new token's `exp` (same user); reconnects use it too. */
   async refresh(token) {
+    return this._refreshed(token, await this._exchange(token));
+  }
+
+  /** `refresh_token`: when the session ends with `token` (ms). */
+  async _exchange(token) {
     const ack = await this.request("refresh_token", { token });
+    return Date.parse(ack.expires_at);
+  }
+
+  _refreshed(token, until) {
     this.token = token;
-    this.expiresAt = Date.parse(ack.expires_at);
-    this.emit("refreshed", this.expiresAt);
-    return this.expiresAt;
+    this.expiresAt = until;
+    this.emit("refreshed", until);
+    return until;
   }
 }

@@ -103,14 +103,19 @@ export class ChatSession extends Emitter {
     }
     this.joining.delete(groupId);
     const { timeline } = join;
-    timeline.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
-    timeline.applyUpTo(ack.latest_rev); // read before the page: every change up to it is in the page
     this.timelines.set(groupId, timeline);
-    this.merge(timeline, ack.messages);
+    this._applyLatestPage(timeline, ack);
     // What came meanwhile: only changes to what the page holds (or newer) are kept, so the
     // history held stays one run of seqs that older pages extend.
     if (join.early.length) this.merge(timeline, join.early, { onlyHeld: true });
     return { timeline, ack };
+  }
+
+  /** A join's answer without `since_seq`/`since_rev`: the latest page. */
+  _applyLatestPage(timeline, ack) {
+    timeline.hasOlder = ack.has_more; // without since_seq, has_more means older messages exist
+    timeline.applyUpTo(ack.latest_rev); // read before the page: every change up to it is in the page
+    this.merge(timeline, ack.messages);
   }
 
   /** Leave a group's room and drop its timeline (its waiting sends stay in the outbox). */
@@ -199,10 +204,8 @@ export class ChatSession extends Emitter {
         timeline.catchingUp = true; // reset() cleared it: this loop goes on fetching
         this.emit("reset", timeline);
         const fresh = await this.connection.requestRetrying("join_group", { group_id: groupId, limit: PAGE_SIZE });
-        timeline.hasOlder = fresh.has_more;
-        timeline.applyUpTo(fresh.latest_rev);
         this.emit("rejoined", timeline, fresh);
-        this.merge(timeline, fresh.messages);
+        this._applyLatestPage(timeline, fresh);
       } else {
         this.emit("rejoined", timeline, ack);
         await this._applyChanges(timeline, ack);
