@@ -29,10 +29,10 @@ ClientAddress = Callable[[Mapping[str, Any]], str]
 
 
 def peer_address(environ: Mapping[str, Any]) -> str:
-    """The TCP peer's address, as aiohttp reports it (``""`` when unknown)."""
-    request = environ.get("aiohttp.request")
-    remote = getattr(request, "remote", None)
-    return remote or ""
+    """The TCP peer's address (``FastEngineServer`` puts aiohttp's in ``REMOTE_ADDR``;
+    ``""`` when unknown)."""
+    remote = environ.get("REMOTE_ADDR")
+    return remote if isinstance(remote, str) else ""
 
 
 class Admission:

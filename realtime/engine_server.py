@@ -2,9 +2,11 @@
 
 ``FastEngineServer`` is python-engineio's ``AsyncServer`` with these changes:
 
-- a new WebSocket connection is set up by one coroutine (``handle_request``)
-  rather than Engine.IO's chain of five, each of which would stay suspended
-  for the connection's whole life;
+- a WebSocket connection, once its upgrade is accepted, is taken from aiohttp
+  (``realtime.websocket``): no coroutine, task or aiohttp object stays alive
+  for it, and each inbound message is handled in the call that parsed it;
+  a session's environ keeps no reference to the aiohttp request
+  (``session_environ``);
 - each connection's outgoing queue is a ``LightQueue`` (an idle
   ``asyncio.Queue`` holds four 64-slot deque blocks, about 2.5 KB);
 - one ``PingWheel`` task pings every connection, instead of a sleeping task,
@@ -56,6 +58,7 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from .engine_socket import BUDGET_WINDOW_S, UPGRADE_TIMEOUT_S, FastSocket, decode_packet
 from .light_queue import LightQueue
 from .ping_wheel import PingWheel
+from .websocket import WebSocketConnection, take_over, upgrade_head
 from .websocket_frames import write_frames
 
 if TYPE_CHECKING:
@@ -63,23 +66,6 @@ if TYPE_CHECKING:
 
 Environ = dict[str, Any]
 Response = dict[str, Any]  # Engine.IO's response description: status, headers, response
-
-
-class PlainWebSocket(eio_aiohttp.WebSocket):
-    """engineio's aiohttp WebSocket, accepted without permessage-deflate, whose
-    message limit is ``maxPayload`` bytes inclusive (aiohttp's ``max_msg_size``
-    refuses a message of exactly that size)."""
-
-    async def __call__(self, environ: Environ) -> web.WebSocketResponse:
-        await self.accept(environ)
-        await self.handler(self)
-        sock: web.WebSocketResponse = self._sock
-        return sock
-
-    async def accept(self, environ: Environ) -> None:
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size + 1, compress=False)
-        await self._sock.prepare(environ["aiohttp.request"])
-        self.environ = environ
 
 
 def _payload_packets(body: bytes) -> list[eio_packet.Packet]:
@@ -107,6 +93,7 @@ class FastEngineServer(engineio.AsyncServer):
     start_plain_event = None  # set by FastSocketServer: what FastSocket's reader hands plain events to
     frame_budget = 0  # inbound frames per connection per BUDGET_WINDOW_S; 0: no budget
     upgrade_timeout = UPGRADE_TIMEOUT_S  # seconds an upgrading WebSocket may take for its probe and UPGRADE
+    session_headers: frozenset[str] | None = None  # environ HTTP_ keys a session keeps (None: all)
     _async: dict[str, Any]
     start_service_task: bool
     sockets: dict[str, FastSocket]
@@ -116,7 +103,6 @@ class FastEngineServer(engineio.AsyncServer):
         super().__init__(*args, **kwargs)
         if self.cookie:
             raise ValueError("FastEngineServer does not set a session cookie")
-        self._async = {**self._async, "websocket": PlainWebSocket}
         self.ping_wheel = PingWheel(self)
         self._pending: dict[Transport, list[bytes]] = {}
         self._flush_scheduled = False
@@ -148,6 +134,10 @@ class FastEngineServer(engineio.AsyncServer):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def discard_pending(self, transport: Transport) -> None:
+        """Forget what waits for a transport that is gone."""
+        self._pending.pop(transport, None)
 
     def flush(self, transport: Transport) -> None:
         """Write what waits for ``transport`` now (before its closing frame)."""
@@ -216,6 +206,7 @@ class FastEngineServer(engineio.AsyncServer):
         reference server answers it (see the module docstring)."""
         query = request.query
         environ: Environ = eio_aiohttp.translate_request(request)
+        environ["REMOTE_ADDR"] = request.remote or ""  # Engine.IO's is always 127.0.0.1 under aiohttp
         origin = environ.get("HTTP_ORIGIN")
         if origin and self.cors_allowed_origins != []:
             allowed = self._cors_allowed_origins(environ)
@@ -299,9 +290,12 @@ class FastEngineServer(engineio.AsyncServer):
                 return self._bad_request("Invalid transport")
             if socket.upgraded or socket.upgrading:
                 return await self._accept_and_close(environ)
-            ws = PlainWebSocket(socket._websocket_handler, self)
-            sock: web.WebSocketResponse = await ws(environ)
-            return sock
+            request: web.Request = environ["aiohttp.request"]
+            head = upgrade_head(request)
+            if head is None:
+                self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
+                return self._bad_request("Invalid websocket upgrade")
+            return take_over(request, head, self._websocket_connection(), socket.upgrade_to)
         if socket.upgraded:
             self._log_error_once(f"Unexpected HTTP request for session {sid}", "unexpected-http")
             return self._bad_request("Unexpected HTTP request")
@@ -413,7 +407,7 @@ class FastEngineServer(engineio.AsyncServer):
         socket = self.sockets[sid] = FastSocket(self, sid)
         upgrades = ["websocket"] if self.allow_upgrades and "websocket" in self.transports else []
         await socket.send(self._open_packet(sid, upgrades))
-        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        accepted = await self._trigger_event("connect", sid, self.session_environ(environ), run_async=False)
         if accepted is not None and accepted is not True:
             del self.sockets[sid]
             self.logger.warning("Application rejected connection")
@@ -429,33 +423,47 @@ class FastEngineServer(engineio.AsyncServer):
         answer: Response = self._ok(packets, jsonp_index=jsonp_index)
         return answer
 
-    async def _connect_websocket(self, environ: Environ) -> web.StreamResponse:
+    async def _connect_websocket(self, environ: Environ) -> Response | web.StreamResponse:
         """A new WebSocket connection (``GET ?EIO=4&transport=websocket`` with no
-        ``sid``, the commonest request), handled in this one frame: the chain of
-        calls Engine.IO makes for it would each stay suspended, holding memory,
-        for the connection's whole life."""
+        ``sid``, the commonest request): the application's handshake, then the
+        TCP connection is handed from aiohttp to a ``WebSocketConnection``."""
+        request: web.Request = environ["aiohttp.request"]
+        head = upgrade_head(request)
+        if head is None:
+            self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
+            return self._bad_request("Invalid websocket upgrade")
         self._start_service_task()
         sid = self.generate_id()
         socket = self.sockets[sid] = FastSocket(self, sid)
         await socket.send(self._open_packet(sid, []))
-        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        accepted = await self._trigger_event("connect", sid, self.session_environ(environ), run_async=False)
         if accepted is not None and accepted is not True:
             del self.sockets[sid]
             self.logger.warning("Application rejected connection")
-            return await self._respond(self._unauthorized(accepted or None), environ)
+            refused: Response = self._unauthorized(accepted or None)
+            return refused
         socket.schedule_ping()
-        ws = PlainWebSocket(socket._websocket_handler, self)
         try:
-            await ws.accept(environ)
-        except Exception:  # the client left before the handshake completed
+            return take_over(request, head, self._websocket_connection(), socket.on_websocket)
+        except ConnectionResetError:  # the client left during the handshake
             await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
             self.sockets.pop(sid, None)
-            raise
-        await socket._websocket_handler(ws)
-        if socket.closed and sid in self.sockets:
-            del self.sockets[sid]
-        sock: web.WebSocketResponse = ws._sock
-        return sock
+            return web.Response(status=400)
+
+    def _websocket_connection(self) -> WebSocketConnection:
+        # maxPayload is inclusive; the connection refuses a message of its limit or more (1009),
+        # so no message handed to FastSocket is longer than maxPayload.
+        return WebSocketConnection(self.max_http_buffer_size + 1)
+
+    def session_environ(self, environ: Environ) -> Environ:
+        """What a session keeps of its handshake request's environ: the WSGI keys,
+        ``REMOTE_ADDR`` (the peer's address), and the ``HTTP_`` headers named in
+        ``session_headers`` (all of them when it is ``None``); not the aiohttp
+        request, which is freed once the connection is set up."""
+        keep = self.session_headers
+        return {key: value for key, value in environ.items()
+                if key != "aiohttp.request" and key != "wsgi.input"
+                and (keep is None or not key.startswith("HTTP_") or key in keep)}
 
     def _unauthorized(self, message: Any = None) -> dict[str, Any]:
         """Engine.IO's refusal of a handshake: 401, or 403 for the reference server's

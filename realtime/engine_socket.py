@@ -14,12 +14,11 @@ from engineio import packet as eio_packet
 
 from .background import in_background
 from .light_queue import LightQueue
+from .websocket import WebSocketConnection
 from .websocket_frames import BINARY, websocket_frame
 
 if TYPE_CHECKING:
     from asyncio import Transport
-
-    from engineio.async_drivers.aiohttp import WebSocket
 
     from .engine_server import FastEngineServer
 
@@ -28,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_BUFFERED = 1 << 20  # bytes unsent to one connection before it is dropped
 BUDGET_WINDOW_S = 10.0  # the inbound frame budget is counted over windows this long
 UNLIMITED = sys.maxsize
+PROBE_FRAME = websocket_frame(eio_packet.Packet(eio_packet.PONG, data="probe").encode().encode())
 UPGRADE_TIMEOUT_S = 10.0  # for the probe and UPGRADE packets of an upgrade, as the reference server's upgradeTimeout
 
 
@@ -43,17 +43,19 @@ class FastSocket(engineio.async_socket.AsyncSocket):
     """An Engine.IO socket that, once on WebSocket, writes its packets straight
     to the transport, and that waits without a task per wake-up.
 
-    ``_websocket_handler`` is Engine.IO's own (upgrade probe, then a reader
-    loop), except that:
+    Its WebSocket is a ``WebSocketConnection`` (no task, no aiohttp objects
+    kept): ``on_websocket`` for a session opened on WebSocket, ``upgrade_to``
+    for one moving from long-polling (Engine.IO's probe handshake). Then:
 
     - there is no writer task: once the WebSocket is up, what was queued
       meanwhile is written, and from then on ``send`` writes each packet
       through ``FastEngineServer.write_soon``; the queue serves long-polling only;
-    - the reader waits for each frame without the task and ``asyncio.wait_for``
-      Engine.IO adds per frame, and with no timeout: a client that stopped
-      answering pings has its transport aborted by ``check_ping_timeout``
-      (Engine.IO's service task calls it for every connection);
-    - plain client events go straight to ``FastSocketServer.start_plain_event``;
+    - each inbound message is handled in the call that parsed it
+      (``_on_frame``): a pong schedules the next ping, a plain client event
+      goes straight to ``FastSocketServer.start_plain_event``, and any other
+      packet to a task, the messages after it waiting until it is done;
+      a client that stopped answering pings has its transport aborted by
+      ``check_ping_timeout`` (the engine's sweep calls it);
     - pings come from the engine's ``PingWheel`` rather than a sleeping task
       per connection, and polling's ``poll`` waits under ``asyncio.timeout``.
 
@@ -72,8 +74,8 @@ class FastSocket(engineio.async_socket.AsyncSocket):
     closed: bool
     closing: bool
     last_ping: float | None
-    websocket: WebSocket | None = None  # engineio's aiohttp WebSocket wrapper, while frames go straight to it
-    transport: Transport | None = None  # and its asyncio transport
+    websocket: WebSocketConnection | None = None  # while frames go straight to it
+    transport: Transport | None = None  # its asyncio transport
     dropping = False  # closed for not keeping up: nothing more is written to it
     polling = False  # a long-polling GET is waiting for packets
     posting = False  # a polling POST is being read
@@ -116,70 +118,146 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         elif kind not in (eio_packet.OPEN, eio_packet.UPGRADE, eio_packet.NOOP):
             raise eio_exceptions.UnknownPacketError()
 
-    async def _websocket_handler(self, ws: WebSocket) -> None:
-        if self.connected:
-            if not await self._upgrade_from_polling(ws):
-                return
-        else:
-            self.connected = True
-            self.upgraded = True
-        transport = ws._sock._writer.transport
-        self._go_direct(ws, transport)
+    def on_websocket(self, connection: WebSocketConnection) -> None:
+        """A new session's WebSocket is up: frames go straight to it from now on."""
+        self.connected = True
+        self.upgraded = True
+        self._go_direct(connection)
         self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
-        plain = getattr(self.server, "start_plain_event", None)
-        limit = self.server.max_http_buffer_size
-        receive = ws._sock.receive  # awaited directly: each layer in between would be held for the connection's life
-        try:
-            while True:
-                try:
-                    frame = (await receive()).data
-                except BaseException:
-                    break
-                if (type(frame) is not str and type(frame) is not bytes) or len(frame) > limit:
-                    break  # closed by the client, a transport error, or too large
-                self.frames_left -= 1
-                if self.frames_left < 0 and not self._renew_budget():
-                    break
-                if frame == "3":  # a pong: the next ping is due a ping interval from now
-                    self.schedule_ping()
-                    continue
-                if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
-                    continue
-                try:
-                    pkt = decode_packet(frame)
-                except ValueError:  # not an Engine.IO packet (bad type, empty, bad base64)
-                    self.server.logger.info("%s: invalid packet, closing", self.sid)
-                    break
-                try:
-                    await self.receive(pkt)
-                except eio_exceptions.UnknownPacketError:
-                    self.server.logger.info("%s: unexpected packet type, closing", self.sid)
-                    break
-                except eio_exceptions.SocketIsClosedError:
-                    self.server.logger.info("Receive error -- socket is closed")
-                    break
-                except Exception:
-                    self.server.logger.exception("Unknown receive error")
-                if self.closed:
-                    break  # the client's CLOSE packet
-        finally:
-            self.websocket = self.transport = None
-            try:
-                self.server.flush(transport)  # what was sent leaves before the closing frame
-                await ws.close()
-            finally:
-                await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
-    def _go_direct(self, ws: WebSocket, transport: Transport) -> None:
-        """Write what was queued during the upgrade, then send straight to
-        ``transport`` from now on (no await in between: order is kept). A NOOP
-        queued to end a poll is not written: it belongs to polling."""
+    def upgrade_to(self, connection: WebSocketConnection) -> None:
+        """A WebSocket for this polling session: Engine.IO's probe handshake
+        (``2probe`` / ``3probe``, then ``5``), each packet within
+        ``upgrade_timeout``, then frames go straight to it. As the reference
+        server, a NOOP ends the poll only if one is waiting (a poll that comes
+        later during the upgrade is answered NOOP at once). A failed upgrade
+        closes the WebSocket and leaves the session on polling."""
+        self.upgrading = True  # hold packet sends during the upgrade
+        loop = asyncio.get_running_loop()
+        probed = False
+
+        def fail(why: str) -> None:
+            timer.cancel()
+            self.server.logger.info("%s: Failed websocket upgrade, %s", self.sid, why)
+            self.upgrading = False
+            connection.detach()
+            connection.close()
+
+        timer = loop.call_later(self.server.upgrade_timeout, fail, "no PING packet in time")
+
+        def on_message(data: str | bytes) -> None:
+            nonlocal probed, timer
+            try:
+                pkt = decode_packet(data)
+            except ValueError:
+                fail("invalid packet")
+                return
+            if not probed:
+                if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+                    fail("no PING packet")
+                    return
+                probed = True
+                connection.transport.write(PROBE_FRAME)
+                if self.polling:
+                    self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
+                timer.cancel()
+                timer = loop.call_later(self.server.upgrade_timeout, fail, "no UPGRADE packet in time")
+                return
+            if pkt.packet_type != eio_packet.UPGRADE:
+                self.upgraded = False
+                fail("expected UPGRADE packet")
+                return
+            timer.cancel()
+            self.upgraded = True
+            self.upgrading = False
+            self._go_direct(connection)
+            self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+
+        def on_close() -> None:  # gone during the probe: the session stays on polling
+            timer.cancel()
+            self.upgrading = False
+
+        connection.on_message, connection.on_close = on_message, on_close
+
+    def _go_direct(self, connection: WebSocketConnection) -> None:
+        """Write what was queued during the upgrade, then send straight to the
+        connection's transport from now on (no await in between: order is
+        kept). A NOOP queued to end a poll is not written: it belongs to polling."""
+        transport = connection.transport
         for pkt in self.take_queued():
             if pkt.packet_type != eio_packet.NOOP:
                 self._write(transport, pkt)
         if self.polling:  # a poll still waits: end it
             self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
-        self.websocket, self.transport = ws, transport
+        self.websocket, self.transport = connection, transport
+        connection.on_message, connection.on_close = self._on_frame, self._on_websocket_closed
+
+    def _on_frame(self, frame: str | bytes) -> None:
+        """One message from the WebSocket, in order: a pong and a plain event are
+        handled here and now; any other packet is handled by a task, and the
+        messages after it wait (``hold``) until it is done. The connection has
+        refused anything over ``maxPayload`` already."""
+        self.frames_left -= 1
+        if self.frames_left < 0 and not self._renew_budget():
+            self._end_websocket(1008)
+            return
+        if frame == "3":  # a pong: the next ping is due a ping interval from now
+            self.schedule_ping()
+            return
+        plain = self.server.start_plain_event
+        try:
+            if type(frame) is str and frame[:2] == "42" and plain is not None and plain(self.sid, frame):
+                return
+            pkt = decode_packet(frame)
+        except ValueError:  # not an Engine.IO packet (bad type, empty, bad base64), or bad JSON
+            self.server.logger.info("%s: invalid packet, closing", self.sid)
+            self._end_websocket()
+            return
+        except Exception:  # a fault here, not the client's: the connection ends, the others go on
+            log.exception("closing connection %s: its packet could not be handled", self.sid)
+            self._end_websocket(1011)
+            return
+        connection = self.websocket
+        if connection is not None:
+            connection.hold()
+            in_background(self._receive_then_release(pkt, connection))
+
+    async def _receive_then_release(self, pkt: eio_packet.Packet, connection: WebSocketConnection) -> None:
+        try:
+            await self.receive(pkt)
+        except eio_exceptions.UnknownPacketError:
+            self.server.logger.info("%s: unexpected packet type, closing", self.sid)
+            self._end_websocket()
+            return
+        except eio_exceptions.SocketIsClosedError:
+            self.server.logger.info("Receive error -- socket is closed")
+            self._end_websocket()
+            return
+        except Exception:
+            self.server.logger.exception("Unknown receive error")
+        if self.closed:  # the client's CLOSE packet
+            self._end_websocket()
+            return
+        connection.release()
+
+    def _end_websocket(self, code: int = 1000) -> None:
+        """End the session from the WebSocket's side: what was sent leaves, then
+        the closing handshake; the session closes meanwhile."""
+        connection = self.websocket
+        if connection is not None:
+            self.websocket = self.transport = None
+            self.server.flush(connection.transport)
+            connection.close(code)
+        in_background(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE))
+
+    def _on_websocket_closed(self) -> None:
+        """The TCP connection is gone: so is the session."""
+        connection = self.websocket
+        if connection is not None:
+            self.websocket = self.transport = None
+            self.server.discard_pending(connection.transport)
+        if not self.closed:
+            in_background(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE))
 
     async def send(self, pkt: eio_packet.Packet) -> None:
         transport = self.transport
@@ -197,11 +275,11 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         await super().close(wait=False, abort=abort, reason=reason)
         if wait and was_open:
             await self._drained()
-        if abort or closing or ws is None or self.websocket is not ws:  # or the reader already ended
+        if abort or closing or ws is None or self.websocket is not ws:  # or the connection already ended
             return
-        if self.transport is not None:
-            self.server.flush(self.transport)
-        in_background(self._close_websocket())
+        self.websocket = self.transport = None
+        self.server.flush(ws.transport)
+        ws.close()
 
     async def _drained(self) -> None:
         """Wait until the queue has been fetched, for at most ``pingInterval + pingTimeout``."""
@@ -222,10 +300,6 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             if pkt is not None:
                 packets.append(pkt)
         return packets
-
-    async def _close_websocket(self) -> None:
-        if self.websocket is not None:
-            await self.websocket.close()
 
     def _write(self, transport: Transport, pkt: eio_packet.Packet) -> None:
         encoded = pkt.encode()
@@ -258,48 +332,6 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         the queue. ``write_frame`` itself skips a dropped connection or a
         transport that is closing."""
         return None if self.closing else self.transport
-
-    async def _upgrade_from_polling(self, ws: WebSocket) -> bool:
-        """Engine.IO's probe handshake (``2probe`` / ``3probe``, then ``5``). As
-        the reference server, a NOOP ends the poll only if one is waiting (a
-        poll that comes later during the upgrade is answered NOOP at once)."""
-        limit = self.server.max_http_buffer_size
-
-        async def next_packet() -> eio_packet.Packet:
-            """The next packet; ``ValueError`` for one that is too large or not a
-            packet, ``TimeoutError`` when none comes within ``UPGRADE_TIMEOUT_S``."""
-            async with asyncio.timeout(self.server.upgrade_timeout):
-                data: str | bytes = await ws.wait()
-            if data and len(data) > limit:
-                raise ValueError("packet is too large")
-            return decode_packet(data)
-
-        self.upgrading = True  # hold packet sends during the upgrade
-        try:
-            pkt = await next_packet()
-        except (OSError, ValueError, TimeoutError):
-            self.upgrading = False
-            return False
-        if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
-            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
-            self.upgrading = False
-            return False
-        await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-        if self.polling:
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
-        try:
-            pkt = await next_packet()
-        except (OSError, ValueError, TimeoutError):
-            self.upgrading = False
-            return False
-        if pkt.packet_type != eio_packet.UPGRADE:
-            self.upgraded = False
-            self.server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet", self.sid)
-            self.upgrading = False
-            return False
-        self.upgraded = True
-        self.upgrading = False
-        return True
 
     async def poll(self) -> list[eio_packet.Packet]:
         """Engine.IO's ``poll`` (long-polling), waiting under ``asyncio.timeout``

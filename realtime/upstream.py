@@ -20,7 +20,8 @@ import sys
 from importlib import metadata
 
 # Distribution -> the exact version ``setup.cfg`` pins and the table was read from.
-PINS: dict[str, str] = {"python-engineio": "4.15.1", "python-socketio": "5.18.1", "redis": "8.2.0"}
+PINS: dict[str, str] = {"python-engineio": "4.15.1", "python-socketio": "5.18.1", "redis": "8.2.0",
+                        "aiohttp": "3.14.5"}
 
 # "module:Qualified.name" -> first 16 hex digits of the SHA-256 of its source.
 FINGERPRINTS: dict[str, str] = {
@@ -28,7 +29,7 @@ FINGERPRINTS: dict[str, str] = {
     # request itself); attach and _service_task overridden (shutdown still sets
     # service_task_event and awaits service_task_handle); calls start_service_task,
     # _trigger_event, _make_response, _unauthorized, _cors_allowed_origins,
-    # _log_error_once, _ok, _bad_request, _gzip/_deflate; replaces _async["websocket"].
+    # _log_error_once, _ok, _bad_request, _gzip/_deflate.
     "engineio.async_server:AsyncServer.attach": "7874d4dc1c319bc6",
     "engineio.base_server:BaseServer._log_error_once": "dccbb5602dc46a09",
     "engineio.base_server:BaseServer._ok": "b8f717402eac2b0d",
@@ -44,10 +45,9 @@ FINGERPRINTS: dict[str, str] = {
     "engineio.base_server:BaseServer.__init__": "a06b17502fbd9646",
     "engineio.base_server:BaseServer._unauthorized": "ca5fd3aa77a14b77",
     "engineio.base_server:BaseServer._cors_allowed_origins": "d0cad0c66d5333cb",
-    "engineio.async_drivers.aiohttp:WebSocket": "96fbcb0d1f45694a",
     "engineio.async_drivers.aiohttp:translate_request": "20aa782740060790",
-    # FastSocket: overrides __init__, _websocket_handler (its upgrade probe
-    # copied), receive, send, close, poll, schedule_ping, check_ping_timeout.
+    # FastSocket: overrides __init__, receive, send, close, poll, schedule_ping,
+    # check_ping_timeout; upgrade_to does what _websocket_handler's probe does.
     "engineio.base_socket:BaseSocket.__init__": "8532b631a4dc815f",
     "engineio.packet:Packet.decode": "18e27ff7fd56addd",
     "engineio.packet:Packet.__init__": "26559aaf4a6f4ddd",
@@ -115,6 +115,21 @@ FINGERPRINTS: dict[str, str] = {
     "redis.asyncio.client:PubSub.parse_response": "9dc6547c1d1ed3e7",
     "redis.asyncio.cluster:NodesManager.initialize": "71b35a2b52ac0766",
     "redis.asyncio.cluster:RedisCluster.get_node_from_key": "ddf4f0e6675e8688",
+    # realtime.websocket: upgrade_head has _handshake validate the upgrade and
+    # build the 101's headers; take_over writes the 101 itself, reads the bytes the
+    # request handler kept after the upgrade request (_message_tail, filled by
+    # data_received), detaches the handler with transport = None and
+    # connection_lost (which must not close it), and returns a response whose
+    # prepare and write_eof finish_response calls. WebSocketConnection feeds aiohttp's reader (reader_c is compiled
+    # from reader_py) and subclasses its queue, whose feed_data, set_exception
+    # and feed_eof the reader calls for each message, error and end.
+    "aiohttp.web_protocol:RequestHandler.data_received": "1ee57ebe052e6c80",
+    "aiohttp.web_protocol:RequestHandler.connection_lost": "df2fe6e95fd04c7c",
+    "aiohttp.web_protocol:RequestHandler.force_close": "38d0e1e798e4d3b7",
+    "aiohttp.web_protocol:RequestHandler.finish_response": "b7eb53db8f4b30ca",
+    "aiohttp.web_ws:WebSocketResponse._handshake": "95b5e704a7821784",
+    "aiohttp._websocket.reader_py:WebSocketReader": "a2db8242e7f27072",
+    "aiohttp._websocket.reader_py:WebSocketDataQueue": "526af2531df720ee",
 }
 
 

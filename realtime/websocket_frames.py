@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from asyncio import Transport
 
-TEXT, BINARY = 0x81, 0x82  # first header byte: final frame, opcode
+TEXT, BINARY, CLOSE, PONG = 0x81, 0x82, 0x88, 0x8A  # first header byte: final frame, opcode
 
 
 def websocket_frame(payload: bytes, first: int = TEXT) -> bytes:
     """One unmasked, final, uncompressed WebSocket frame (server to client):
-    text (``payload`` is UTF-8) unless ``first`` is ``BINARY``."""
+    text (``payload`` is UTF-8) unless ``first`` says another opcode."""
     size = len(payload)
     if size < 126:
         header = bytes((first, size))

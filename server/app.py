@@ -88,14 +88,14 @@ def _first(value: Any) -> str | None:
 
 def client_address(environ: Mapping[str, Any], *, trust_proxy: bool) -> str:
     """The client's address for a request's (WSGI-style) environ: the first hop of
-    ``X-Forwarded-For`` behind a trusted proxy, else the peer's address. Engine.IO's
-    own ``REMOTE_ADDR`` is always ``127.0.0.1`` under aiohttp, so the peer comes
-    from the aiohttp request. ``"unknown"`` when neither says."""
+    ``X-Forwarded-For`` behind a trusted proxy, else the peer's address
+    (``REMOTE_ADDR``, which the transport sets from aiohttp's). ``"unknown"``
+    when neither says."""
     if trust_proxy:
         forwarded = _first(environ.get("HTTP_X_FORWARDED_FOR"))
         if forwarded:
             return forwarded
-    remote = getattr(environ.get("aiohttp.request"), "remote", None)
+    remote = environ.get("REMOTE_ADDR")
     return remote if isinstance(remote, str) and remote else "unknown"
 
 
@@ -132,6 +132,10 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
         engineio_logger=library_logger("engineio.server"),
     )
     sio.eio.set_frame_budget(settings.frame_budget_per_s)
+    # What a session reads of its handshake's headers after the handshake: the token
+    # (token_from_handshake) and the forwarded address (client_address). A browser's
+    # other headers (cookies, user agent, languages) would be kept for the connection's life.
+    sio.eio.session_headers = frozenset({"HTTP_AUTHORIZATION", "HTTP_X_FORWARDED_FOR"})
 
     verifier = TokenVerifier(
         TokenConfig(

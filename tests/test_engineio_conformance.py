@@ -310,6 +310,25 @@ async def test_an_upgrade_websocket_that_goes_quiet_is_closed_and_the_session_ke
     assert status == 200 and "40{" in text, text
 
 
+@pytest.mark.parametrize("sent", [["5"], ["2notprobe"], ["2probe", "2probe"], ["2probe", "not a packet"]],
+                         ids=["upgrade-first", "wrong-probe", "probe-twice", "garbage-for-upgrade"])
+async def test_an_upgrade_websocket_that_breaks_the_probe_is_closed_and_the_session_keeps_polling(
+    http, server_url, sent
+):
+    """Anything but ``2probe`` then ``5`` closes the upgrading WebSocket at once; the session is
+    still there on polling, as the reference server leaves it."""
+    session = await Polling(http, server_url).open()
+    ws = await http.ws_connect(ws_url(server_url, sid=session.sid))
+    for frame in sent:
+        await ws.send_str(frame)
+    if sent[0] == "2probe":
+        assert await ws.receive_str(timeout=10) == "3probe"
+    assert await closed_within(ws, 5), "the upgrading WebSocket stayed open"
+    assert await session.post(connect_packet()) == (200, "ok")
+    status, text = await session.get()
+    assert status == 200 and "40{" in text, text
+
+
 async def test_no_stray_noop_after_an_upgrade_with_no_poll_waiting(http, server_url):
     session = await Polling(http, server_url).open()
     ws = await http.ws_connect(ws_url(server_url, sid=session.sid))

@@ -210,19 +210,16 @@ class TestBehindAProxy:
                                                    "chat.example", "X-Forwarded-Proto": "https"}) == 400
 
 
-class _Peer:
-    def __init__(self, remote: str) -> None:
-        self.remote = remote
-
-
 def test_client_address_reads_forwarded_for_only_when_trusted():
     from server.app import client_address
 
-    environ = {"HTTP_X_FORWARDED_FOR": "203.0.113.7, 10.0.0.2", "aiohttp.request": _Peer("10.0.0.9")}
+    # The transport puts the TCP peer's address in REMOTE_ADDR.
+    environ = {"HTTP_X_FORWARDED_FOR": "203.0.113.7, 10.0.0.2", "REMOTE_ADDR": "10.0.0.9"}
     assert client_address(environ, trust_proxy=False) == "10.0.0.9"
     assert client_address(environ, trust_proxy=True) == "203.0.113.7"
-    assert client_address({"aiohttp.request": _Peer("10.0.0.9")}, trust_proxy=True) == "10.0.0.9"
+    assert client_address({"REMOTE_ADDR": "10.0.0.9"}, trust_proxy=True) == "10.0.0.9"
     assert client_address({"HTTP_X_FORWARDED_FOR": " , "}, trust_proxy=True) == "unknown"
+    assert client_address({"REMOTE_ADDR": ""}, trust_proxy=False) == "unknown"
 
 
 # -- /metrics --
