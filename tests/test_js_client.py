@@ -29,6 +29,7 @@ import pytest
 
 from tests.support.chat import ANA as MATHS_ANA
 from tests.support.chat import BEN, CAROL, MATHS, MESSAGE_FIELDS, make_token
+from tests.support.ports import free_port
 from tests.test_multinode import seeded_db, start_nodes  # fixtures
 
 # Generous limits that only keep a silent server from hanging the run.
@@ -95,17 +96,11 @@ def node() -> str:
     return node_bin
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class ServerProcess:
     """``python -m server`` in a subprocess on a free port, its output in a log file."""
 
     def __init__(self, log_path: Path, args: list[str], env: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, **env, "PORT": str(self.port), "PYTHONUNBUFFERED": "1"}

@@ -41,8 +41,9 @@ from tests.support.chat import (
     ChatClient,
     make_token,
 )
-from tests.support.mongo import free_port, secantus_uri, seed_mongo
+from tests.support.mongo import secantus_uri, seed_mongo
 from tests.support.nodes import ROOT, Node
+from tests.support.ports import free_port
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 T0_S = int(T0.timestamp())

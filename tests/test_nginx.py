@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support.chat import ANA, BEN, MATHS, make_token
-from tests.support.redis import free_port
+from tests.support.ports import free_port
 from tests.test_multinode import seeded_db, start_nodes
 
 CONF = Path(__file__).resolve().parents[1] / "docs" / "nginx.conf"

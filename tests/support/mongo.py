@@ -22,15 +22,11 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import PyMongoError
 
+from .ports import free_port
+
 # `python -m secantus` is the `secantusd-py` daemon, run by this interpreter.
 DAEMON = [sys.executable, "-m", "secantus"]
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def secantus_uri(port: int, **options: object) -> str:

@@ -17,7 +17,7 @@ import socketio
 from server.config import SETTINGS
 
 from .chat import ChatClient, make_token
-from .redis import free_port
+from .ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .ports import free_port
 
 
 class RedisProcess:
@@ -86,18 +82,7 @@ def redis_server() -> Iterator[RedisProcess]:
 
 def free_cluster_port() -> int:
     """A port below 55535 that is free, and whose cluster bus port (+10000) is free too."""
-    for _ in range(200):
-        # Below the kernel's ephemeral range (32768 and up), so no connection's own
-        # port takes it; tests on parallel workers may still pick the same one.
-        port = random.randrange(10000, 32768 - 10000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a Redis Cluster node")
+    return free_port(cluster_bus=True)
 
 
 class RedisClusterProcesses:

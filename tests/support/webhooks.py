@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from .redis import free_port
+from .ports import free_port
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"receiver-test-secret-32-bytes-ok").decode()
 
