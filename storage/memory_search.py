@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from array import array
 from collections.abc import Sequence
 
 from sortedcontainers import SortedList
@@ -16,47 +17,63 @@ class WordIndex:
     """One group's words."""
 
     def __init__(self) -> None:
-        # word -> the seq of the one live message that has it, or the seqs (sorted) of all
-        # that do. Most words seen once (a number, a name) stay a bare int: a list per word
-        # would be several objects per stored message for the garbage collector to walk.
-        self._postings: dict[str, int | list[int]] = {}
-        # The keys of ``_postings``, sorted. Not a list: most messages bring a word never
-        # seen before, and inserting into a long list moves all above it.
+        # A word's seqs, split by how many live messages have it. Most words are in one
+        # message only (a number, a name): ``_once`` maps them to that seq, and a dict of
+        # strings to ints is one the garbage collector stops tracking, so however big it
+        # grows a full collection does not walk it. The others map to arrays (sorted) in
+        # ``_many``, whose items are not objects for the collector to visit.
+        self._once: dict[str, int] = {}
+        self._many: dict[str, array[int]] = {}
+        # Every word of ``_once`` and ``_many``, sorted. Not a list: most messages bring a
+        # word never seen before, and inserting into a long list moves all above it.
         self._vocabulary = SortedList()
         self._words_of: dict[int, tuple[str, ...]] = {}  # tuples of strings: not walked either
 
     def update(self, seq: int, words: list[str]) -> None:
-        """Message ``seq`` now has ``words`` (``[]``: deleted, or none)."""
-        old = frozenset(self._words_of.pop(seq, ()))
-        new = frozenset(words)
-        if new:
+        """Message ``seq`` now has ``words`` (distinct; ``[]``: deleted, or none)."""
+        old = self._words_of.pop(seq, ())
+        if words:
             self._words_of[seq] = tuple(words)
-        for word in old - new:
-            seqs = self._postings[word]
-            if isinstance(seqs, list):
-                del seqs[bisect.bisect_left(seqs, seq)]
-                if len(seqs) > 1:
-                    continue
-                if seqs:
-                    self._postings[word] = seqs[0]
-                    continue
-            del self._postings[word]
-            self._vocabulary.remove(word)
-        for word in new - old:
-            having = self._postings.get(word)
-            if having is None:
-                self._postings[word] = seq
+        if old:  # an edit or a deletion: only the words that changed move
+            before = frozenset(old)
+            for word in before.difference(words):
+                self._remove(seq, word)
+            words = [word for word in words if word not in before]
+        self._add(seq, words)
+
+    def _add(self, seq: int, words: list[str]) -> None:
+        once, many = self._once, self._many
+        for word in words:
+            seqs = many.get(word)
+            if seqs is not None:
+                if seqs[-1] < seq:
+                    seqs.append(seq)
+                else:
+                    bisect.insort(seqs, seq)
+                continue
+            other = once.pop(word, None)
+            if other is None:
+                once[word] = seq
                 self._vocabulary.add(word)
-            elif isinstance(having, int):
-                self._postings[word] = [having, seq] if having < seq else [seq, having]
             else:
-                bisect.insort(having, seq)
+                many[word] = array("q", (other, seq) if other < seq else (seq, other))
+
+    def _remove(self, seq: int, word: str) -> None:
+        seqs = self._many.get(word)
+        if seqs is None:
+            del self._once[word]
+            self._vocabulary.remove(word)
+            return
+        del seqs[bisect.bisect_left(seqs, seq)]
+        if len(seqs) == 1:
+            del self._many[word]
+            self._once[word] = seqs[0]
 
     def _posting(self, word: str) -> Sequence[int]:
-        having = self._postings.get(word)
-        if having is None:
-            return ()
-        return (having,) if isinstance(having, int) else having
+        seq = self._once.get(word)
+        if seq is not None:
+            return (seq,)
+        return self._many.get(word, ())
 
     def search(self, query: Query, *, limit: int, before_seq: int | None) -> tuple[list[int], bool]:
         """The seqs of the newest ``limit`` matches below ``before_seq``, newest first,

@@ -110,6 +110,14 @@ def test_the_embedded_index_keeps_a_word_through_every_change_of_its_messages() 
     assert index.search(query, limit=10, before_seq=None) == ([], False)
     index.update(4, ["calculus"])
     assert index.search(parse_query("calculus"), limit=10, before_seq=None) == ([4], False)
+    # Seqs that arrive out of order, and a message with no words that gains some.
+    index.update(9, ["calculus"])
+    index.update(7, ["calculus"])
+    index.update(5, [])
+    index.update(8, ["calculus"])
+    index.update(5, ["calculus"])
+    assert index.search(parse_query("calculus"), limit=10, before_seq=None) == ([9, 8, 7, 5, 4], False)
+    assert index.search(query, limit=10, before_seq=8) == ([7, 5, 4], False)
 
 
 async def test_spanish_and_english_are_found_without_case_or_accents(store: Store) -> None:
