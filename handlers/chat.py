@@ -144,8 +144,13 @@ class ChatService:
         page["latest_seq"] = await self.store.latest_seq(group_id)
         return page
 
-    async def read_state(self, user_id: str, group_id: str) -> ReadState:
-        return await self.store.read_state(group_id, user_id)
+    async def read_state(self, user_id: str, group_id: str, page: dict[str, Any] | None = None) -> ReadState:
+        """The reader's marker and counts; ``page``: what ``join_page`` has just read
+        (its top ``seq`` and ``rev`` are not read again)."""
+        if page is None:
+            return await self.store.read_state(group_id, user_id)
+        return await self.store.read_state(group_id, user_id, latest_seq=page["latest_seq"],
+                                           latest_rev=page["latest_rev"])
 
     async def send(
         self,
@@ -325,8 +330,8 @@ class ChatService:
         group = await self.group_for(user_id, group_id)
         latest_seq = await self.store.latest_seq(group_id)
         latest_rev = await self.store.latest_rev(group_id)
-        read = await self.store.read_state(group_id, user_id)
-        open_questions = await self.store.open_questions(group_id)
+        read = await self.store.read_state(group_id, user_id, latest_seq=latest_seq, latest_rev=latest_rev)
+        open_questions = await self.store.open_questions(group_id, latest_rev=latest_rev)
         return GroupSummary(
             group.id, group.name, latest_seq, read.unread_count, latest_rev, read.mention_count, open_questions
         ).to_wire()

@@ -249,8 +249,8 @@ class ChatEvents:
             page = await self.chat.join_page(group_id, data)
             if first_time and self.on_joined is not None:
                 self.on_joined(group_id, page["latest_rev"])
-            read = await self.chat.read_state(conn.user_id, group_id)
-            open_questions = await self.chat.store.open_questions(group_id)
+            read = await self.chat.read_state(conn.user_id, group_id, page)
+            open_questions = await self.chat.store.open_questions(group_id, latest_rev=page["latest_rev"])
             # The connection may have closed, or left the group, while this join
             # read the store or recorded presence: that cleanup ran before the
             # record existed and could not undo it, so this join does.

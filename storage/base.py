@@ -8,6 +8,7 @@ timestamps are ISO 8601 strings. Backends convert BSON at their own edge.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -238,8 +239,9 @@ class Store(Protocol):
     ) -> tuple[Message, bool] | None:
         """Set or clear a live question's accepted answer, as ``react`` answers."""
 
-    async def open_questions(self, group_id: str) -> int:
-        """Live questions without an accepted answer."""
+    async def open_questions(self, group_id: str, *, latest_rev: int | None = None) -> int:
+        """Live questions without an accepted answer. ``latest_rev``: the group's top
+        ``rev`` when the caller has just read it (the count is then as of at least that)."""
 
     async def search_messages(
         self, group_ids: Sequence[str], query: search_words.Query, *, limit: int, before_seq: int | None = None
@@ -248,8 +250,12 @@ class Store(Protocol):
         (``storage.search_words``), below ``before_seq`` in each group, newest first
         across groups; and whether more exist."""
 
-    async def read_state(self, group_id: str, user_id: str) -> ReadState:
-        """The marker, and the unread messages and mentions of others above it."""
+    async def read_state(
+        self, group_id: str, user_id: str, *, latest_seq: int | None = None, latest_rev: int | None = None
+    ) -> ReadState:
+        """The marker, and the unread messages and mentions of others above it.
+        ``latest_seq`` and ``latest_rev``: the group's top ``seq`` and ``rev`` when the
+        caller has just read them (a join has), so the store need not read them again."""
 
     async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
         """Move the marker to ``max(previous, min(seq, latest_seq))``."""
@@ -273,6 +279,19 @@ def iso_timestamp(moment: datetime) -> str:
     if moment.tzinfo is not None and moment.utcoffset():
         moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="milliseconds")[:23] + "Z"  # drops any "+00:00"
+
+
+_stamp: tuple[int, str] = (-1, "")
+
+
+def now_iso() -> str:
+    """``iso_timestamp(now_ms())``, formatted once per millisecond."""
+    global _stamp
+    ms = time.time_ns() // 1_000_000
+    if ms != _stamp[0]:
+        moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+        _stamp = (ms, iso_timestamp(moment))
+    return _stamp[1]
 
 
 def now_ms() -> datetime:

@@ -8,6 +8,7 @@ per-group ``seq`` and ``rev`` allocation is contiguous without a lock.
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,7 @@ from .base import (
     StorageUnavailable,
     User,
     display_name,
-    iso_timestamp,
-    now_ms,
+    now_iso,
     tombstone,
 )
 from .memory_search import WordIndex
@@ -38,9 +38,12 @@ class _Group:
     members: set[str]
     messages: list[Message] = field(default_factory=list)  # index i holds seq i + 1
     by_id: dict[str, Message] = field(default_factory=dict)
-    by_client_id: dict[tuple[str | None, str], Message] = field(default_factory=dict)
+    # Per sender, its messages by client_msg_id. Dicts of strings to messages, and arrays
+    # of ints below: containers whose items the garbage collector does not walk one by one
+    # (a dict keyed by tuples, or a list of ints, it does, on every full collection).
+    by_client_id: dict[str | None, dict[str, Message]] = field(default_factory=dict)
     # Messages of each sender (None: the platform's) that count as unread for others, sorted by seq.
-    live_seqs_by_sender: dict[str | None, list[int]] = field(default_factory=dict)
+    live_seqs_by_sender: dict[str | None, array[int]] = field(default_factory=dict)
     live_count: int = 0
     rev: int = 0  # the latest revision
     # (rev, message id) of every change, in rev order; an entry whose message
@@ -145,7 +148,7 @@ class MemoryStore:
     ) -> tuple[Message, bool]:
         group = self._groups[group_id]
         if client_msg_id is not None:
-            first = group.by_client_id.get((sender_id, client_msg_id))
+            first = group.by_client_id.get(sender_id, {}).get(client_msg_id)
             if first is not None:
                 return _wire(group.by_id[first["id"]]), True
         return self.seed_message(
@@ -187,7 +190,7 @@ class MemoryStore:
             "sender": sender_name,
             "sender_name": sender_name,
             "content": content,
-            "timestamp": iso_timestamp(now_ms()),
+            "timestamp": now_iso(),
             "client_msg_id": client_msg_id,
             "edited_at": None,
             "deleted": False,
@@ -206,8 +209,8 @@ class MemoryStore:
         self._retag(group, None, message)
         group.words.update(message["seq"], message_words(content, message["attachments"]))
         if client_msg_id is not None:
-            group.by_client_id[(sender_id, client_msg_id)] = message
-        group.live_seqs_by_sender.setdefault(sender_id, []).append(message["seq"])
+            group.by_client_id.setdefault(sender_id, {})[client_msg_id] = message
+        group.live_seqs_by_sender.setdefault(sender_id, array("q")).append(message["seq"])
         group.live_count += 1
         return _wire(message)
 
@@ -271,7 +274,7 @@ class MemoryStore:
         updated: Message = {
             **current,
             "content": content,
-            "edited_at": iso_timestamp(now_ms()),
+            "edited_at": now_iso(),
             "rev": self._next_rev(group, message_id),
         }
         self._replace(group, updated)
@@ -318,7 +321,7 @@ class MemoryStore:
             return _wire(current), False
         if by is not None and len(group.tagged.get(conversation.TAG_PINNED, ())) >= conversation.MAX_PINNED_PER_GROUP:
             raise conversation.TooManyPins
-        pinned = None if by is None else {"by": by, "at": iso_timestamp(now_ms())}
+        pinned = None if by is None else {"by": by, "at": now_iso()}
         return self._change(group, current, pinned=pinned), True
 
     async def set_answer(
@@ -343,10 +346,12 @@ class MemoryStore:
                 pages.append(([_wire(group.messages[seq - 1]) for seq in seqs], more))
         return newest_first(pages, limit)
 
-    async def open_questions(self, group_id: str) -> int:
+    async def open_questions(self, group_id: str, *, latest_rev: int | None = None) -> int:
         return len(self._groups[group_id].tagged.get(conversation.TAG_UNANSWERED, ()))
 
-    async def read_state(self, group_id: str, user_id: str) -> ReadState:
+    async def read_state(
+        self, group_id: str, user_id: str, *, latest_seq: int | None = None, latest_rev: int | None = None
+    ) -> ReadState:
         group = self._groups[group_id]
         last = self._read.get((group_id, user_id), 0)
         return self._read_state(group, user_id, last)
@@ -431,7 +436,7 @@ class MemoryStore:
         group.messages[updated["seq"] - 1] = updated
         group.by_id[updated["id"]] = updated
         if updated["client_msg_id"] is not None:
-            group.by_client_id[(updated["sender_id"], updated["client_msg_id"])] = updated
+            group.by_client_id.setdefault(updated["sender_id"], {})[updated["client_msg_id"]] = updated
 
     @staticmethod
     def _unread(group: _Group, user_id: str, last_read: int) -> int:
@@ -439,7 +444,7 @@ class MemoryStore:
         total_above = group.live_count - sum(
             bisect.bisect_right(seqs, last_read) for seqs in group.live_seqs_by_sender.values()
         )
-        own = group.live_seqs_by_sender.get(user_id, [])
+        own = group.live_seqs_by_sender.get(user_id, ())
         own_above = len(own) - bisect.bisect_right(own, last_read)
         return total_above - own_above
 

@@ -17,7 +17,9 @@ The store's own collections are:
     included: the unread counts read it through an index. An unread count is
     the seqs above the reader's marker (seqs are contiguous) minus the deleted
     ones and the reader's own among them, so a join costs the same whatever the
-    group's size (the two counts walk only deleted and own messages).
+    group's size: the reader's own are walked, and the group's deleted seqs (and
+    open questions) are kept by this process as of a revision and caught up from
+    the changes since (``storage.mongo_tally``).
     Revisions add ``rev: int`` (the latest change's) and ``revs: [int]``
     (every revision the message ever took); messages stored before
     revisions existed have neither until ``storage.mongo_revisions`` gives
@@ -104,6 +106,7 @@ from .mongo_documents import (
     oid_or_none,
     to_wire,
 )
+from .mongo_tally import GroupTally
 from .search_words import Query
 
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -146,6 +149,7 @@ class MongoStore:
         self._writer = KeyedLock()  # one writer per group in this process
         self._seqs = GroupCounter("seq")
         self._revs = GroupCounter("revs", multikey=True)
+        self._tally = GroupTally(self._revs)
         self._element_ranges = True  # whether the server bounds an index read by one array element's range
 
     @property
@@ -175,6 +179,7 @@ class MongoStore:
             # SecantusDB (the test server) cannot bound an index read by a range of one
             # array element; search reads prefixes differently there (storage.mongo_search).
             self._element_ranges = "secantusVersion" not in await client.admin.command("buildInfo")
+            self._revs.element_ranges = self._element_ranges
             db = client[self._db_name]
             if create_indexes:
                 await db.messages.create_indexes(MESSAGE_INDEXES)
@@ -273,8 +278,8 @@ class MongoStore:
             gid = group["_id"]
             latest, rev = await _both(self._top_seq(gid), self._top_rev(gid))
             last = markers.get(gid, 0)
-            read = await self._read_state(gid, uid, last, latest)
-            open_questions = await mongo_conversation.count_tagged(self._messages, gid, conversation.TAG_UNANSWERED)
+            read = await self._read_state(gid, uid, last, latest, rev)
+            open_questions = await self._tally.unanswered(self._messages, gid, top=rev)
             return GroupSummary(
                 str(gid), group_name(group), latest, read.unread_count, rev, read.mention_count, open_questions
             )
@@ -541,8 +546,8 @@ class MongoStore:
         )
 
     @_unavailable
-    async def open_questions(self, group_id: str) -> int:
-        return await mongo_conversation.count_tagged(self._messages, oid(group_id), conversation.TAG_UNANSWERED)
+    async def open_questions(self, group_id: str, *, latest_rev: int | None = None) -> int:
+        return await self._tally.unanswered(self._messages, oid(group_id), top=latest_rev)
 
     async def _modify(
         self, group_id: str, message_id: str, decide: mongo_conversation.Decide
@@ -555,11 +560,13 @@ class MongoStore:
     # -- read markers --
 
     @_unavailable
-    async def read_state(self, group_id: str, user_id: str) -> ReadState:
+    async def read_state(
+        self, group_id: str, user_id: str, *, latest_seq: int | None = None, latest_rev: int | None = None
+    ) -> ReadState:
         gid, uid = oid(group_id), oid(user_id)
         doc = await self._markers.find_one({"user_id": uid, "group_id": gid}, {"seq": 1})
-        latest = await self._top_seq(gid)
-        return await self._read_state(gid, uid, 0 if doc is None else int(doc["seq"]), latest)
+        latest = await self._top_seq(gid) if latest_seq is None else latest_seq
+        return await self._read_state(gid, uid, 0 if doc is None else int(doc["seq"]), latest, latest_rev)
 
     @_unavailable
     async def mark_read(self, group_id: str, user_id: str, seq: int) -> ReadState:
@@ -612,16 +619,12 @@ class MongoStore:
         return self._revs.point_cursor(self._messages, gid, rev)
 
     @staticmethod
-    def unread_filters(gid: ObjectId, uid: ObjectId, last: int, latest: int) -> tuple[dict, dict]:
-        """What an unread count reads in ``(last, latest]``: the deleted messages, and
-        the reader's own live ones. Every other ``seq`` there is a live message of
-        someone else (seqs are contiguous), so the count walks only these two, which
-        stay few whatever the group's size."""
-        above = {"$gt": last, "$lte": latest}
-        return (
-            {"group_id": gid, "deleted": True, "seq": above},
-            {"group_id": gid, "sender_id": uid, "deleted": False, "seq": above},
-        )
+    def own_unread_filter(gid: ObjectId, uid: ObjectId, last: int, latest: int) -> dict[str, Any]:
+        """The reader's own live messages in ``(last, latest]``: with the deleted ones
+        (``storage.mongo_tally``), what an unread count subtracts. Every other ``seq``
+        there is a live message of someone else (seqs are contiguous), so the count
+        walks only the reader's own, which stay few whatever the group's size."""
+        return {"group_id": gid, "sender_id": uid, "deleted": False, "seq": {"$gt": last, "$lte": latest}}
 
     # -- helpers --
 
@@ -672,20 +675,26 @@ class MongoStore:
             return await _both(self._top_seq(gid), self._top_rev(gid))
         return seq, rev
 
-    async def _read_state(self, gid: ObjectId, uid: ObjectId, last: int, latest: int) -> ReadState:
-        """The reader's counts above ``last`` in a group whose top seq is ``latest``."""
+    async def _read_state(
+        self, gid: ObjectId, uid: ObjectId, last: int, latest: int, rev: int | None = None
+    ) -> ReadState:
+        """The reader's counts above ``last`` in a group whose top seq is ``latest``
+        (and top ``rev`` is ``rev``, when the caller has read it)."""
         if last >= latest:
             return ReadState(last, 0)
         unread, mentioned = await _both(
-            self._unread(gid, uid, last, latest),
+            self._unread(gid, uid, last, latest, rev),
             mongo_conversation.count_tagged(self._messages, gid, conversation.mention_tag(str(uid)), last),
         )
         return ReadState(last, unread, mentioned)
 
-    async def _unread(self, gid: ObjectId, uid: ObjectId, last: int, latest: int) -> int:
-        deleted, own = self.unread_filters(gid, uid, last, latest)
-        not_others = await _both(self._messages.count_documents(deleted), self._messages.count_documents(own))
-        # Two reads, not one snapshot: an own message deleted between them counts twice.
+    async def _unread(self, gid: ObjectId, uid: ObjectId, last: int, latest: int, rev: int | None) -> int:
+        own = self.own_unread_filter(gid, uid, last, latest)
+        not_others = await _both(
+            self._tally.deleted(self._messages, gid, last, latest, top=rev), self._messages.count_documents(own)
+        )
+        # Two reads, not one snapshot: an own message deleted between them is subtracted
+        # twice or not at all (one too few or one too many until the next count).
         return max(0, latest - last - sum(not_others))
 
     async def _update_live(

@@ -34,14 +34,20 @@ class GroupCounter:
     def __init__(self, field: str, *, multikey: bool = False) -> None:
         self.field = field
         self.multikey = multikey
+        # Whether the server bounds an index read by one array element's range
+        # (``$elemMatch``): MongoDB may read a bare range on a multikey field from one
+        # bound only (to the group's first number); SecantusDB reads the bare range
+        # through the index but scans with ``$elemMatch``.
+        self.element_ranges = True
         # Per group, a number known to be stored: where the search for the top starts.
         self._hints: OrderedDict[ObjectId, int] = OrderedDict()
 
     def window_cursor(self, collection: Any, gid: ObjectId, above: int, upto: int) -> AsyncCursor[dict[str, Any]]:
         """What the range probe reads: documents holding a number in ``(above, upto]``."""
-        cursor = collection.find(
-            {"group_id": gid, self.field: {"$gt": above, "$lte": upto}}, {"_id": 0, self.field: 1}
-        )
+        window: dict[str, Any] = {"$gt": above, "$lte": upto}
+        if self.multikey and self.element_ranges:
+            window = {"$elemMatch": window}
+        cursor = collection.find({"group_id": gid, self.field: window}, {"_id": 0, self.field: 1})
         return cursor if self.multikey else cursor.sort(self.field, DESCENDING).limit(1)
 
     def point_cursor(self, collection: Any, gid: ObjectId, value: int) -> AsyncCursor[dict[str, Any]]:

@@ -69,9 +69,9 @@ class SlowStore(MemoryStore):
         await self._wait()
         return await super().get_messages(group_id, **kwargs)
 
-    async def read_state(self, group_id: str, user_id: str) -> ReadState:
+    async def read_state(self, group_id: str, user_id: str, **tops: int | None) -> ReadState:
         await self._wait()
-        return await super().read_state(group_id, user_id)
+        return await super().read_state(group_id, user_id, **tops)
 
 
 READ_DELAY = 0.02

@@ -1,4 +1,5 @@
-"""Sends to one group that arrive together: stored in one write, each acked once stored, in order.
+"""Sends to one group that arrive together: stored in one write, each acked once stored, in order;
+and what a join reads.
 
 Through a real server on the MongoDB store (SecantusDB, or ``MONGODB_URI``) with python-socketio
 clients; the database commands are counted with pymongo's command monitoring (the server runs
@@ -141,3 +142,25 @@ async def test_a_check_waiting_for_a_shared_read_sees_a_removal_made_before_it(
     refused = await ben.call("send_message", {"group_id": MATHS, "content": "after removal"})
     assert refused["ok"] is False and refused["error"]["code"] == "not_member", refused
     assert all(ack["ok"] for ack in await asyncio.gather(*busy))
+
+
+async def test_a_join_reads_the_group_top_once(connect: Any, commands: _Commands) -> None:
+    """``join_group`` counts unread messages and open questions as of the top ``seq`` and
+    ``rev`` its page has just read: it does not read them again for each count."""
+    ana, ben = await connect(ANA), await connect(BEN)
+    assert (await ana.call("join_group", {"group_id": MATHS}))["ok"] is True
+    for n in range(3):
+        await ana.call("send_message", {"group_id": MATHS, "content": f"m{n}"})
+    assert (await ben.call("join_group", {"group_id": MATHS}))["ok"] is True  # counted once here
+    await ana.call("delete_message", {"group_id": MATHS, "message_id": (await ana.call(
+        "send_message", {"group_id": MATHS, "content": "gone"}))["message"]["id"]})
+    commands.seen.clear()
+    commands.filters.clear()
+    joined = await ben.call("join_group", {"group_id": MATHS})
+    assert joined["ok"] is True and joined["unread_count"] == 3 and joined["latest_seq"] == 4
+    # Reads of messages: the top rev, the top seq, the page, the top seq again (the page is at
+    # or below it), the deleted messages that changed since this process counted (one catch-up),
+    # and two counts (own unread messages, mentions). The counts reread neither top.
+    reads = commands.seen[("find", "messages")] + commands.seen[("aggregate", "messages")]
+    rev_reads = [f for f in commands.filters if "revs" in f]
+    assert reads <= 7 and len(rev_reads) <= 2, (commands.seen, commands.filters)
