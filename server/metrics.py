@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hmac
 import logging
 import time
@@ -10,10 +11,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from handlers.auth import bearer
 from handlers.errors import ChatError
@@ -29,19 +32,16 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Metrics(Observer):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[str, str], tuple] = {}
         r = self.registry
         self.connected = Gauge("chat_connected_clients", "Authenticated Socket.IO connections on this node.", registry=r)
         self.joined = Gauge("chat_joined_rooms", "Group rooms joined by connections on this node.", registry=r)
-        self.events = Counter("chat_events", "Client events handled, by event name and outcome code.",
-                              ["event", "outcome"], registry=r)
-        self.event_seconds = Histogram("chat_event_duration_seconds", "Time to answer a client event.",
-                                       ["event"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stored_seconds = Histogram("chat_send_stored_seconds", "send_message: received to stored.",
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.broadcast_seconds = Histogram("chat_send_broadcast_seconds",
-                                        "send_message: received to broadcast handed to every recipient.",
-                                        buckets=LATENCY_BUCKETS, registry=r)
+        # Counted on every event: kept by the event loop alone and read at each scrape
+        # (prometheus_client's own metrics take a lock per update, a few µs a send).
+        self._events: dict[tuple[str, str], _Count] = {}
+        self._event_seconds: dict[str, _Latencies] = {}
+        self._stored_seconds = _Latencies()
+        self._broadcast_seconds = _Latencies()
+        r.register(_EventCollector(self))
         self.storage_errors = Counter("chat_storage_errors", "Operations refused as storage_unavailable.",
                                       registry=r)
         self.rate_limited = Counter("chat_rate_limited", "Requests refused as rate_limited.", registry=r)
@@ -72,12 +72,14 @@ class Metrics(Observer):
         self.registry.register(_QueueCollector(manager))
 
     def event(self, event: str, outcome: str, seconds: float) -> None:
-        children = self._children.get((event, outcome))
-        if children is None:  # labels() is a lookup with locking: do it once per pair
-            children = self._children[(event, outcome)] = (
-                self.events.labels(event, outcome), self.event_seconds.labels(event))
-        children[0].inc()
-        children[1].observe(seconds)
+        count = self._events.get((event, outcome))
+        if count is None:
+            count = self._events[(event, outcome)] = _Count()
+        count.value += 1
+        latencies = self._event_seconds.get(event)
+        if latencies is None:
+            latencies = self._event_seconds[event] = _Latencies()
+        latencies.observe(seconds)
         if outcome == "storage_unavailable":
             self.storage_errors.inc()
         elif outcome == "rate_limited":
@@ -90,10 +92,10 @@ class Metrics(Observer):
         self.joined.inc(delta)
 
     def send_stored(self, seconds: float) -> None:
-        self.stored_seconds.observe(seconds)
+        self._stored_seconds.observe(seconds)
 
     def send_broadcast(self, seconds: float) -> None:
-        self.broadcast_seconds.observe(seconds)
+        self._broadcast_seconds.observe(seconds)
 
     def upload(self, outcome: str, size: int) -> None:
         self.uploads.labels(outcome).inc()
@@ -118,6 +120,68 @@ class Metrics(Observer):
                 await asyncio.wait_for(read(), REFRESH_TIMEOUT_S)
             except Exception as exc:  # the last values stay; the scrape still answers
                 log.warning("metrics: could not refresh: %s", exc)
+
+
+class _Count:
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.created = time.time()
+
+
+class _Latencies:
+    """A histogram over ``LATENCY_BUCKETS`` that only the event loop updates."""
+
+    __slots__ = ("counts", "total", "created")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.total = 0.0
+        self.created = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def add_to(self, family: HistogramMetricFamily, labels: dict[str, str]) -> None:
+        """Export as prometheus_client's own histogram would: cumulative buckets, sum, created."""
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        cumulative, running = [], 0
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        family.add_metric(list(labels.values()), cumulative, self.total)
+        family.samples.append(Sample(family.name + "_created", labels, self.created, None))
+
+
+class _EventCollector(Collector):
+    """``chat_events``, ``chat_event_duration_seconds``, ``chat_send_stored_seconds`` and
+    ``chat_send_broadcast_seconds``, read from ``Metrics`` at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        events = CounterMetricFamily("chat_events", "Client events handled, by event name and outcome code.",
+                                     labels=["event", "outcome"])
+        for (event, outcome), count in list(m._events.items()):
+            events.add_metric([event, outcome], float(count.value), created=count.created)
+        yield events
+        durations = HistogramMetricFamily("chat_event_duration_seconds", "Time to answer a client event.",
+                                          labels=["event"])
+        for event, latencies in list(m._event_seconds.items()):
+            latencies.add_to(durations, {"event": event})
+        yield durations
+        for name, doc, latencies in (
+            ("chat_send_stored_seconds", "send_message: received to stored.", m._stored_seconds),
+            ("chat_send_broadcast_seconds", "send_message: received to broadcast handed to every recipient.",
+             m._broadcast_seconds),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=[])
+            latencies.add_to(family, {})
+            yield family
 
 
 class QueueFigures(Protocol):

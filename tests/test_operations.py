@@ -7,8 +7,10 @@ import logging
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from cluster.rate_limits import Bucket, RateLimits
+from server.metrics import Metrics
 from tests.support.chat import ANA, BEN, CAROL, MATHS, make_settings, make_token
 
 
@@ -101,6 +103,25 @@ async def test_metrics_count_events_outcomes_and_connections(connect, server_url
     assert 'chat_events_total{event="send_message",outcome="invalid_payload"} 1.0' in text
     assert "chat_send_stored_seconds_count 1.0" in text
     assert "chat_send_broadcast_seconds_count 1.0" in text
+    # A histogram as Prometheus reads it: cumulative buckets, the +Inf one equal to the count.
+    buckets = [line for line in text.splitlines()
+               if line.startswith('chat_event_duration_seconds_bucket{event="send_message"')]
+    counts = [float(line.rsplit(" ", 1)[1]) for line in buckets]
+    assert len(buckets) == 14 and buckets[-1].startswith('chat_event_duration_seconds_bucket{event="send_message",le="+Inf"}')
+    assert counts == sorted(counts) and counts[-1] == 2.0
+    assert 'chat_event_duration_seconds_count{event="send_message"} 2.0' in text
+    assert 'chat_event_duration_seconds_created{event="send_message"}' in text
+
+
+def test_a_latency_on_a_bucket_bound_is_counted_in_that_bucket():
+    metrics = Metrics()
+    for seconds in (0.005, 0.0050001, 99.0):
+        metrics.event("send_message", "ok", seconds)
+    text = generate_latest(metrics.registry).decode()
+    bucket = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("chat_event_duration_seconds_bucket")}
+    assert (bucket["0.0025"], bucket["0.005"], bucket["0.01"], bucket["5.0"], bucket["+Inf"]) == (0, 1, 2, 2, 3)
+    assert 'chat_event_duration_seconds_sum{event="send_message"} 99.01' in text
 
 
 async def test_health_and_readiness(server_url):
