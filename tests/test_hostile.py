@@ -94,7 +94,7 @@ async def under_attack(node: HostileNode, attack: Attack, *, member_token: str |
         readings.rss_peak, readings.fds_peak = gauge.peak_rss, gauge.peak_fds
     finally:
         member.stop()
-    window = [s for s in member.samples if started <= s.started <= ended]
+    window, readings.set_aside = member.judged(started, ended)
     readings.latencies = [s.latency for s in window]
     readings.failed_sends = sum(not s.ok for s in window)
     return outcome, readings, member

@@ -640,12 +640,14 @@ async function main() {
     fatal = err?.stack ?? String(err);
   }
   await Promise.all(clients.map((client) => client.close().catch(() => {})));
-  process.stdout.write(JSON.stringify({ scenario: name, result, fatal, calls, waits_timed_out: waitsTimedOut }) + "\n");
+  const report = JSON.stringify({ scenario: name, result, fatal, calls, waits_timed_out: waitsTimedOut }) + "\n";
   // A polling client POSTs its close packet after "disconnect" has fired, and
   // its last long-poll GET stays open until the server times it out, so Node
   // would not exit by itself for a while: give the goodbyes a moment to leave
   // (the server then sees clean closes, not vanished clients), then exit.
-  setTimeout(() => process.exit(fatal ? 1 : 0), CLOSE_GRACE_MS);
+  // Only once the report has left: a write to a pipe is asynchronous past the
+  // pipe's 64 KB, and process.exit() drops what is still queued.
+  process.stdout.write(report, () => setTimeout(() => process.exit(fatal ? 1 : 0), CLOSE_GRACE_MS));
 }
 
 await main();

@@ -4,6 +4,10 @@ A ``HostileNode`` is ``python -m server`` on the embedded store seeded with the 
 groups (``tests.support.seeded_server``). A ``ProbeMember`` sends messages with acks from its own
 thread and event loop, so the attacking coroutines in the test's loop do not delay its clock.
 ``Gauge`` samples ``/proc/<pid>`` for resident memory and open descriptors.
+
+A send is judged only when the member itself was running: its loop also keeps a clock, and a
+send whose wait overlaps a moment when that clock fell far behind (the test process or the whole
+machine was not scheduled) is set aside and counted, not charged to the server.
 """
 
 from __future__ import annotations
@@ -130,10 +134,13 @@ class ProbeMember:
     """A group member sending ``send_message`` with an ack in a loop, from a thread of its own."""
 
     SEND_TIMEOUT_S = 5.0
+    TICK_S = 0.005  # the member's own clock: a sleep this long ...
+    STALL_S = 0.030  # ... that ends this much late means the member itself was not running
 
     def __init__(self, url: str, token: str, group_id: str, pace_s: float = 0.06) -> None:
         self.url, self.token, self.group_id, self.pace_s = url, token, group_id, pace_s
         self.samples: list[Sample] = []
+        self.stalls: list[tuple[float, float]] = []  # (from, to) monotonic: the member's own loop stood still
         self.joined: dict[str, Any] = {}
         self.error: BaseException | None = None
         self._ready = threading.Event()
@@ -162,9 +169,21 @@ class ProbeMember:
         if self.error is not None:
             raise AssertionError(f"the probe member failed: {self.error!r}")
 
-    def latencies(self, start: float, end: float) -> list[float]:
-        """Latencies of the sends that left between ``start`` and ``end`` (monotonic)."""
-        return [s.latency for s in self.samples if start <= s.started <= end]
+    def judged(self, start: float, end: float) -> tuple[list[Sample], int]:
+        """The sends that left between ``start`` and ``end`` (monotonic) while the member itself
+        kept running, and how many were set aside because its own loop stood still meanwhile."""
+        window = [s for s in self.samples if start <= s.started <= end]
+        kept = [s for s in window
+                if not any(a < s.started + s.latency and s.started < b for a, b in self.stalls)]
+        return kept, len(window) - len(kept)
+
+    async def _keep_time(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.TICK_S)
+            after = time.monotonic()
+            if after - before > self.TICK_S + self.STALL_S:
+                self.stalls.append((before, after))
 
     def _run(self) -> None:
         try:
@@ -175,6 +194,7 @@ class ProbeMember:
             self._ready.set()
 
     async def _main(self) -> None:
+        clock = asyncio.create_task(self._keep_time())
         sio = socketio.AsyncClient(reconnection=False)
         await sio.connect(self.url, auth={"token": self.token}, transports=["websocket"], wait_timeout=10)
         try:
@@ -199,6 +219,7 @@ class ProbeMember:
                 self.samples.append(Sample(started, time.monotonic() - started, ok))
                 await asyncio.sleep(self.pace_s)
         finally:
+            clock.cancel()
             await sio.disconnect()
 
 
@@ -341,6 +362,7 @@ class Readings:
     fds_after: int = 0
     latencies: list[float] = field(default_factory=list)
     failed_sends: int = 0
+    set_aside: int = 0  # sends not judged: the probe member itself stood still meanwhile
 
     def problems(self, bounds: Bounds) -> list[str]:
         found = []
@@ -361,4 +383,5 @@ class Readings:
     def summary(self) -> str:
         return (f"rss {self.rss_before / MB:.1f}/{self.rss_peak / MB:.1f}/{self.rss_after / MB:.1f} MB, "
                 f"fds {self.fds_before}/{self.fds_peak}/{self.fds_after}, "
-                f"p99 {p99(self.latencies) * 1000:.1f} ms over {len(self.latencies)} sends")
+                f"p99 {p99(self.latencies) * 1000:.1f} ms over {len(self.latencies)} sends"
+                + (f", {self.set_aside} set aside while the member stood still" if self.set_aside else ""))
