@@ -193,9 +193,12 @@ async def test_a_keyboard_alone_signs_in_chooses_a_group_sends_replies_reacts_an
     await expect(ana.hook("connection-state")).to_have_text("connected")
     await expect(ana.page.locator("#groups-title")).to_be_focused()
 
-    # Choose a group: the next stop is the first group; opening it puts the focus in the composer.
+    # Choose a group: once the list has come (it is asked for after the connection opens), the
+    # next stop is the first group; opening it puts the focus in the composer.
+    calculus = ana.page.locator(f'[data-testid="group"][data-group-id="{CALCULUS}"]')
+    await expect(calculus).to_be_visible()
     await key(ana, "Tab")
-    await expect(ana.page.locator(f'[data-testid="group"][data-group-id="{CALCULUS}"]')).to_be_focused()
+    await expect(calculus).to_be_focused()
     await key(ana, "Enter")
     await expect(ana.hook("group-name")).to_have_text("Calculus I")
     await expect(ana.hook("message-input")).to_be_focused()
@@ -403,6 +406,18 @@ async def test_the_api_documentation_page_is_accessible_with_its_panels_open(bro
     await page.goto(str(demo_server.make_url("/docs")))
     await expect(page.get_by_role("heading", level=1)).to_contain_text("2.0.0")
     await assert_accessible(page, "/docs, as it opens")
+    # Every disclosure button says whether its panel is open, and says it again when toggled.
+    unmarked = "Array.from(document.querySelectorAll('main button')).filter(b => b.querySelector(':scope > svg')" \
+               " && !b.hasAttribute('aria-expanded')).length"
+    assert await page.evaluate(unmarked) == 0
+    toggle = page.locator("main button[aria-expanded]:visible").first
+    await expect(toggle).to_be_visible()
+    before = await toggle.get_attribute("aria-expanded")
+    after = "true" if before == "false" else "false"
+    await toggle.click()
+    await expect(toggle).to_have_attribute("aria-expanded", after)
+    await toggle.click()
+    await expect(toggle).to_have_attribute("aria-expanded", before or "")
     # Open panels (payloads, replies, schemas): the first 25 toggles as they appear.
     toggles = page.locator("main button[type='button']:visible")
     for n in range(25):

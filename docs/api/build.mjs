@@ -69,6 +69,33 @@ const LIST_FIX = `
   new MutationObserver(function () { fix(root); }).observe(root, { childList: true, subtree: true });
 })();
 `;
+// The component's disclosure buttons do not say whether their panel is open. Its arrow does:
+// turned (-rotate-90) when open, or, in the sidebar's tag lists, -rotate-180 open and -rotate-90
+// closed with the list (shown or "hidden") right after the button. Each such button gets
+// aria-expanded from that, again whenever the component redraws or turns an arrow.
+const EXPANDED_FIX = `
+(function () {
+  function open(button, arrow) {
+    var turned = arrow.getAttribute("class") || "";
+    if (/(^|\\s)-rotate-180(\\s|$)/.test(turned)) return true;
+    var panel = button.nextElementSibling;
+    if (panel && /(^|\\s)(hidden|block)(\\s|$)/.test(panel.className)) return !panel.classList.contains("hidden");
+    return /(^|\\s)-rotate-90(\\s|$)/.test(turned);
+  }
+  function mark(root) {
+    root.querySelectorAll("button[type=button]").forEach(function (button) {
+      var arrow = button.querySelector(":scope > svg");
+      if (!arrow) return;
+      var state = open(button, arrow) ? "true" : "false";
+      if (button.getAttribute("aria-expanded") !== state) button.setAttribute("aria-expanded", state);
+    });
+  }
+  var root = document.getElementById("asyncapi");
+  mark(root);
+  new MutationObserver(function () { mark(root); }).observe(root,
+    { childList: true, subtree: true, attributes: true, attributeFilter: ["class"] });
+})();
+`;
 // Without scripts the collapsed panels (replies, payload details) stay open.
 const NOSCRIPT_STYLE = ".aui-root button + div.hidden{display:block!important}";
 
@@ -132,6 +159,7 @@ AsyncApiStandalone.hydrate({ schema: ${scriptJson(JSON.parse(schema))}, config: 
   document.getElementById("asyncapi"));
 </script>
 <script>${LIST_FIX}</script>
+<script>${EXPANDED_FIX}</script>
 </body>
 </html>
 `;
