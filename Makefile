@@ -3,6 +3,8 @@
 # nginx when missing), then runs the whole suite; the tests start their own
 # SecantusDB, redis-server and chat servers on free ports.
 VENV ?= .venv
+# The interpreter .venv is made from (see docs/deploy.md, "The Python interpreter").
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 
 .PHONY: test check deps system-deps python-deps js-deps api-docs demo soak bench
@@ -54,7 +56,7 @@ system-deps:
 	fi
 
 $(PY):
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 
 python-deps: $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -22,12 +22,42 @@ from typing import Any
 
 from . import report
 from .channels import run_channels
-from .harness import BENCH, LOGS, PYTHON, ROOT, WORK, BenchError, Procs, free_port, wait_port
+from .harness import BENCH, LOGS, PYTHON, ROOT, SERVER_CORE, WORK, BenchError, Procs, free_port, wait_port
 from .peers import PEERS, this_server_missing, write_spec
 from .scenarios import Plan, run_idle, run_peer, run_redis
 
 log = logging.getLogger("bench")
 RESULTS = BENCH / "results"
+
+
+# A fixed piece of pure Python, timed on the server's core before a run: how fast this host runs
+# the interpreter. Runs on different days can land on hosts that differ by 2× here while Node
+# differs far less, so a ratio to Node moves with it; this figure says when that happened.
+CALIBRATION = """
+import time
+best = float("inf")
+for _ in range(3):
+    started, x = time.perf_counter(), 0
+    for i in range(3_000_000):
+        x += i * 2
+    best = min(best, time.perf_counter() - started)
+print(round(best * 1000))
+"""
+
+
+def _interpreter() -> dict[str, Any]:
+    """The server's interpreter: its binary, whether it runs from a shared libpython (slower:
+    calls between its parts go through the PLT) and the calibration loop's time."""
+    probe = ("import sys, sysconfig; print(sys.executable); "
+             "print('shared' if sysconfig.get_config_var('Py_ENABLE_SHARED') else 'static')")
+    try:
+        executable, libpython = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True,
+                                               timeout=30, check=True).stdout.split()
+        loop_ms = int(subprocess.run(["taskset", "-c", SERVER_CORE, PYTHON, "-c", CALIBRATION], capture_output=True,
+                                     text=True, timeout=120, check=True).stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+    return {"executable": os.path.realpath(executable), "libpython": libpython, "calibration_ms": loop_ms}
 
 
 def _meta() -> dict[str, Any]:
@@ -101,6 +131,8 @@ def run_store_load(procs: Procs, quick: bool) -> dict[str, Any]:
     result = _on_secantus(procs, "store_load", args, 600 if not quick else 180)
     if quick and "sends" in result:
         result["note"] = "quick mode: joins at 1k vs 20k messages"
+    if "sends" in result:
+        result["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": _meta()["commit"]}
     return result
 
 
@@ -141,6 +173,23 @@ def _search_only(procs: Procs, plan: Plan) -> int:
         procs.stop_all()
     _store_results(path, results)
     print("\n".join(report.search_table(results)))
+    return 0
+
+
+def _store_load_only(procs: Procs, plan: Plan) -> int:
+    stored = _stored_results(plan)
+    if stored is None:
+        return 2
+    path, results = stored
+    log.info("storage: database commands per send, joins vs history")
+    try:
+        results["store_load"] = run_store_load(procs, plan.quick)
+    finally:
+        procs.stop_all()
+    table = _store_results(path, results)
+    if not plan.quick:
+        report.update_readme(BENCH / "README.md", table)
+    print("\n".join(report.store_load_tables(results)))
     return 0
 
 
@@ -189,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--search-only", action="store_true",
                         help="measure search alone and put it into the existing results (latest or quick)")
+    parser.add_argument("--store-load-only", action="store_true",
+                        help="measure database commands per send and joins alone and put them into the existing results")
     parser.add_argument("--idle-only", action="store_true",
                         help="measure the idle-connections row alone (for --peers) and put it into the existing results")
     args = parser.parse_args(argv)
@@ -209,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.search_only:
         return _search_only(procs, plan)
+    if args.store_load_only:
+        return _store_load_only(procs, plan)
     if args.idle_only:
         return _idle_only(procs, plan, [k.strip() for k in args.peers.split(",") if k.strip()])
-    results: dict[str, Any] = {"meta": _meta(), "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
+    results: dict[str, Any] = {"meta": _meta() | {"interpreter": _interpreter()}, "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
                                "peers": {}, "redis": {}}
     try:
         spec, secret = write_spec(max(plan.idle_conns, plan.many_conns))

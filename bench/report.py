@@ -283,7 +283,9 @@ def store_load_tables(results: dict[str, Any]) -> list[str]:
     st = results.get("store_load") or {}
     if "sends" not in st:
         return [f"Not run: {st.get('skipped') or st.get('error') or 'not requested'}."]
-    rows = ["| senders at once | acked sends | sends/s (wall) | database commands per acked send | by command "
+    meta = st.get("meta") or {}
+    rows = [f"Measured {meta['date']}, commit `{meta['commit']}`.", ""] if meta else []
+    rows += ["| senders at once | acked sends | sends/s (wall) | database commands per acked send | by command "
             "| ack p50 / p99 ms | CPU µs per send (DB + client) | seq exact |",
             "|---:|---:|---:|---:|---|---:|---:|---|"]
     for res in st["sends"]:
@@ -333,8 +335,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['date']} · commit `{m['commit']}` · {m['cpu']} · {m['cores']} cores (server on core 1, swarm on core 0) · "
         f"load average at start {m['loadavg']} · {m['duration_s']:.0f} s",
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
-        "",
     ]
+    if m.get("interpreter"):
+        i = m["interpreter"]
+        out.append(f"Interpreter: `{i['executable']}` ({i['libpython']} libpython) · calibration loop "
+                   f"**{i['calibration_ms']} ms** on the server core (pure Python; a lower figure is a faster host "
+                   "for this server; see bench/README.md).")
+    out.append("")
     for _key, peer in results["peers"].items():
         if "skipped" in peer:
             out.append(f"**{peer['label']} not measured:** {peer['skipped']}")

@@ -142,9 +142,9 @@ async def bench_join(uri: str, client: AsyncMongoClient[dict[str, Any]], db_pid:
 
         async def join() -> int:
             await service.group_for(reader, group)
-            await service.join_page(group, {"limit": 50})
-            read = await service.read_state(reader, group)
-            await store.open_questions(group)
+            page = await service.join_page(group, {"limit": 50})
+            read = await service.read_state(reader, group, page)
+            await store.open_questions(group, latest_rev=page["latest_rev"])
             return read.unread_count
 
         unread = await join()  # warm-up
