@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from storage.base import GroupAccess, GroupSummary, Message, NewMessage, ReadSta
 from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError, invalid
+from .fresh_reads import FreshReads
 from .group_reads import GroupReads
 from .notifications import Notifier
 
@@ -29,6 +31,11 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[Message], Awaitable[None]]
 SEARCHES_AT_ONCE = 4  # per process
+# What a group list costs of the rate limit for events other than sends: one token, plus one
+# per GROUPS_PER_TOKEN groups in the user's last list (a group's figures take about half the
+# store reads of a join, which costs one). Remembered for the most recent LIST_SIZES_KEPT users.
+GROUPS_PER_TOKEN = 2
+LIST_SIZES_KEPT = 50_000
 SENDS_PER_WRITE = 64  # sends to one group written in one store call, at most
 
 
@@ -66,6 +73,12 @@ class ChatService:
         self._queued: dict[str, list[_QueuedSend]] = {}  # sends waiting for the group's writer
         self._writing: set[asyncio.Task[None]] = set()
         self._group_reads = GroupReads(store)  # membership checks that overlap share a read
+        # A user's group list reads every group of theirs: calls that overlap (a flood from
+        # many connections, a reconnect storm) share one read that began after they asked.
+        self._group_lists: FreshReads[str, list[GroupSummary]] = FreshReads(
+            lambda user_id: self.store.list_groups(user_id), "group list"
+        )
+        self._list_sizes: OrderedDict[str, int] = OrderedDict()  # user -> groups in their last list
         # Searches read more than other events: a few at a time, so a burst of them
         # cannot take every storage connection from sends and joins.
         self._searches = asyncio.Semaphore(SEARCHES_AT_ONCE)
@@ -89,8 +102,16 @@ class ChatService:
             raise ChatError("not_member")
         return group
 
+    def list_cost(self, user_id: str) -> int:
+        """Rate-limit tokens ``list_groups`` costs ``user_id``, by the size of their last list."""
+        return 1 + self._list_sizes.get(user_id, 0) // GROUPS_PER_TOKEN
+
     async def list_groups(self, user_id: str) -> dict[str, Any]:
-        groups = await self.store.list_groups(user_id)
+        groups = await self._group_lists.get(user_id)
+        self._list_sizes[user_id] = len(groups)
+        self._list_sizes.move_to_end(user_id)
+        if len(self._list_sizes) > LIST_SIZES_KEPT:
+            self._list_sizes.popitem(last=False)
         return {"ok": True, "groups": [g.to_wire() for g in groups]}
 
     async def history(self, user_id: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,11 @@ def error_response(exc: ChatError) -> web.Response:
     return web.json_response(exc.envelope(), status=exc.http_status, headers=headers)
 
 
-async def _authenticated(request: web.Request) -> str:
-
+async def _authenticated(request: web.Request, cost: Callable[[str], int] | None = None) -> str:
+    """The caller's user id, once their token is verified and the rate limit has room for
+    ``cost(user_id)`` tokens (one when not given)."""
     user_id = request.app[VERIFIER].verify(bearer(request.headers.get("Authorization")))
-    retry_after = await request.app[EVENTS].limiter.check(user_id, "http")
+    retry_after = await request.app[EVENTS].limiter.check(user_id, "http", cost(user_id) if cost else 1)
     if retry_after is not None:
         raise ChatError("rate_limited", retry_after_ms=retry_after)
     return user_id
@@ -98,8 +100,9 @@ def api_route(handler):
 @api_route
 async def list_groups(request: web.Request) -> web.Response:
 
-    user_id = await _authenticated(request)
-    return web.json_response(await request.app[CHAT].list_groups(user_id))
+    chat = request.app[CHAT]
+    user_id = await _authenticated(request, chat.list_cost)
+    return web.json_response(await chat.list_groups(user_id))
 
 
 @api_route

@@ -112,6 +112,7 @@ from .search_words import Query
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 PING_TIMEOUT_S = 2.0
 MAX_INSERT_ATTEMPTS = 200
+SUMMARIES_AT_ONCE = 8  # groups a group list reads at a time (a few reads each)
 DUPLICATE_KEY = 11000
 
 T = TypeVar("T")
@@ -284,11 +285,24 @@ class MongoStore:
                 str(gid), group_name(group), latest, read.unread_count, rev, read.mention_count, open_questions
             )
 
-        results = await asyncio.gather(*(summary(g) for g in groups), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        summaries = [r for r in results if isinstance(r, GroupSummary)]
+        # A few groups at a time: a user of hundreds of groups does not put hundreds of
+        # reads in the database's queue at once, ahead of everyone else's.
+        summaries: list[GroupSummary] = []
+        failed: list[Exception] = []
+        left = iter(groups)
+
+        async def summarise() -> None:
+            for group in left:
+                if failed:
+                    return
+                try:
+                    summaries.append(await summary(group))
+                except Exception as exc:  # the first failure is raised, once the others stop
+                    failed.append(exc)
+
+        await asyncio.gather(*(summarise() for _ in range(min(SUMMARIES_AT_ONCE, len(groups)))))
+        if failed:
+            raise failed[0]
         summaries.sort(key=lambda s: (s.name, s.id))
         return summaries
 

@@ -1,0 +1,107 @@
+"""``list_groups`` reads every group of the caller: what many at once, and many in a row, cost.
+
+Calls of one user that overlap share one store read, which began after each of them was asked
+(so an answer never predates what the caller did before asking); and a list costs the per-user
+limit for events other than sends one token plus one per two groups of the user's last list,
+on the socket and on ``GET /study-groups`` alike.
+
+A real server and python-socketio clients; the embedded store, wrapped to count its list reads
+and to answer them late, like a database under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cluster.rate_limits import Bucket, RateLimits
+from storage.base import GroupSummary
+from storage.memory import MemoryStore
+from tests.support.chat import ANA, BEN, GROUPS, MATHS, USERS, make_settings, make_token
+
+EXTRA_GROUPS = 20  # Ana's groups beyond the seeded two
+LIST_DELAY_S = 0.3
+
+
+class ListCountingStore(MemoryStore):
+    """The seeded embedded store; a group list is read at once and answered ``delay`` s later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+        self.delay = LIST_DELAY_S
+        for user_id, full_name, last_name in USERS:
+            self.add_user(user_id, full_name, last_name)
+        for group_id, name, members in GROUPS:
+            self.add_group(group_id, name, members)
+
+    async def list_groups(self, user_id: str) -> list[GroupSummary]:
+        self.lists += 1
+        answer = await super().list_groups(user_id)
+        await asyncio.sleep(self.delay)
+        return answer
+
+
+@pytest.fixture
+def store() -> ListCountingStore:
+    return ListCountingStore()
+
+
+@pytest.fixture
+def settings():
+    return make_settings(rate_limits=RateLimits(send=Bucket(20.0, 200), other=Bucket(2.0, 20)))
+
+
+def unread(answer: dict[str, Any], group_id: str) -> int:
+    assert answer["ok"] is True, answer
+    return next(g["unread_count"] for g in answer["groups"] if g["id"] == group_id)
+
+
+async def test_overlapping_lists_of_one_user_share_a_read(connect, store: ListCountingStore) -> None:
+    conns = [await connect(ANA) for _ in range(10)]
+    answers = await asyncio.gather(*(c.call("list_groups") for c in conns))
+    assert all(a["ok"] for a in answers) and all(a == answers[0] for a in answers), answers
+    assert [g["id"] for g in answers[0]["groups"]] == [g[0] for g in GROUPS]
+    # One read answers the first; the nine that came while it ran share the next one.
+    assert store.lists <= 2, store.lists
+
+
+async def test_a_list_asked_after_a_change_is_not_answered_by_an_older_read(
+    connect, store: ListCountingStore
+) -> None:
+    ana, ana_phone, ben = await connect(ANA), await connect(ANA), await connect(BEN)
+    for n in range(3):
+        assert (await ben.call("send_message", {"group_id": MATHS, "content": f"m{n}"}))["ok"]
+    early = asyncio.create_task(ana.call("list_groups"))  # read now, answered LIST_DELAY_S later
+    await asyncio.sleep(LIST_DELAY_S / 3)
+    assert (await ana_phone.call("mark_read", {"group_id": MATHS, "seq": 3}))["ok"]
+    late = await ana_phone.call("list_groups")
+    assert unread(await early, MATHS) == 3
+    assert unread(late, MATHS) == 0, late
+    assert store.lists == 2
+
+
+async def test_a_list_costs_the_rate_limit_by_the_users_groups(
+    connect, server_url: str, store: ListCountingStore
+) -> None:
+    store.delay = 0
+    for n in range(EXTRA_GROUPS):
+        store.add_group(f"65c{n:021x}", f"Seminar {n:02}", [ANA])
+    ana, ben = await connect(ANA), await connect(BEN)
+    # Ana's first list costs one token (the server does not know her groups yet), the next
+    # 1 + 22 // 2 = 12 of the bucket of 20, so the one after waits 2-3 s for the refill.
+    assert len((await ana.call("list_groups"))["groups"]) == EXTRA_GROUPS + 2
+    assert (await ana.call("list_groups"))["ok"] is True
+    refused = await ana.call("list_groups")
+    assert refused["ok"] is False and refused["error"]["code"] == "rate_limited", refused
+    assert refused["error"]["retry_after_ms"] >= 1500, refused
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {make_token(ANA)}"}
+        async with http.get(f"{server_url}/study-groups", headers=headers) as resp:
+            assert resp.status == 429, await resp.text()
+    # What is left covers other events; and Ben, in one group, lists as often as he likes.
+    assert (await ana.call("join_group", {"group_id": MATHS}))["ok"] is True
+    assert all([(await ben.call("list_groups"))["ok"] for _ in range(15)])
