@@ -25,6 +25,7 @@ from .chat import ChatService, Publish
 from .connections import Connection, ConnectionSlots, HandshakeRefused, refusal
 from .conversation_events import ConversationEvents
 from .errors import ChatError, invalid
+from .event_slots import EventSlots
 from .interfaces import Limiter, Observer, Presence
 from .membership import MembershipTracker
 from .refusal_log import RefusalLog
@@ -34,6 +35,8 @@ from .typing_throttle import TypingThrottle
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
+# Events of one user handled at once on a node; more wait their turn (handlers.event_slots).
+EVENTS_AT_ONCE_PER_USER = 16
 
 
 Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]  # what _boundary wraps
@@ -68,6 +71,7 @@ class ChatEvents:
         self.connections: dict[str, Connection] = {}
         self.expiry = SessionExpiry(sio, self.connections)
         self.slots = ConnectionSlots(max_connections_per_user)
+        self.event_slots = EventSlots(EVENTS_AT_ONCE_PER_USER)
         self._handling = 0  # events being handled now
         self._idle = asyncio.Event()
         self._idle.set()
@@ -192,7 +196,8 @@ class ChatEvents:
                     raise ChatError("unauthorized", "The connection is not signed in.")
                 if conn.expires_at <= time.time():  # ended by its token; closing at the wheel's next turn
                     raise ChatError("unauthorized", "The session has ended: its token expired.")
-                retry_after = await self.limiter.check(conn.user_id, event)
+                cost = self.chat.list_cost(conn.user_id) if event == "list_groups" else 1
+                retry_after = await self.limiter.check(conn.user_id, event, cost)
                 if retry_after is not None:
                     raise ChatError("rate_limited", retry_after_ms=retry_after)
                 try:
@@ -202,7 +207,13 @@ class ChatEvents:
                 group_id = data.get("group_id")
                 if data.get("sender_id", conn.user_id) != conn.user_id:
                     raise ChatError("forbidden", "sender_id must be your own user id.")
-                result = await handler(conn, data)
+                user_id = conn.user_id
+                if not self.event_slots.take_now(user_id):
+                    await self.event_slots.take(user_id)
+                try:
+                    result = await handler(conn, data)
+                finally:
+                    self.event_slots.give_back(user_id)
                 outcome = "ok"
             except ChatError as exc:
                 result, outcome = exc.envelope(), exc.code
