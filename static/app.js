@@ -11,7 +11,9 @@ import { Conversation } from "./conversation.js";
 import { Tray, downloadFile, openImage, useToken } from "./files.js";
 import { reactionPicker } from "./message_view.js";
 import { People, TypingAnnouncer } from "./people.js";
-import { demoToken, demoUsers, forgetSession, saveSession, savedSession, tokenSubject } from "./session.js";
+import {
+  demoToken, demoUsers, forgetSession, saveOutbox, saveSession, savedOutbox, savedSession, tokenSubject,
+} from "./session.js";
 import { Timeline, el } from "./timeline.js";
 
 const PAGE_SIZE = 50;
@@ -144,6 +146,13 @@ function signIn(token, demoUser = null) {
     createTimeline: (groupId) => new Timeline(groupId, state.me, { merging, merged }),
   });
   Object.assign(state, { session, conn: session.connection, outbox: session.outbox });
+  // Messages written but not stored when the page went away (reloaded offline, say) are
+  // sent again, each with its own client_msg_id, so none is lost and none stored twice.
+  const me = state.me;
+  session.outbox.restore(savedOutbox(me));
+  session.on("changed", () => {
+    if (state.session === session) saveOutbox(me, session.outbox.snapshot());
+  });
   session.on("state", setConnectionState);
   session.on("connected", onConnected);
   session.on("refused", onRefused);

@@ -1,7 +1,9 @@
 // Signing in: the demo sign-in of a `--demo` server, tokens, and the session
-// that survives a reload of the page (sessionStorage: per tab, gone with it).
+// that survives a reload of the page (sessionStorage: per tab, gone with it),
+// with the sends it had not got stored yet.
 
 const SESSION_KEY = "studychat.session";
+const OUTBOX_KEY = "studychat.outbox";
 
 /** The demo users ([{id, name}]), or null when the server has no demo sign-in (404). */
 export async function demoUsers() {
@@ -51,4 +53,24 @@ export function saveSession(token, demoUser) {
 
 export function forgetSession() {
   sessionStorage.removeItem(SESSION_KEY);
+  sessionStorage.removeItem(OUTBOX_KEY);
+}
+
+/** The unsent messages (an outbox snapshot) this tab saved for `userId`, or []. */
+export function savedOutbox(userId) {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "null");
+    return saved && saved.user === userId && Array.isArray(saved.items) ? saved.items : [];
+  } catch {
+    return [];
+  }
+}
+
+export function saveOutbox(userId, items) {
+  try {
+    if (items.length) sessionStorage.setItem(OUTBOX_KEY, JSON.stringify({ user: userId, items }));
+    else sessionStorage.removeItem(OUTBOX_KEY);
+  } catch {
+    // Storage full or refused: the sends still go while the page stays open.
+  }
 }

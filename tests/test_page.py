@@ -441,3 +441,46 @@ async def test_the_page_runs_on_the_client_package_and_sends_what_waited_in_orde
     assert contents[-len(written):] == written, contents
     await expect_exactly(ana, contents)
     assert not ana.errors
+
+
+async def test_messages_written_offline_survive_a_reload_and_are_sent_once(browser, demo_server, demo_store):
+    """The outbox is saved in the tab (sessionStorage): a reload before the connection came back
+    keeps what waited, which is sent once it does, each message once."""
+    ana = await sign_in_demo(browser, demo_server, ANA)
+    await ana.open_group(CALCULUS)
+
+    # No way to the server: every Socket.IO request and WebSocket is refused until this is cleared.
+    offline = {"on": True}
+
+    async def websocket(ws) -> None:
+        if offline["on"]:
+            await ws.close(code=1011, reason="offline")
+        else:
+            ws.connect_to_server()
+
+    async def polling(route) -> None:
+        await (route.abort() if offline["on"] else route.continue_())
+
+    await ana.context.route("**/socket.io/**", polling)
+    await ana.context.route_web_socket("**/socket.io/**", websocket)
+    await ana.page.evaluate("studyChat.socket.io.engine.close()")
+    await expect(ana.hook("connection-state")).to_have_text("reconnecting")
+    written = ["before the reload 1", "before the reload 2"]
+    for text in written:
+        await ana.send(text)
+        await expect(ana.message_with(text)).to_have_attribute("data-pending", "true")
+
+    await ana.page.reload()
+    await expect(ana.hook("current-user")).not_to_be_empty()  # signed in again from the tab's session
+    await expect(ana.hook("connection-state")).not_to_have_text("connected")
+    offline["on"] = False
+    await expect(ana.hook("connection-state")).to_have_text("connected", timeout=30_000)
+    await ana.open_group(CALCULUS)
+    for text in written:
+        await expect(ana.message_with(text)).to_have_attribute("data-pending", "false")
+    contents = await stored_contents(demo_store, CALCULUS)
+    assert contents[-len(written):] == written, contents
+    assert all(contents.count(text) == 1 for text in written), contents
+    await expect_exactly(ana, contents)
+    # Stored: nothing waits any more, so a further reload sends nothing again.
+    assert await ana.page.evaluate("sessionStorage.getItem('studychat.outbox')") is None

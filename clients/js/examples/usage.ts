@@ -4,10 +4,12 @@
 import { io, type Socket } from "socket.io-client";
 import {
   ChatError, ChatSession, GroupTimeline,
-  type ClientToServerEvents, type Message, type ServerToClientEvents,
+  type ClientToServerEvents, type Message, type OutboxItem, type ServerToClientEvents,
 } from "studychat-client";
 
 const GROUP = "65b0000000000000000000a1";
+/** Where an app keeps small strings across restarts (localStorage, AsyncStorage, a file). */
+const localStore = new Map<string, string>();
 
 /** A timeline that renders: override `changed`. */
 class Rendered extends GroupTimeline {
@@ -30,6 +32,10 @@ export async function chat(url: string, fetchToken: () => Promise<string>): Prom
     if (name === "message" && timeline) console.log(timeline.lines.length, payload.seq); // payload: Message
   });
   session.on("failed", (entry, error) => console.log(entry.id, error.code, error.describe()));
+  // Unsent messages survive a restart: saved on every change, taken back before connecting.
+  const saved: OutboxItem[] = JSON.parse(localStore.get("outbox") ?? "[]");
+  session.outbox.restore(saved);
+  session.on("changed", () => localStore.set("outbox", JSON.stringify(session.outbox.snapshot())));
   await session.connect(); // resolves once connected
 
   const { timeline, ack } = await session.open(GROUP);

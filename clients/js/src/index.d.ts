@@ -125,7 +125,18 @@ export type OutboxEvents = {
   acked: [message: Message, entry: OutboxEntry];
   retrying: [entry: OutboxEntry];
   failed: [entry: OutboxEntry, error: ChatError];
+  /** A send was added, settled, refused for good or dismissed: save `snapshot()` now. */
+  changed: [];
 };
+
+/** One send of `Outbox.snapshot()`: plain data, JSON and back. */
+export interface OutboxItem {
+  id: string;
+  groupId: string;
+  content: string;
+  extra: SendExtra;
+  error: { code: string; message: string; details: unknown } | null;
+}
 
 /** Sends stored exactly once each, one group's in the order they were made. */
 export declare class Outbox extends Emitter<OutboxEvents> {
@@ -138,6 +149,10 @@ export declare class Outbox extends Emitter<OutboxEvents> {
   settle(message: Message): boolean;
   dismiss(id: string): void;
   clear(): void;
+  /** The sends not stored yet (failed ones included), oldest first. */
+  snapshot(): OutboxItem[];
+  /** Take back a snapshot's sends (their client_msg_ids kept) ahead of newer ones; returns them. */
+  restore(items: readonly OutboxItem[] | unknown): OutboxEntry[];
 }
 
 export declare function newClientMsgId(): string;

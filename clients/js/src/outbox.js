@@ -15,7 +15,11 @@ export function newClientMsgId() {
   return "c-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Events: "acked" (message, entry), "retrying" (entry), "failed" (entry, ChatError). */
+/**
+ * Events: "acked" (message, entry), "retrying" (entry), "failed" (entry, ChatError), and
+ * "changed" () whenever a send is added, settled, refused for good or dismissed: the moment
+ * to save `snapshot()` where a reload finds it.
+ */
 export class Outbox extends Emitter {
   constructor(connection) {
     super();
@@ -31,18 +35,50 @@ export class Outbox extends Emitter {
    */
   add(groupId, content, extra = {}) {
     groupId = String(groupId).toLowerCase(); // the server answers in lowercase
-    const entry = {
-      id: newClientMsgId(), groupId, content, extra, attempt: 0, error: null,
-      inFlight: false, timer: null, stored: null, _resolve: null, _reject: null,
-    };
-    entry.stored = new Promise((resolve, reject) => {
-      entry._resolve = resolve;
-      entry._reject = reject;
-    });
-    entry.stored.catch(() => {}); // a refusal is also reported as "failed"; awaiting is optional
+    const entry = this._entry(newClientMsgId(), groupId, content, extra);
     this.entries.set(entry.id, entry);
+    this.emit("changed");
     this._pump(groupId);
     return entry;
+  }
+
+  /**
+   * The sends not stored yet (failed ones included), oldest first, as plain data that
+   * survives JSON: what `restore` takes back, in this session or after a reload.
+   */
+  snapshot() {
+    return [...this.entries.values()].map((e) => ({
+      id: e.id, groupId: e.groupId, content: e.content, extra: e.extra,
+      error: e.error && { code: e.error.code, message: e.error.message, details: e.error.details ?? null },
+    }));
+  }
+
+  /**
+   * Take back sends from a `snapshot()` (of an earlier page, say), each with its own
+   * client_msg_id: one already stored is answered with the stored message, not stored
+   * twice. They go ahead of sends added since; what is not a snapshot's item is skipped.
+   * Returns the entries taken back.
+   */
+  restore(items) {
+    const taken = [];
+    for (const item of Array.isArray(items) ? items : []) {
+      if (!item || typeof item.id !== "string" || typeof item.groupId !== "string"
+          || typeof item.content !== "string" || this.entries.has(item.id)) continue;
+      const entry = this._entry(item.id, item.groupId.toLowerCase(), item.content,
+        item.extra && typeof item.extra === "object" ? item.extra : {});
+      if (item.error) {
+        entry.error = new ChatError({ code: String(item.error.code), message: String(item.error.message ?? ""),
+          details: item.error.details ?? undefined });
+        entry._reject(entry.error);
+      }
+      taken.push(entry);
+    }
+    if (!taken.length) return taken;
+    const later = [...this.entries.values()];
+    this.entries = new Map([...taken, ...later].map((e) => [e.id, e]));
+    this.emit("changed");
+    this.flush();
+    return taken;
   }
 
   /** The group's sends not stored yet, oldest first (failed ones included until dismissed). */
@@ -77,6 +113,7 @@ export class Outbox extends Emitter {
     this.entries.delete(entry.id);
     entry._resolve(message);
     this.emit("acked", message, entry);
+    this.emit("changed");
     this._pump(entry.groupId);
   }
 
@@ -87,6 +124,7 @@ export class Outbox extends Emitter {
     clearTimeout(entry.timer);
     this.entries.delete(id);
     if (!entry.error) entry._reject(new ChatError({ code: "cancelled", message: "The send was cancelled." }));
+    this.emit("changed");
     if (!entry.inFlight) this._pump(entry.groupId); // else the group goes on once its answer is in
   }
 
@@ -98,6 +136,20 @@ export class Outbox extends Emitter {
       clearTimeout(entry.timer);
       if (!entry.error) entry._reject(new ChatError({ code: "cancelled", message: "The send was cancelled." }));
     }
+    if (entries.length) this.emit("changed");
+  }
+
+  _entry(id, groupId, content, extra) {
+    const entry = {
+      id, groupId, content, extra, attempt: 0, error: null,
+      inFlight: false, timer: null, stored: null, _resolve: null, _reject: null,
+    };
+    entry.stored = new Promise((resolve, reject) => {
+      entry._resolve = resolve;
+      entry._reject = reject;
+    });
+    entry.stored.catch(() => {}); // a refusal is also reported as "failed"; awaiting is optional
+    return entry;
   }
 
   _head(groupId) {
@@ -135,6 +187,7 @@ export class Outbox extends Emitter {
         entry.error = err; // kept until dismissed: nothing is silently lost
         entry._reject(err);
         this.emit("failed", entry, err);
+        this.emit("changed");
       }
     } finally {
       entry.inFlight = false;

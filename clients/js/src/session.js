@@ -39,7 +39,7 @@ export class ChatSession extends Emitter {
     this.joining = new Map(); // group id -> {timeline, early, done}: a join whose ack is awaited
     const conn = this.connection;
     for (const event of PASSED_ON) conn.on(event, (...args) => this.emit(event, ...args));
-    for (const event of ["acked", "retrying", "failed"]) this.outbox.on(event, (...args) => this.emit(event, ...args));
+    for (const event of ["acked", "retrying", "failed", "changed"]) this.outbox.on(event, (...args) => this.emit(event, ...args));
     conn.on("connect", () => this._onConnect());
     for (const event of MESSAGE_EVENTS) conn.on(event, (payload) => this._onMessageEvent(event, payload));
     for (const event of OTHER_SERVER_EVENTS) conn.on(event, (payload) => this._onOtherEvent(event, payload));

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { ChatError } from "studychat-client";
-import { ANA, BEN, GROUPS, NAMES, NOT_MINE, until, useStack } from "./support.mjs";
+import { ANA, BEN, GROUPS, NAMES, NOT_MINE, token, until, useStack } from "./support.mjs";
 
 // A small send bucket, so that rate_limited comes quickly.
 const env = useStack({ RATE_LIMIT_SEND_PER_S: "4", RATE_LIMIT_SEND_BURST: "5" });
@@ -88,5 +88,44 @@ test("rate_limited sends wait retry_after_ms and are stored once each, in order"
   assert.ok(took >= 1000, `took ${took} ms: the retries did not wait`);
   const history = await ana.request("get_history", { group_id: group });
   assert.equal(history.messages.length, 10, "no send was stored twice");
+  ana.close();
+});
+
+test("an outbox snapshot taken back by a new session is sent once, in order, failures kept", async () => {
+  const group = GROUPS[4];
+  // A session that never connects (the page went away offline): its sends wait.
+  const away = env.session({ token: token(ANA) });
+  let changes = 0;
+  away.on("changed", () => (changes += 1));
+  const first = away.send(group, "written offline 1");
+  away.send(group, "written offline 2", { kind: "question" });
+  assert.equal(changes, 2, "each send added is a change");
+  // One stored just before the page went away: its ack never came.
+  const ana = await signIn(ANA);
+  const stored = await until(() => ana.request("send_message", { group_id: group, content: "stored, unacked", client_msg_id: "c-unacked-1" })
+    .catch((err) => { if (err.code === "rate_limited") return null; throw err; }), "a send within the rate limit");
+  const saved = JSON.parse(JSON.stringify([
+    { id: "c-unacked-1", groupId: group, content: "stored, unacked", extra: {}, error: null },
+    ...away.outbox.snapshot(),
+    { id: "c-refused-1", groupId: group, content: "a reply to nothing", extra: {}, error: { code: "message_not_found", message: "No such message.", details: null } },
+    { id: 7, groupId: group, content: "not an item" },
+  ]));
+  away.close();
+  assert.equal(saved[1].id, first.id, "the snapshot keeps each client_msg_id");
+
+  const again = env.session({ token: token(ANA) });
+  const taken = again.outbox.restore(saved);
+  assert.equal(taken.length, 4, "what is not a snapshot's item is skipped");
+  const refused = again.outbox.forGroup(group).find((e) => e.error);
+  assert.equal(refused.error.code, "message_not_found");
+  await again.connect();
+  const results = await Promise.all(taken.filter((e) => !e.error).map((e) => e.stored));
+  assert.deepEqual(results.map((m) => m.content), ["stored, unacked", "written offline 1", "written offline 2"]);
+  assert.equal(results[0].seq, stored.message.seq, "the stored one is answered with itself");
+  assert.equal(results[2].kind, "question", "a send's other fields come back too");
+  const history = await again.request("get_history", { group_id: group });
+  assert.deepEqual(history.messages.map((m) => m.content), ["stored, unacked", "written offline 1", "written offline 2"]);
+  assert.deepEqual(again.outbox.snapshot().map((e) => e.id), ["c-refused-1"], "a failure is kept until dismissed");
+  again.close();
   ana.close();
 });
