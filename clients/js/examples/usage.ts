@@ -54,6 +54,20 @@ export async function chat(url: string, fetchToken: () => Promise<string>): Prom
   const page = await session.request("join_group", { group_id: GROUP });
   console.log(page.messages.length);
 
+  // Search as you type: each new query stops waiting for the one before.
+  let searching = new AbortController();
+  const search = async (query: string) => {
+    searching.abort();
+    searching = new AbortController();
+    try {
+      const found = await session.request("search_messages", { query }, { signal: searching.signal });
+      console.log(found.results.length);
+    } catch (err) {
+      if (!(err instanceof ChatError && err.code === "cancelled")) throw err;
+    }
+  };
+  await search("deriv");
+
   try {
     await session.request("mark_read", { group_id: GROUP, seq: stored.seq });
   } catch (err) {

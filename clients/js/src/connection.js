@@ -18,6 +18,31 @@ const WARNING_MS = 60_000;
 /** Refused handshakes in a row after which a token provider is not asked again. */
 const MAX_TOKEN_RENEWALS = 5;
 /** Waits between tries: 0.5 s doubling to 30 s, with jitter so a fleet does not retry in step. */
+/** The error of a wait given up through an AbortSignal. */
+function cancelled(event) {
+  return new ChatError({ code: "cancelled", message: `Stopped waiting for ${event}.` });
+}
+
+/** `sleep(ms)`, cut short by `signal` (then rejecting with a cancelled ChatError). */
+function pause(ms, signal, event) {
+  if (!signal) return sleep(ms);
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(cancelled(event));
+      return;
+    }
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", abort);
+      resolve();
+    }, ms);
+    const abort = () => {
+      clearTimeout(timer);
+      reject(cancelled(event));
+    };
+    signal.addEventListener("abort", abort, { once: true });
+  });
+}
+
 export function backoff(attempt, baseMs = 500, maxMs = 30_000) {
   const ms = Math.min(maxMs, baseMs * 2 ** attempt);
   return ms / 2 + Math.random() * (ms / 2);
@@ -217,13 +242,26 @@ export class ChatConnection extends Emitter {
    * connection; this client refuses it instead, and the callers (the outbox,
    * the catch-up) decide what to redo after a reconnect.
    */
-  request(event, payload = {}, { timeoutMs = this.ackTimeoutMs } = {}) {
+  request(event, payload = {}, { timeoutMs = this.ackTimeoutMs, signal } = {}) {
     return new Promise((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(cancelled(event));
+        return;
+      }
       if (!this.socket.connected) {
         reject(new ChatError({ code: "disconnected", message: "Not connected to the server." }));
         return;
       }
+      // Aborting stops the wait, not the server: a request already sent may still take effect.
+      let waiting = true;
+      const abort = () => {
+        waiting = false;
+        reject(cancelled(event));
+      };
+      signal?.addEventListener("abort", abort, { once: true });
       this.socket.timeout(timeoutMs).emit(event, payload, (err, ack) => {
+        signal?.removeEventListener("abort", abort);
+        if (!waiting) return;
         if (err) {
           const code = this.socket.connected ? "timeout" : "disconnected";
           reject(new ChatError({ code, message: `No answer from the server to ${event}.` }));
@@ -241,13 +279,14 @@ export class ChatConnection extends Emitter {
    * `storage_unavailable` and `timeout` (waiting with backoff), at most
    * `attempts` times. Only for requests that are safe to repeat.
    */
-  async requestRetrying(event, payload = {}, { attempts = 5, timeoutMs } = {}) {
+  async requestRetrying(event, payload = {}, { attempts = 5, timeoutMs, signal } = {}) {
     for (let attempt = 0; ; attempt += 1) {
       try {
-        return await this.request(event, payload, { timeoutMs });
+        return await this.request(event, payload, { timeoutMs, signal });
       } catch (err) {
         if (!RETRYABLE_CODES.has(err.code) || attempt + 1 >= attempts) throw err;
-        await sleep(err.code === "rate_limited" && err.retryAfterMs != null ? err.retryAfterMs : backoff(attempt));
+        await pause(err.code === "rate_limited" && err.retryAfterMs != null ? err.retryAfterMs : backoff(attempt),
+          signal, event);
       }
     }
   }

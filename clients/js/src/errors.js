@@ -6,8 +6,9 @@ export const RETRYABLE_CODES = new Set(["timeout", "storage_unavailable", "rate_
 /**
  * A refused or unanswered request. `code` is one of the protocol's error codes
  * (`invalid_payload`, `not_member`, `rate_limited`, ...) or one of the client's
- * own: `timeout` (no ack in time) and `disconnected` (not connected, or the
- * connection dropped before the ack).
+ * own: `timeout` (no ack in time), `disconnected` (not connected, or the
+ * connection dropped before the ack) and `cancelled` (the caller stopped
+ * waiting: an AbortSignal, a dismissed send, a join left before its answer).
  */
 export class ChatError extends Error {
   constructor({ code, message, details, retry_after_ms: retryAfterMs } = {}) {

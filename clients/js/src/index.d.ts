@@ -78,6 +78,9 @@ export type ConnectionEvents = {
 
 export interface RequestOptions {
   timeoutMs?: number;
+  /** Stop waiting when it aborts: the promise rejects with a `cancelled` ChatError (a request
+   * already sent may still take effect on the server). */
+  signal?: AbortSignal;
 }
 
 export declare class ChatConnection extends Emitter<ConnectionEvents> {
@@ -240,7 +243,7 @@ export declare class ChatSession<T extends GroupTimeline = GroupTimeline> extend
    * join gets the same answer; rejects with `cancelled` when left first). */
   open(groupId: string, options?: { limit?: number }): Promise<{ timeline: T; ack: JoinOk | null }>;
   leave(groupId: string): T | undefined;
-  loadOlder(timeline: T, options?: { limit?: number }): Promise<AckOf<"get_history">>;
+  loadOlder(timeline: T, options?: { limit?: number; signal?: AbortSignal }): Promise<AckOf<"get_history">>;
   send(groupId: string, content: string, extra?: SendExtra): OutboxEntry;
   merge(timeline: T, messages: readonly Message[], options?: { onlyHeld?: boolean }): number;
   catchUp(timeline: T): Promise<void>;

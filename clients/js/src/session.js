@@ -130,10 +130,10 @@ export class ChatSession extends Emitter {
   }
 
   /** Load the page before the oldest held message; resolves with the ack. */
-  async loadOlder(timeline, { limit = PAGE_SIZE } = {}) {
+  async loadOlder(timeline, { limit = PAGE_SIZE, signal } = {}) {
     const payload = { group_id: timeline.groupId, limit };
     if (timeline.oldest !== null) payload.before_seq = timeline.oldest;
-    const ack = await this.connection.requestRetrying("get_history", payload);
+    const ack = await this.connection.requestRetrying("get_history", payload, { signal });
     timeline.hasOlder = ack.has_more;
     this.merge(timeline, ack.messages);
     return ack;

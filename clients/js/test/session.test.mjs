@@ -129,3 +129,35 @@ test("an outbox snapshot taken back by a new session is sent once, in order, fai
   again.close();
   ana.close();
 });
+
+test("a wait given up through an AbortSignal rejects with cancelled, before or after the request left", async () => {
+  const ana = await signIn(ANA);
+  const group = GROUPS[5];
+  // Aborted before: nothing is sent.
+  const before = new AbortController();
+  before.abort();
+  await assert.rejects(ana.request("send_message", { group_id: group, content: "never sent" }, { signal: before.signal }),
+    (err) => err instanceof ChatError && err.code === "cancelled");
+  // Aborted while waiting for the answer: the wait ends at once.
+  const during = new AbortController();
+  const asked = ana.request("get_history", { group_id: group }, { signal: during.signal });
+  during.abort();
+  await assert.rejects(asked, (err) => err.code === "cancelled");
+  // Aborted while a retrying request waits out retry_after_ms (the send bucket is tiny here).
+  const waits = new AbortController();
+  const retrying = ana.connection.requestRetrying("join_group", { group_id: NOT_MINE }, { signal: waits.signal });
+  await assert.rejects(retrying, (err) => err.code === "not_member", "a refusal for good is not retried");
+  const texts = Array.from({ length: 8 }, (_, i) => `fill ${i}`);
+  const flood = texts.map((content) => ana.request("send_message", { group_id: group, content }).catch((err) => err.code));
+  const limited = (await Promise.all(flood)).filter((r) => r === "rate_limited").length;
+  assert.ok(limited >= 1, "the send bucket ran out");
+  const started = Date.now();
+  const later = ana.connection.requestRetrying("send_message", { group_id: group, content: "after the wait" },
+    { signal: waits.signal });
+  setTimeout(() => waits.abort(), 50);
+  await assert.rejects(later, (err) => err.code === "cancelled");
+  assert.ok(Date.now() - started < 200, "the retry wait was cut short");
+  const history = await ana.request("get_history", { group_id: group });
+  assert.ok(!history.messages.some((m) => m.content === "never sent" || m.content === "after the wait"));
+  ana.close();
+});
