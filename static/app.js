@@ -188,10 +188,23 @@ async function renewedDemoToken(demoUser) {
   return token;
 }
 
-function signOut() {
+/** The Sign out button: unsent messages would be lost, so the person is asked first. */
+function chooseSignOut() {
+  const unsent = state.outbox?.snapshot().length ?? 0; // failed ones too: kept until dismissed
+  if (unsent && !window.confirm(`${unsent === 1 ? "1 message is" : `${unsent} messages are`} not sent yet `
+      + "and will be lost. Sign out anyway?")) return;
+  signOut();
+}
+
+/** Back to the sign-in form. `keepUnsent`: the session ended without the person choosing
+ * to leave (a refused or expired sign-in); what was not sent yet is kept in the tab and goes
+ * once the same person signs in again. */
+function signOut({ keepUnsent = false } = {}) {
   setSessionNotice("");
-  state.session?.close();
-  forgetSession();
+  const session = state.session;
+  state.session = null; // the outbox's clearing on close is not saved over what is kept
+  session?.close();
+  forgetSession({ keepUnsent });
   cancelEdit();
   showGroup(null);
   Object.assign(state, {
@@ -213,7 +226,7 @@ function signOut() {
 /** The server refused the handshake (`connect_error` with `{code, message}`), and a demo
  * user's fresh token (the session asks for one) did not help either. */
 function onRefused(err) {
-  if (!state.everConnected) signOut(); // back to the sign-in form
+  if (!state.everConnected) signOut({ keepUnsent: true }); // back to the sign-in form
   showError(`Sign-in refused: ${describe(err)}`);
 }
 
@@ -281,7 +294,7 @@ async function signInAgain() {
     }
     return;
   }
-  signOut(); // back to the sign-in form, ready for a new token
+  signOut({ keepUnsent: true }); // back to the sign-in form, ready for a new token
   ui.tokenInput.focus();
 }
 
@@ -324,7 +337,7 @@ function mergeIntoView(view, messages) {
 
 async function refreshGroups() {
   try {
-    state.groups = (await state.conn.request("list_groups")).groups;
+    state.groups = (await state.conn.requestRetrying("list_groups")).groups;
     renderGroups();
   } catch (err) {
     showError(`Could not list your groups: ${describe(err)}`);
@@ -805,7 +818,7 @@ function wire() {
     if (token) signIn(token);
     else showError("Paste a token first.");
   });
-  ui.signOut.addEventListener("click", signOut);
+  ui.signOut.addEventListener("click", chooseSignOut);
   ui.reconnect.addEventListener("click", () => state.conn?.connect().catch(() => {}));
   ui.errorDismiss.addEventListener("click", clearError);
   ui.sessionSignIn.addEventListener("click", signInAgain);

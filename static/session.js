@@ -51,9 +51,10 @@ export function saveSession(token, demoUser) {
   sessionStorage.setItem(SESSION_KEY, JSON.stringify({ token, demoUser }));
 }
 
-export function forgetSession() {
+/** Forget the tab's sign-in and, unless `keepUnsent`, the messages it had not sent yet. */
+export function forgetSession({ keepUnsent = false } = {}) {
   sessionStorage.removeItem(SESSION_KEY);
-  sessionStorage.removeItem(OUTBOX_KEY);
+  if (!keepUnsent) sessionStorage.removeItem(OUTBOX_KEY);
 }
 
 /** The unsent messages (an outbox snapshot) this tab saved for `userId`, or []. */

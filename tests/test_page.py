@@ -445,7 +445,8 @@ async def test_the_page_runs_on_the_client_package_and_sends_what_waited_in_orde
 
 async def test_messages_written_offline_survive_a_reload_and_are_sent_once(browser, demo_server, demo_store):
     """The outbox is saved in the tab (sessionStorage): a reload before the connection came back
-    keeps what waited, which is sent once it does, each message once."""
+    keeps what waited, which is sent once it does, each message once; signing out meanwhile
+    asks first, since it would lose them."""
     ana = await sign_in_demo(browser, demo_server, ANA)
     await ana.open_group(CALCULUS)
 
@@ -469,6 +470,14 @@ async def test_messages_written_offline_survive_a_reload_and_are_sent_once(brows
     for text in written:
         await ana.send(text)
         await expect(ana.message_with(text)).to_have_attribute("data-pending", "true")
+    # Signing out now would lose them: the page asks first (this harness declines).
+    await ana.hook("sign-out").click()
+    for _ in range(100):
+        if ana.dialogs:
+            break
+        await asyncio.sleep(0.05)
+    assert ana.dialogs == ["2 messages are not sent yet and will be lost. Sign out anyway?"], ana.dialogs
+    await expect(ana.message_with(written[0])).to_have_attribute("data-pending", "true")
 
     await ana.page.reload()
     await expect(ana.hook("current-user")).not_to_be_empty()  # signed in again from the tab's session
