@@ -33,7 +33,9 @@ Publish = Callable[[Message], Awaitable[None]]
 SEARCHES_AT_ONCE = 4  # per process
 # What a group list costs of the rate limit for events other than sends: one token, plus one
 # per GROUPS_PER_TOKEN groups in the user's last list (a group's figures take about half the
-# store reads of a join, which costs one). Remembered for the most recent LIST_SIZES_KEPT users.
+# store reads of a join, which costs one), at most ``list_cost_most`` (a tenth of the bucket, so
+# that a member of hundreds of groups still has tokens left for everything else).
+# Remembered for the most recent LIST_SIZES_KEPT users.
 GROUPS_PER_TOKEN = 2
 LIST_SIZES_KEPT = 50_000
 SENDS_PER_WRITE = 64  # sends to one group written in one store call, at most
@@ -79,6 +81,7 @@ class ChatService:
             lambda user_id: self.store.list_groups(user_id), "group list"
         )
         self._list_sizes: OrderedDict[str, int] = OrderedDict()  # user -> groups in their last list
+        self.list_cost_most = 30  # create_app sets a tenth of the events bucket
         # Searches read more than other events: a few at a time, so a burst of them
         # cannot take every storage connection from sends and joins.
         self._searches = asyncio.Semaphore(SEARCHES_AT_ONCE)
@@ -104,7 +107,7 @@ class ChatService:
 
     def list_cost(self, user_id: str) -> int:
         """Rate-limit tokens ``list_groups`` costs ``user_id``, by the size of their last list."""
-        return 1 + self._list_sizes.get(user_id, 0) // GROUPS_PER_TOKEN
+        return min(self.list_cost_most, 1 + self._list_sizes.get(user_id, 0) // GROUPS_PER_TOKEN)
 
     async def list_groups(self, user_id: str) -> dict[str, Any]:
         groups = await self._group_lists.get(user_id)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/"
 # Events of one user handled at once on a node; more wait their turn (handlers.event_slots).
 EVENTS_AT_ONCE_PER_USER = 16
+# Never wait for a slot: they read no storage, and a refresh must not be held past the token's end.
+UNQUEUED_EVENTS = frozenset({"refresh_token", "typing", "leave_group"})
 
 
 Handler = Callable[[Connection, dict[str, Any]], Awaitable[dict[str, Any]]]  # what _boundary wraps
@@ -207,13 +209,18 @@ class ChatEvents:
                 group_id = data.get("group_id")
                 if data.get("sender_id", conn.user_id) != conn.user_id:
                     raise ChatError("forbidden", "sender_id must be your own user id.")
-                user_id = conn.user_id
-                if not self.event_slots.take_now(user_id):
-                    await self.event_slots.take(user_id)
-                try:
+                if event in UNQUEUED_EVENTS:
                     result = await handler(conn, data)
-                finally:
-                    self.event_slots.give_back(user_id)
+                else:
+                    user_id = conn.user_id
+                    if not self.event_slots.take_now(user_id):
+                        await self.event_slots.take(user_id)
+                    try:
+                        if conn.closed:  # it closed while this waited: nobody is there for the answer
+                            raise ChatError("unauthorized", "The connection closed before this event was handled.")
+                        result = await handler(conn, data)
+                    finally:
+                        self.event_slots.give_back(user_id)
                 outcome = "ok"
             except ChatError as exc:
                 result, outcome = exc.envelope(), exc.code

@@ -16,7 +16,7 @@ from handlers.event_slots import EventSlots
 from handlers.events import EVENTS_AT_ONCE_PER_USER
 from storage.base import Message
 from storage.memory import MemoryStore
-from tests.support.chat import ANA, BEN, GROUPS, MATHS, USERS
+from tests.support.chat import ANA, BEN, GROUPS, MATHS, USERS, make_token
 
 READ_S = 0.1
 BURST = 4 * EVENTS_AT_ONCE_PER_USER
@@ -31,9 +31,10 @@ class SlowHistory(MemoryStore):
             self.add_user(user_id, full_name, last_name)
         for group_id, name, members in GROUPS:
             self.add_group(group_id, name, members)
-        self.now = self.most = 0
+        self.now = self.most = self.reads = 0
 
     async def get_messages(self, group_id: str, **kwargs: Any) -> tuple[list[Message], bool]:
+        self.reads += 1
         self.now += 1
         self.most = max(self.most, self.now)
         try:
@@ -70,6 +71,28 @@ async def test_a_burst_from_one_user_runs_a_few_at_a_time_and_others_are_not_hel
     assert store.most <= EVENTS_AT_ONCE_PER_USER + 1, store.most
     assert max(done_at) - asked >= 2.5 * READ_S
     assert bens["ok"] is True and ben_waited < 2.5 * READ_S, ben_waited
+
+
+async def test_a_token_refresh_does_not_wait_behind_the_users_burst(connect, store) -> None:
+    ana = await connect(ANA)
+    loop = asyncio.get_running_loop()
+    burst = asyncio.gather(*(ana.call("get_history", {"group_id": MATHS}) for _ in range(BURST)))
+    await asyncio.sleep(READ_S / 2)
+    asked = loop.time()
+    refreshed = await ana.call("refresh_token", {"token": make_token(ANA, ttl=7200)})
+    assert refreshed["ok"] is True and loop.time() - asked < 2 * READ_S, loop.time() - asked
+    assert all(a["ok"] for a in await burst)
+
+
+async def test_events_left_waiting_by_a_closed_connection_are_not_handled(connect, store) -> None:
+    ana = await connect(ANA)
+    await asyncio.gather(*(ana.sio.emit("get_history", {"group_id": MATHS}, callback=lambda *a: None)
+                           for _ in range(BURST)))
+    await asyncio.sleep(READ_S * 1.5)  # into the second round of reads
+    await ana.sio.disconnect()
+    await asyncio.sleep(READ_S * 4)
+    # The rounds under way finish; the events still waiting for a slot are dropped.
+    assert store.reads <= 3 * EVENTS_AT_ONCE_PER_USER, store.reads
 
 
 async def test_a_slot_passes_to_the_first_waiting_event() -> None:
