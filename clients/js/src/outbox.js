@@ -159,7 +159,12 @@ export class Outbox extends Emitter {
 
   _pump(groupId) {
     const entry = this._head(groupId);
-    if (!entry || entry.inFlight || entry.timer || !this.connection.connected) return;
+    if (!entry || !this.connection.connected) return;
+    // One send of a group at a time: none leaves while another of the group is in flight or
+    // waits to be tried again (restored sends go ahead of those, and wait their turn).
+    for (const other of this.entries.values()) {
+      if (other.groupId === groupId && (other.inFlight || other.timer)) return;
+    }
     this._send(entry);
   }
 
