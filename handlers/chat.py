@@ -83,8 +83,10 @@ class ChatService:
         self._list_sizes: OrderedDict[str, int] = OrderedDict()  # user -> groups in their last list
         self.list_cost_most = 30  # create_app sets a tenth of the events bucket
         # Searches read more than other events: a few at a time, so a burst of them
-        # cannot take every storage connection from sends and joins.
+        # cannot take every storage connection from sends and joins; and one user's at a
+        # time, so that one user's burst holds one of those few, not all of them.
         self._searches = asyncio.Semaphore(SEARCHES_AT_ONCE)
+        self._searchers = KeyedLock()
 
     async def user_name(self, user_id: str) -> str | None:
         """The user's display name; ``None`` when there is no ``users`` document."""
@@ -136,7 +138,7 @@ class ChatService:
             group_ids = [data["group_id"]]
         else:
             group_ids = sorted((await self.store.user_groups([user_id]))[user_id])
-        async with self._searches:
+        async with self._searchers(user_id), self._searches:
             results, has_more = await self.store.search_messages(
                 group_ids, data["query"], limit=data["limit"], before_seq=data.get("before_seq")
             )

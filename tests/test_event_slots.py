@@ -33,6 +33,10 @@ class SlowHistory(MemoryStore):
             self.add_group(group_id, name, members)
         self.now = self.most = self.reads = 0
 
+    async def search_messages(self, group_ids: Any, query: Any, **kwargs: Any) -> tuple[list[Message], bool]:
+        await asyncio.sleep(READ_S)
+        return await super().search_messages(group_ids, query, **kwargs)
+
     async def get_messages(self, group_id: str, **kwargs: Any) -> tuple[list[Message], bool]:
         self.reads += 1
         self.now += 1
@@ -93,6 +97,20 @@ async def test_events_left_waiting_by_a_closed_connection_are_not_handled(connec
     await asyncio.sleep(READ_S * 4)
     # The rounds under way finish; the events still waiting for a slot are dropped.
     assert store.reads <= 3 * EVENTS_AT_ONCE_PER_USER, store.reads
+
+
+async def test_one_users_searches_hold_one_of_the_servers_few_search_slots(connect, store) -> None:
+    """The server runs 4 searches at a time; one user's burst runs one at a time among them,
+    so another user's search does not wait behind it."""
+    ana, ben = await connect(ANA), await connect(BEN)
+    loop = asyncio.get_running_loop()
+    burst = asyncio.gather(*(ana.call("search_messages", {"query": f"notes {n}"}) for n in range(12)))
+    await asyncio.sleep(READ_S / 2)
+    asked = loop.time()
+    bens = await ben.call("search_messages", {"query": "notes"})
+    waited = loop.time() - asked
+    assert bens["ok"] is True and waited < 2.5 * READ_S, waited
+    assert all(a["ok"] for a in await burst)
 
 
 async def test_a_slot_passes_to_the_first_waiting_event() -> None:
