@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[Message], Awaitable[None]]
 SEARCHES_AT_ONCE = 4  # per process
-# What a group list costs of the rate limit for events other than sends: one token, plus one
-# per GROUPS_PER_TOKEN groups in the user's last list (a group's figures take about half the
-# store reads of a join, which costs one), at most ``list_cost_most`` (a tenth of the bucket, so
-# that a member of hundreds of groups still has tokens left for everything else).
-# Remembered for the most recent LIST_SIZES_KEPT users.
+# What an event that reads every group of the caller (a group list, a search of all their
+# groups) costs of the rate limit for events other than sends: one token, plus one per
+# GROUPS_PER_TOKEN groups the user had when last counted (a group's part takes about half the
+# store reads of a join, which costs one), at most ``groups_cost_most`` (a tenth of the bucket,
+# so that a member of hundreds of groups still has tokens left for everything else).
+# Remembered for the most recent GROUP_COUNTS_KEPT users.
 GROUPS_PER_TOKEN = 2
-LIST_SIZES_KEPT = 50_000
+GROUP_COUNTS_KEPT = 50_000
 SENDS_PER_WRITE = 64  # sends to one group written in one store call, at most
 
 
@@ -80,8 +81,8 @@ class ChatService:
         self._group_lists: FreshReads[str, list[GroupSummary]] = FreshReads(
             lambda user_id: self.store.list_groups(user_id), "group list"
         )
-        self._list_sizes: OrderedDict[str, int] = OrderedDict()  # user -> groups in their last list
-        self.list_cost_most = 30  # create_app sets a tenth of the events bucket
+        self._group_counts: OrderedDict[str, int] = OrderedDict()  # user -> their groups, when last counted
+        self.groups_cost_most = 30  # create_app sets a tenth of the events bucket
         # Searches read more than other events: a few at a time, so a burst of them
         # cannot take every storage connection from sends and joins; and one user's at a
         # time, so that one user's burst holds one of those few, not all of them.
@@ -107,16 +108,19 @@ class ChatService:
             raise ChatError("not_member")
         return group
 
-    def list_cost(self, user_id: str) -> int:
-        """Rate-limit tokens ``list_groups`` costs ``user_id``, by the size of their last list."""
-        return min(self.list_cost_most, 1 + self._list_sizes.get(user_id, 0) // GROUPS_PER_TOKEN)
+    def groups_cost(self, user_id: str) -> int:
+        """Rate-limit tokens an event that reads every group of ``user_id`` costs them."""
+        return min(self.groups_cost_most, 1 + self._group_counts.get(user_id, 0) // GROUPS_PER_TOKEN)
+
+    def _counted(self, user_id: str, groups: int) -> None:
+        self._group_counts[user_id] = groups
+        self._group_counts.move_to_end(user_id)
+        if len(self._group_counts) > GROUP_COUNTS_KEPT:
+            self._group_counts.popitem(last=False)
 
     async def list_groups(self, user_id: str) -> dict[str, Any]:
         groups = await self._group_lists.get(user_id)
-        self._list_sizes[user_id] = len(groups)
-        self._list_sizes.move_to_end(user_id)
-        if len(self._list_sizes) > LIST_SIZES_KEPT:
-            self._list_sizes.popitem(last=False)
+        self._counted(user_id, len(groups))
         return {"ok": True, "groups": [g.to_wire() for g in groups]}
 
     async def history(self, user_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +142,7 @@ class ChatService:
             group_ids = [data["group_id"]]
         else:
             group_ids = sorted((await self.store.user_groups([user_id]))[user_id])
+            self._counted(user_id, len(group_ids))
         async with self._searchers(user_id), self._searches:
             results, has_more = await self.store.search_messages(
                 group_ids, data["query"], limit=data["limit"], before_seq=data.get("before_seq")

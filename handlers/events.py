@@ -198,8 +198,7 @@ class ChatEvents:
                     raise ChatError("unauthorized", "The connection is not signed in.")
                 if conn.expires_at <= time.time():  # ended by its token; closing at the wheel's next turn
                     raise ChatError("unauthorized", "The session has ended: its token expired.")
-                cost = self.chat.list_cost(conn.user_id) if event == "list_groups" else 1
-                retry_after = await self.limiter.check(conn.user_id, event, cost)
+                retry_after = await self.limiter.check(conn.user_id, event, self._cost(event, conn, args))
                 if retry_after is not None:
                     raise ChatError("rate_limited", retry_after_ms=retry_after)
                 try:
@@ -241,6 +240,15 @@ class ChatEvents:
 
         run.__name__ = event
         return run
+
+    def _cost(self, event: str, conn: Connection, args: tuple[Any, ...]) -> int:
+        """Rate-limit tokens an event costs, told before its payload is read: a group list and a
+        search of all the caller's groups read each group, and cost by how many there are."""
+        if event == "list_groups" or (
+            event == "search_messages" and not (args and isinstance(args[0], dict) and "group_id" in args[0])
+        ):
+            return self.chat.groups_cost(conn.user_id)
+        return 1
 
     # -- events --
 

@@ -154,7 +154,7 @@ def create_app(settings: Settings, *, storage: Store | None = None) -> web.Appli
     notifier = None if sender is None else Notifier(sender.outbox, presence, written=sender.wake)
     files = GridFSAttachments(lambda: storage.database) if isinstance(storage, MongoStore) else MemoryAttachments()
     chat = ChatService(storage, notifier=notifier, attachments=files)
-    chat.list_cost_most = max(1, settings.rate_limits.other.burst // 10)
+    chat.groups_cost_most = max(1, settings.rate_limits.other.burst // 10)
     events = ChatEvents(
         sio,
         chat,

@@ -3,7 +3,8 @@
 Calls of one user that overlap share one store read, which began after each of them was asked
 (so an answer never predates what the caller did before asking); and a list costs the per-user
 limit for events other than sends one token plus one per two groups of the user's last list,
-on the socket and on ``GET /study-groups`` alike, and at most a tenth of the bucket.
+on the socket and on ``GET /study-groups`` alike, and at most a tenth of the bucket (so does a
+search of all the user's groups).
 
 A real server and python-socketio clients; the embedded store, wrapped to count its list reads
 and to answer them late, like a database under load.
@@ -85,13 +86,14 @@ async def test_a_list_asked_after_a_change_is_not_answered_by_an_older_read(
     assert store.lists == 2
 
 
-async def lists_until_refused(client, most: int = 300) -> tuple[int, dict[str, Any]]:
-    """``list_groups`` in a row until one is refused: how many passed, and the refusal."""
+async def lists_until_refused(client, event: str = "list_groups", payload: Any = None,
+                              most: int = 300) -> tuple[int, dict[str, Any]]:
+    """``event`` in a row until one is refused: how many passed, and the refusal."""
     for passed in range(most):
-        answer = await client.call("list_groups")
+        answer = await (client.call(event) if payload is None else client.call(event, payload))
         if not answer["ok"]:
             return passed, answer
-    raise AssertionError(f"{most} lists in a row were all answered")
+    raise AssertionError(f"{most} of {event} in a row were all answered")
 
 
 async def test_a_list_costs_the_rate_limit_by_the_users_groups_up_to_a_tenth_of_it(
@@ -120,3 +122,25 @@ async def test_a_list_costs_the_rate_limit_by_the_users_groups_up_to_a_tenth_of_
     passed, refused = await lists_until_refused(ben)
     assert 9 <= passed <= 11, passed
     assert all([(await ben.call("get_history", {"group_id": MATHS}))["ok"] for _ in range(15)])
+
+
+async def test_a_search_of_all_groups_costs_like_a_list_and_of_one_group_like_any_event(
+    connect, server_url: str, store: ListCountingStore
+) -> None:
+    for n in range(EXTRA_GROUPS):
+        store.add_group(f"65c{n:021x}", f"Seminar {n:02}", [ANA])
+    ana = await connect(ANA)
+    # A search of all her 22 groups reads each: the first costs one token (the server counts her
+    # groups then), the next ones 12, as a list would.
+    passed, refused = await lists_until_refused(ana, "search_messages", {"query": "notes"})
+    assert 16 <= passed <= 18, passed
+    assert refused["error"]["code"] == "rate_limited", refused
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {make_token(ANA)}"}
+        async with http.get(f"{server_url}/search", params={"q": "notes"}, headers=headers) as resp:
+            assert resp.status == 429, await resp.text()
+        # One group's search reads one group: one token, like any event.
+        async with http.get(f"{server_url}/search", params={"q": "notes", "group_id": MATHS},
+                            headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+    assert all([(await ana.call("search_messages", {"query": "notes", "group_id": MATHS}))["ok"] for _ in range(4)])

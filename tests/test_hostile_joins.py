@@ -307,3 +307,15 @@ async def test_a_member_pipelining_a_whole_bucket_of_joins_costs_a_bystander_lit
     two sends through)."""
     attack = await _under_attack(node, mongo_uri, join_variants, _pipelined)
     _verdict(attack, ("join_group", "leave_group"), most_ops_each=12)
+
+
+def searches(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    return "search_messages", {"query": rng.choice(("message", "mess", "message 1", "message 42")), "limit": 50}
+
+
+async def test_a_member_of_many_groups_flooding_searches_costs_a_bystander_little(node: Node, mongo_uri: str) -> None:
+    """A search with no group reads each of the caller's groups (here 60, about two reads each): it
+    costs the events limit what a list does, a user's searches run one at a time, and the
+    process runs four at a time."""
+    attack = await _under_attack(node, mongo_uri, searches)
+    _verdict(attack, ("search_messages",), most_ops_each=200)
