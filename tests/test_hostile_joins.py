@@ -1,10 +1,11 @@
-"""A member of many groups floods ``join_group`` and ``list_groups`` against a server process on MongoDB.
+"""A member of many groups floods ``join_group``, ``list_groups`` and searches against a server process on MongoDB.
 
 Each group the attacker belongs to holds deleted messages and open questions (what
 ``storage.mongo_tally`` keeps per group and process), unread messages of others and a few of the
 attacker's own. The attacker opens every connection a user may hold and, from all of them at
 once, joins every group (latest page, ``since_seq``, ``since_rev``, every ``limit``), leaves,
-joins again, and asks ``list_groups``, within the per-user rate limits of a default deployment.
+joins again, asks ``list_groups``, or searches all their groups, within the per-user rate limits of
+a default deployment; or sends a whole bucket of joins at once on one connection.
 Meanwhile a bystander in a group of their own sends messages with acks from a thread of its own
 (``ProbeMember``). Checked: every attacker request is answered ``ok`` or refused with the
 documented envelope, the bystander's send→ack p99 stays bounded, the server's resident memory
