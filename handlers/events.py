@@ -245,8 +245,8 @@ class ChatEvents:
         """Rate-limit tokens an event costs, told before its payload is read: a group list and a
         search of all the caller's groups read each group, and cost by how many there are."""
         if event == "list_groups" or (
-            event == "search_messages" and not (args and isinstance(args[0], dict) and "group_id" in args[0])
-        ):
+            event == "search_messages" and not (args and isinstance(args[0], dict) and args[0].get("group_id") is not None)
+        ):  # (a null group_id is no group_id: a search of all groups)
             return self.chat.groups_cost(conn.user_id)
         return 1
 

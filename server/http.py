@@ -120,7 +120,7 @@ async def group_messages(request: web.Request) -> web.Response:
 async def search(request: web.Request) -> web.Response:
     chat = request.app[CHAT]
     # A search of all the caller's groups reads each of them (see ChatService.groups_cost).
-    user_id = await _authenticated(request, None if "group_id" in request.query else chat.groups_cost)
+    user_id = await _authenticated(request, None if request.query.get("group_id") else chat.groups_cost)
     try:
         data = schemas.search_query(request.query)
     except ValidationError as exc:
