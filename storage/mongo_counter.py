@@ -28,6 +28,14 @@ PROBE = 64  # numbers a single range probe may walk
 HINTS_KEPT = 10_000
 
 
+def window_filter(field: str, gid: ObjectId, above: int, upto: int, *, elements: bool) -> dict[str, Any]:
+    """The group's documents holding a number in ``(above, upto]`` in ``field``. ``elements``:
+    as one array element's range (``$elemMatch``), which MongoDB bounds at both ends in a
+    multikey index (a bare range on an array may be read from one bound only)."""
+    window: dict[str, Any] = {"$gt": above, "$lte": upto}
+    return {"group_id": gid, field: {"$elemMatch": window} if elements else window}
+
+
 class GroupCounter:
     """Finds and remembers the top of one per-group counter field."""
 
@@ -44,10 +52,8 @@ class GroupCounter:
 
     def window_cursor(self, collection: Any, gid: ObjectId, above: int, upto: int) -> AsyncCursor[dict[str, Any]]:
         """What the range probe reads: documents holding a number in ``(above, upto]``."""
-        window: dict[str, Any] = {"$gt": above, "$lte": upto}
-        if self.multikey and self.element_ranges:
-            window = {"$elemMatch": window}
-        cursor = collection.find({"group_id": gid, self.field: window}, {"_id": 0, self.field: 1})
+        selector = window_filter(self.field, gid, above, upto, elements=self.multikey and self.element_ranges)
+        cursor = collection.find(selector, {"_id": 0, self.field: 1})
         return cursor if self.multikey else cursor.sort(self.field, DESCENDING).limit(1)
 
     def point_cursor(self, collection: Any, gid: ObjectId, value: int) -> AsyncCursor[dict[str, Any]]:

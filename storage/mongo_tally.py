@@ -43,7 +43,7 @@ from typing import Any
 from bson import ObjectId
 
 from .conversation import TAG_UNANSWERED
-from .mongo_counter import GroupCounter
+from .mongo_counter import GroupCounter, window_filter
 
 GROUPS_KEPT = 10_000
 CATCH_UP_MOST = 1_000  # changes walked to catch up before loading the lists again is cheaper
@@ -128,11 +128,10 @@ class GroupTally:
 
     @staticmethod
     def changes_filter(gid: ObjectId, above: int, upto: int, *, element_ranges: bool = True) -> dict[str, Any]:
-        """What catching up reads: the messages that took a revision in ``(above, upto]``.
-        ``$elemMatch`` makes MongoDB bound the multikey index read at both ends (a bare
-        range on an array may be read from one bound only, to the group's first change)."""
-        revs = {"$gt": above, "$lte": upto}
-        return {"group_id": gid, "revs": {"$elemMatch": revs} if element_ranges else revs}
+        """What catching up reads: the messages that took a revision in ``(above, upto]``
+        (``element_ranges``: as ``window_filter``'s ``elements``, so that the multikey index
+        read is bounded at both ends, not read to the group's first change)."""
+        return window_filter("revs", gid, above, upto, elements=element_ranges)
 
     async def _load(self, messages: Any, gid: ObjectId, tally: _Tally) -> None:
         started = time.monotonic()
