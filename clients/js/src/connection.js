@@ -17,7 +17,7 @@ export const SERVER_EVENTS = Object.freeze([
 const WARNING_MS = 60_000;
 /** Refused handshakes in a row after which a token provider is not asked again. */
 const MAX_TOKEN_RENEWALS = 5;
-/** Waits between tries: 0.5 s doubling to 30 s, with jitter so a fleet does not retry in step. */
+
 /** The error of a wait given up through an AbortSignal. */
 function cancelled(event) {
   return new ChatError({ code: "cancelled", message: `Stopped waiting for ${event}.` });
@@ -43,6 +43,7 @@ function pause(ms, signal, event) {
   });
 }
 
+/** Waits between tries: 0.5 s doubling to 30 s, with jitter so a fleet does not retry in step. */
 export function backoff(attempt, baseMs = 500, maxMs = 30_000) {
   const ms = Math.min(maxMs, baseMs * 2 ** attempt);
   return ms / 2 + Math.random() * (ms / 2);
