@@ -164,16 +164,19 @@ class ChatService:
             changes, has_more, latest_rev = await self.store.get_changes(
                 group_id, after_rev=data["since_rev"], limit=data["limit"]
             )
-            page: dict[str, Any] = {"changes": changes, "has_more": has_more, "latest_rev": latest_rev}
+            latest_seq = await self.store.latest_seq(group_id)
+            return {"changes": changes, "has_more": has_more, "latest_rev": latest_rev, "latest_seq": latest_seq}
+        # The top first: whatever the page holds is at or below what is reported.
+        latest_rev = await self.store.latest_rev(group_id)
+        since_seq = data.get("since_seq")
+        if since_seq is not None:
+            messages, has_more = await self.store.get_messages(group_id, limit=data["limit"], after_seq=since_seq)
+            latest_seq = await self.store.latest_seq(group_id)
         else:
-            # The top first: whatever the page holds is at or below what is reported.
-            latest_rev = await self.store.latest_rev(group_id)
-            messages, has_more = await self.store.get_messages(
-                group_id, limit=data["limit"], after_seq=data.get("since_seq")
-            )
-            page = {"messages": messages, "has_more": has_more, "latest_rev": latest_rev}
-        page["latest_seq"] = await self.store.latest_seq(group_id)
-        return page
+            # The latest page ends at the top read for it, so the top is read once.
+            latest_seq = await self.store.latest_seq(group_id)
+            messages, has_more = await self.store.get_messages(group_id, limit=data["limit"], latest_seq=latest_seq)
+        return {"messages": messages, "has_more": has_more, "latest_rev": latest_rev, "latest_seq": latest_seq}
 
     async def read_state(self, user_id: str, group_id: str, page: dict[str, Any] | None = None) -> ReadState:
         """The reader's marker and counts; ``page``: what ``join_page`` has just read

@@ -182,6 +182,7 @@ class Store(Protocol):
         before_seq: int | None = None,
         after_seq: int | None = None,
         tag: str | None = None,
+        latest_seq: int | None = None,
     ) -> tuple[list[Message], bool]:
         """A page of messages, oldest first, and whether more exist in that direction.
 
@@ -189,6 +190,8 @@ class Store(Protocol):
         ``before_seq``: the newest ``limit`` below it (older exist).
         ``after_seq``: the oldest ``limit`` above it (newer exist).
         With ``tag`` (``conversation.tags``), only the messages that have it.
+        ``latest_seq``: the group's top ``seq`` as the caller has just read it; a page
+        without ``after_seq`` ends there (and the top is not read again).
         """
 
     async def latest_seq(self, group_id: str) -> int: ...

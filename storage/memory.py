@@ -226,6 +226,7 @@ class MemoryStore:
         before_seq: int | None = None,
         after_seq: int | None = None,
         tag: str | None = None,
+        latest_seq: int | None = None,
     ) -> tuple[list[Message], bool]:
         messages = self._groups[group_id].messages
         if tag is not None:
@@ -233,7 +234,8 @@ class MemoryStore:
         if after_seq is not None:
             page = messages[after_seq : after_seq + limit]
             return [_wire(m) for m in page], after_seq + limit < len(messages)
-        end = len(messages) if before_seq is None else min(before_seq - 1, len(messages))
+        latest = len(messages) if latest_seq is None else min(latest_seq, len(messages))
+        end = latest if before_seq is None else min(before_seq - 1, latest)
         start = max(0, end - limit)
         return [_wire(m) for m in messages[start:end]], start > 0
 

@@ -449,6 +449,7 @@ class MongoStore:
         before_seq: int | None = None,
         after_seq: int | None = None,
         tag: str | None = None,
+        latest_seq: int | None = None,
     ) -> tuple[list[Message], bool]:
         gid = oid(group_id)
         if tag is not None:
@@ -457,7 +458,7 @@ class MongoStore:
             # One extra row says whether newer ones exist.
             docs = await self.range_cursor(gid, after_seq, after_seq + limit + 1).to_list(None)
             return [to_wire(d) for d in docs[:limit]], len(docs) > limit
-        latest = await self._top_seq(gid)
+        latest = await self._top_seq(gid) if latest_seq is None else latest_seq
         end = latest if before_seq is None else min(before_seq - 1, latest)
         start = max(0, end - limit)
         if end <= start:
