@@ -9,7 +9,8 @@ a default deployment; or sends a whole bucket of joins at once on one connection
 Meanwhile a bystander in a group of their own sends messages with acks from a thread of its own
 (``ProbeMember``). Checked: every attacker request is answered ``ok`` or refused with the
 documented envelope, the bystander's send→ack p99 stays bounded, the server's resident memory
-comes back near its baseline; the server's CPU time and the store's operation counts are reported.
+comes back near its baseline, its open descriptors stay within the database pool's bound; the
+server's CPU time and the store's operation counts are reported.
 
 Against SecantusDB (or ``MONGODB_URI``), seeded directly with pymongo.
 """
@@ -34,7 +35,7 @@ from pymongo import AsyncMongoClient
 from tests.support.chat import SECRET, make_token
 from tests.support.mongo import seed_mongo
 from tests.support.nodes import Node
-from tests.support.probes import MB, Gauge, ProbeMember, p99, rss_bytes, settled
+from tests.support.probes import MB, Gauge, ProbeMember, fd_count, p99, rss_bytes, settled
 from tests.test_fuzz import envelope_problems
 
 # Measures latency and memory: runs alone, after the parallel part of the suite.
@@ -56,6 +57,10 @@ ANSWER_WAIT_S = 10.0  # an attacker request unanswered this long counts as unans
 # bystander's insert behind the attacker's reads in the database (a join flood: 230-350 ms).
 P99_BOUND_S = 1.0
 RSS_SLACK = 30 * MB  # resident memory after the attack, over the baseline
+# Open descriptors during and after the attack, over the baseline: the database driver's pool
+# grows with the reads in flight (pymongo's maxPoolSize, 100 by default) and keeps what it
+# opened; the attacker's connections are open before the baseline (here +17 to +39).
+FD_SLACK = 100 + 20
 SETTLE_S = 6.0
 BASELINE_S = 2.0  # the bystander alone, before the attack
 
@@ -125,6 +130,9 @@ class Attack:
     rss_before: int
     rss_peak: int
     rss_after: int
+    fds_before: int
+    fds_peak: int
+    fds_after: int
     server_cpu_s: float
     store_ops: int
 
@@ -132,7 +140,8 @@ class Attack:
         return (f"answers {dict(self.answers)}; bystander p99 {self.quiet_p99_s * 1000:.0f} ms before, "
                 f"{self.p99_s * 1000:.0f} ms during the attack over {self.sends} sends"
                 f" ({self.set_aside} set aside); rss {self.rss_before / MB:.1f}/{self.rss_peak / MB:.1f}/"
-                f"{self.rss_after / MB:.1f} MB; server cpu {self.server_cpu_s:.1f} s in {ATTACK_S:.0f} s;"
+                f"{self.rss_after / MB:.1f} MB; descriptors {self.fds_before}/{self.fds_peak}/{self.fds_after};"
+                f" server cpu {self.server_cpu_s:.1f} s in {ATTACK_S:.0f} s;"
                 f" store ops {self.store_ops}")
 
 
@@ -230,12 +239,14 @@ async def _under_attack(node: Node, uri: str, request: Request, flood: Flood | N
         await asyncio.sleep(BASELINE_S)
         baseline, _ = member.judged(quiet, time.monotonic())
         rss_before, cpu_before, ops_before = rss_bytes(pid), _cpu_s(pid), await _store_ops(uri)
+        fds_before = fd_count(pid)
         started = time.monotonic()
         with Gauge(pid) as gauge:
             answers = await (flood or _flood)(conns, request)
             ended = time.monotonic()
             cpu, ops = _cpu_s(pid) - cpu_before, await _store_ops(uri) - ops_before
             rss_after = await settled(lambda: rss_bytes(pid), rss_before + RSS_SLACK, SETTLE_S)
+            fds_after = await settled(lambda: fd_count(pid), fds_before + FD_SLACK, SETTLE_S)
     finally:
         member.stop()
         for sio in conns:
@@ -246,7 +257,7 @@ async def _under_attack(node: Node, uri: str, request: Request, flood: Flood | N
     if failed:
         answers["bystander send: refused or unanswered"] += failed
     return Attack(answers, p99([s.latency for s in baseline]), p99([s.latency for s in window]), len(window), set_aside,
-                  rss_before, gauge.peak_rss, rss_after, cpu, ops)
+                  rss_before, gauge.peak_rss, rss_after, fds_before, gauge.peak_fds, fds_after, cpu, ops)
 
 
 @pytest.fixture
@@ -275,6 +286,8 @@ def _verdict(attack: Attack, event_kinds: tuple[str, ...], *, most_ops_each: int
         problems.append(f"bystander send->ack p99 {attack.p99_s * 1000:.0f} ms, over {P99_BOUND_S * 1000:.0f} ms")
     if attack.rss_after > attack.rss_before + RSS_SLACK:
         problems.append(f"resident memory {attack.rss_before / MB:.1f} -> {attack.rss_after / MB:.1f} MB")
+    if max(attack.fds_peak, attack.fds_after) > attack.fds_before + FD_SLACK:
+        problems.append(f"open descriptors {attack.fds_before} -> {attack.fds_after} (peak {attack.fds_peak})")
     print(attack.summary())
     assert not problems, "; ".join(problems) + f" [{attack.summary()}]"
 
