@@ -204,7 +204,7 @@ function signOut({ keepUnsent = false } = {}) {
   const session = state.session;
   state.session = null; // the outbox's clearing on close is not saved over what is kept
   session?.close();
-  forgetSession({ keepUnsent });
+  forgetSession({ userId: state.me, keepUnsent });
   cancelEdit();
   showGroup(null);
   Object.assign(state, {

@@ -3,7 +3,9 @@
 // with the sends it had not got stored yet.
 
 const SESSION_KEY = "studychat.session";
-const OUTBOX_KEY = "studychat.outbox";
+// One entry per person ("studychat.outbox.<user id>"): someone else signing in on the same tab
+// neither sends nor overwrites what another person left unsent.
+const OUTBOX_PREFIX = "studychat.outbox.";
 
 /** The demo users ([{id, name}]), or null when the server has no demo sign-in (404). */
 export async function demoUsers() {
@@ -51,17 +53,17 @@ export function saveSession(token, demoUser) {
   sessionStorage.setItem(SESSION_KEY, JSON.stringify({ token, demoUser }));
 }
 
-/** Forget the tab's sign-in and, unless `keepUnsent`, the messages it had not sent yet. */
-export function forgetSession({ keepUnsent = false } = {}) {
+/** Forget the tab's sign-in and, unless `keepUnsent`, the messages `userId` had not sent yet. */
+export function forgetSession({ userId = null, keepUnsent = false } = {}) {
   sessionStorage.removeItem(SESSION_KEY);
-  if (!keepUnsent) sessionStorage.removeItem(OUTBOX_KEY);
+  if (!keepUnsent && userId) sessionStorage.removeItem(OUTBOX_PREFIX + userId);
 }
 
 /** The unsent messages (an outbox snapshot) this tab saved for `userId`, or []. */
 export function savedOutbox(userId) {
   try {
-    const saved = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "null");
-    return saved && saved.user === userId && Array.isArray(saved.items) ? saved.items : [];
+    const saved = JSON.parse(sessionStorage.getItem(OUTBOX_PREFIX + userId) || "null");
+    return saved && Array.isArray(saved.items) ? saved.items : [];
   } catch {
     return [];
   }
@@ -69,8 +71,8 @@ export function savedOutbox(userId) {
 
 export function saveOutbox(userId, items) {
   try {
-    if (items.length) sessionStorage.setItem(OUTBOX_KEY, JSON.stringify({ user: userId, items }));
-    else sessionStorage.removeItem(OUTBOX_KEY);
+    if (items.length) sessionStorage.setItem(OUTBOX_PREFIX + userId, JSON.stringify({ items }));
+    else sessionStorage.removeItem(OUTBOX_PREFIX + userId);
   } catch {
     // Storage full or refused: the sends still go while the page stays open.
   }

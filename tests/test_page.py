@@ -492,4 +492,4 @@ async def test_messages_written_offline_survive_a_reload_and_are_sent_once(brows
     assert all(contents.count(text) == 1 for text in written), contents
     await expect_exactly(ana, contents)
     # Stored: nothing waits any more, so a further reload sends nothing again.
-    assert await ana.page.evaluate("sessionStorage.getItem('studychat.outbox')") is None
+    assert await ana.page.evaluate(f"sessionStorage.getItem('studychat.outbox.{ANA}')") is None

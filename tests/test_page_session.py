@@ -17,7 +17,7 @@ from playwright.async_api import Route, expect
 
 from server.demo import ANA, JUAN, MEI
 from server.keys import VERIFIER
-from tests.support.browser import TIMEOUT_MS, browser, demo_app, demo_server, open_page
+from tests.support.browser import TIMEOUT_MS, browser, demo_app, demo_server, demo_store, open_page
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=TIMEOUT_MS)
@@ -95,3 +95,46 @@ async def test_a_token_session_is_told_it_ends_then_that_it_ended(browser, demo_
     await expect(chat.hook("token-input")).to_be_visible()
     await expect(chat.hook("token-input")).to_be_focused()
     await expect(status).to_have_text("")
+
+
+async def test_unsent_messages_wait_in_the_tab_for_their_writer_while_someone_else_signs_in_and_out(
+        browser, demo_app, demo_server, demo_store):
+    """What one person wrote after their sign-in ran out is kept in the tab for them alone: another
+    person signing in on the same tab, sending and signing out neither sends it nor loses it."""
+    token = demo_app[VERIFIER].issue(MEI, ttl_seconds=6)
+    chat = await open_page(browser, demo_server)
+    await chat.hook("token-input").fill(token)
+    await chat.hook("token-input").press("Enter")
+    await expect(chat.hook("connection-state")).to_have_text("connected")
+    await chat.open_group(CALCULUS)
+    await sleep_until(exp_of(token))
+    await expect(chat.hook("connection-state")).to_have_text("disconnected", timeout=3000)
+    written = ["Mei, after the end 1", "Mei, after the end 2"]
+    for text in written:
+        await chat.send(text)
+        await expect(chat.message_with(text)).to_have_attribute("data-pending", "true")
+    await chat.hook("session-sign-in").click()
+    await expect(chat.hook("token-input")).to_be_visible()
+
+    # Juan, on the same tab: he sends (his outbox fills and empties) and signs out.
+    await chat.hook("token-input").fill(demo_app[VERIFIER].issue(JUAN))
+    await chat.hook("token-input").press("Enter")
+    await expect(chat.hook("connection-state")).to_have_text("connected")
+    await chat.open_group(CALCULUS)
+    await chat.send("Juan, in between")
+    await expect(chat.message_with("Juan, in between")).to_have_attribute("data-pending", "false")
+    await expect(chat.message_with(written[0])).to_have_count(0)  # not his to send
+    await chat.hook("sign-out").click()
+    await expect(chat.hook("token-input")).to_be_visible()
+
+    # Mei again: what she wrote goes now, once each.
+    await chat.hook("token-input").fill(demo_app[VERIFIER].issue(MEI))
+    await chat.hook("token-input").press("Enter")
+    await expect(chat.hook("connection-state")).to_have_text("connected")
+    await chat.open_group(CALCULUS)
+    for text in written:
+        await expect(chat.message_with(text)).to_have_attribute("data-pending", "false")
+    stored, _ = await demo_store.get_messages(CALCULUS, limit=100_000, after_seq=0)
+    contents = [m["content"] for m in stored]
+    assert contents[-3:] == ["Juan, in between", *written], contents
+    assert not chat.dialogs and not chat.errors
