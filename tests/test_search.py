@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import pytest
+import regex
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 
@@ -63,6 +64,20 @@ def test_words_are_folded_and_broken_by_unicode_rules() -> None:
 
 
 
+_LETTERS_AND_DIGITS = regex.compile(r"[\p{L}\p{N}]+")
+
+
+def _words_by_the_rules(text: str) -> list[list[str]]:
+    """The definition the store's shortcuts are held to: each UAX #29 word (the ``regex``
+    package's boundaries), folded, as its runs of letters and digits."""
+    found = []
+    for segment in search_words._BOUNDARIES.split(text):
+        runs = [run[:search_words.MAX_WORD_LENGTH] for run in _LETTERS_AND_DIGITS.findall(search_words.fold(segment))]
+        if runs:
+            found.append(runs)
+    return found
+
+
 def test_ascii_text_breaks_into_the_same_words_as_the_unicode_rules() -> None:
     """The ASCII shortcut against the ``regex`` package's word boundaries: random ASCII
     strings over the characters the rules treat specially, and over all 128."""
@@ -72,9 +87,24 @@ def test_ascii_text_breaks_into_the_same_words_as_the_unicode_rules() -> None:
     for alphabet, longest in ((special, 14), (every, 40)):
         for _ in range(20_000):
             text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest)))
-            assert search_words._ascii_words(text) == search_words._unicode_words(text), repr(text)
+            assert search_words._ascii_words(text) == _words_by_the_rules(text), repr(text)
     prose = "Does anyone have notes on Ch. 3? e.g. the 3.14, 1,000 & don't-miss items: see x:y_z @ 9:30am."
-    assert search_words._ascii_words(prose) == search_words._unicode_words(prose)
+    assert search_words._ascii_words(prose) == _words_by_the_rules(prose)
+
+
+def test_any_text_breaks_into_the_words_of_the_unicode_rules() -> None:
+    """The whole path (its shortcuts for segments that fold to ASCII included) against the
+    rules, on random strings mixing ASCII with accented and decomposed Latin, ligatures, Greek,
+    Cyrillic, CJK, Arabic, combining marks, other digits and fractions, and punctuation."""
+    rng = random.Random(2029)
+    alphabet = list("aZ09_.:,;'\" -\n!?@") + list("áéíóúñÑçÇüÜàèßẞ") + ["e\u0301", "n\u0303", "\u0301"] \
+        + list("ﬁﬂǆǅ½²³٣۴०") + list("ΑβΣσςПриветЁё") + list("数学の問題明天见") + list("مرحبا") \
+        + list("¿¡«»—–…·•’‘“”") + ["\u200b", "\u00a0", "\u3000"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        assert search_words._words(text) == _words_by_the_rules(text), repr(text)
+    prose = "¿Alguien RESOLVIÓ el ejercicio 3.2? Straße, ﬁnal, café; 数学の問題 — ½ de 2³, l'été."
+    assert search_words._words(prose) == _words_by_the_rules(prose)
 
 def test_a_query_is_exact_words_and_a_last_prefix() -> None:
     query = parse_query("  Resolvió  las DERIV")
