@@ -8,12 +8,12 @@ per-group ``seq`` and ``rev`` allocation is contiguous without a lock.
 from __future__ import annotations
 
 import bisect
+import os
+import time
 from array import array
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from bson import ObjectId
 
 from . import conversation
 from .base import (
@@ -30,6 +30,20 @@ from .base import (
 )
 from .memory_search import WordIndex
 from .search_words import Query, message_words, newest_first
+
+
+class _MessageIds:
+    """Ids shaped as MongoDB's ObjectIds (a timestamp, a random part of this store's own and a
+    counter, 24 lowercase hex digits), as unique as ``str(ObjectId())`` within one process and
+    a quarter of its cost: one is made for every message stored."""
+
+    def __init__(self) -> None:
+        self._middle = os.urandom(5).hex()
+        self._count = int.from_bytes(os.urandom(3), "big")
+
+    def next(self) -> str:
+        self._count = (self._count + 1) & 0xFFFFFF
+        return f"{int(time.time()) & 0xFFFFFFFF:08x}{self._middle}{self._count:06x}"
 
 
 @dataclass
@@ -62,6 +76,7 @@ class MemoryStore:
         self._users: dict[str, User] = {}
         self._groups: dict[str, _Group] = {}
         self._read: dict[tuple[str, str], int] = {}
+        self._ids = _MessageIds()
 
     # -- seeding (the wider application's collections; not part of ``Store``) --
 
@@ -178,7 +193,7 @@ class MemoryStore:
     ) -> Message:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
-        message_id = message_id or str(ObjectId())
+        message_id = message_id or self._ids.next()
         message: Message = {
             "type": "message",
             "kind": kind,
@@ -206,7 +221,8 @@ class MemoryStore:
         }
         group.messages.append(message)
         group.by_id[message["id"]] = message
-        self._retag(group, None, message)
+        for tag in conversation.tags(message):
+            bisect.insort(group.tagged.setdefault(tag, []), message["seq"])
         group.words.update(message["seq"], message_words(content, message["attachments"]))
         if client_msg_id is not None:
             group.by_client_id.setdefault(sender_id, {})[client_msg_id] = message
@@ -413,9 +429,9 @@ class MemoryStore:
         return [_wire(group.messages[seq - 1]) for seq in page], more
 
     @staticmethod
-    def _retag(group: _Group, before: Message | None, after: Message) -> None:
+    def _retag(group: _Group, before: Message, after: Message) -> None:
         """Move ``after`` between the tag lists its change puts it in or takes it out of."""
-        old = set(conversation.tags(before)) if before is not None else set()
+        old = set(conversation.tags(before))
         new = set(conversation.tags(after))
         seq = after["seq"]
         for tag in old - new:
