@@ -26,7 +26,7 @@ import socketio
 from socketio import packet as sio_packet
 
 from .admission import Admission, ClientAddress, peer_address
-from .background import in_background
+from .background import run_eagerly
 from .codec import UNDECODABLE_EVENT, binary_header, encode_plain
 from .engine_server import FastEngineServer
 from .manager import FastManager
@@ -254,7 +254,9 @@ class FastSocketServer(socketio.AsyncServer):
 
     def start_plain_event(self, eio_sid: str, frame: str) -> bool:
         """Start the handler of a ``42[<ack id>]["event", ...]`` frame, the way
-        python-socketio would (a task per event, the ack sent when it returns).
+        python-socketio would (each event on its own, the ack sent when it returns),
+        but run at once up to its first wait (``run_eagerly``): a task only for the
+        rest of a handler that waits.
 
         ``False`` for anything this does not cover, which then takes
         python-socketio's path: other namespaces, reserved
@@ -281,7 +283,9 @@ class FastSocketServer(socketio.AsyncServer):
         ack_id = int(frame[2:i]) if i > 2 else None
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug('received event "%s" from %s [/]', event, sid)
-        in_background(self._run_plain(handler, sid, eio_sid, ack_id, data[1:]))
+        # At once, not as a task: a handler that needs no wait (an idle group's send on the
+        # embedded store) is answered before the next frame is read, with no task made.
+        run_eagerly(self._run_plain(handler, sid, eio_sid, ack_id, data[1:]))
         return True
 
     def _is_coroutine(self, handler) -> bool:

@@ -14,6 +14,7 @@ import pytest
 import socketio
 from engineio import packet as eio_packet
 
+from realtime.background import run_eagerly
 from realtime.engine_server import FastEngineServer
 from realtime.engine_socket import MAX_BUFFERED, FastSocket
 from realtime.light_queue import LightQueue
@@ -304,3 +305,88 @@ async def test_a_polling_connection_with_too_many_packets_waiting_is_dropped(sio
 
 def test_engine_server_uses_the_light_queue():
     assert isinstance(FastEngineServer().create_queue(), LightQueue)
+
+
+# -- run_eagerly --
+
+
+async def test_run_eagerly_ends_a_coroutine_that_never_waits_before_returning_and_makes_no_task():
+    ran: list[str] = []
+
+    async def quick() -> None:
+        ran.append("all of it")
+
+    before = len(asyncio.all_tasks())
+    assert run_eagerly(quick()) is None
+    assert ran == ["all of it"] and len(asyncio.all_tasks()) == before
+
+
+async def test_run_eagerly_hands_the_rest_to_a_task_after_the_first_wait():
+    steps: list[str] = []
+    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def waits() -> int:
+        steps.append("before")
+        value = await gate
+        steps.append(f"got {value}")
+        await asyncio.sleep(0)  # a bare yield, then more waits
+        steps.append(f"slept, {await asyncio.sleep(0.01, 'timer')}")
+        return value
+
+    task = run_eagerly(waits())
+    assert steps == ["before"] and task is not None and not task.done()
+    gate.set_result(7)
+    assert await task == 7
+    assert steps == ["before", "got 7", "slept, timer"]
+
+
+async def test_run_eagerly_passes_a_failure_of_what_it_waits_for_and_a_cancellation_into_the_coroutine():
+    loop = asyncio.get_running_loop()
+    failing: asyncio.Future[None] = loop.create_future()
+    seen: list[str] = []
+
+    async def catches() -> str:
+        try:
+            await failing
+        except ValueError as exc:
+            seen.append(f"caught {exc}")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            await asyncio.sleep(0.01)  # cleans up, waiting on something else
+            seen.append("cleaned up")
+            raise
+        return "not reached"
+
+    task = run_eagerly(catches())
+    assert task is not None
+    failing.set_exception(ValueError("no"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["caught no", "cancelled", "cleaned up"]
+
+
+async def test_run_eagerly_logs_what_the_coroutine_raises_before_waiting_and_keeps_its_context_apart(caplog):
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="caller's")
+
+    async def sets_and_fails() -> None:
+        var.set("the coroutine's")
+        raise RuntimeError("broken")
+
+    with caplog.at_level(logging.ERROR, logger="realtime.background"):
+        assert run_eagerly(sets_and_fails()) is None
+    assert var.get() == "caller's"
+    assert "background task failed" in caplog.text and "broken" in caplog.text
+
+    async def sets_then_waits() -> str:
+        var.set("the coroutine's")
+        await asyncio.sleep(0)
+        return var.get()
+
+    task = run_eagerly(sets_then_waits())
+    assert task is not None and await task == "the coroutine's" and var.get() == "caller's"
