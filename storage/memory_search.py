@@ -46,7 +46,7 @@ class WordIndex:
         # grows a full collection does not walk it. The others map to their seqs, sorted,
         # packed in a ``bytearray`` (``_SEQ`` bytes each) in ``_many``: a bytearray is no
         # object the collector tracks (an ``array`` is: one per word seen twice made a
-        # full collection walk a million of them at a million messages, 0.34 s).
+        # full collection walk a million of them at a million messages).
         self._once: dict[str, int] = {}
         self._many: dict[str, bytearray] = {}
         # Every word of ``_once`` and ``_many``, sorted. Not a list: most messages bring a
