@@ -66,7 +66,7 @@ class _Group:
     # changed since is skipped when read.
     change_revs: array[int] = field(default_factory=lambda: array("q"))
     change_seqs: array[int] = field(default_factory=lambda: array("q"))
-    superseded: int = 0  # entries of ``changes`` whose message changed again
+    superseded: int = 0  # entries of the change log whose message changed again
     reactors: dict[str, conversation.Reactions] = field(default_factory=dict)  # message id -> every reactor
     tagged: dict[str, list[int]] = field(default_factory=dict)  # tag -> seqs of the messages that have it
     words: WordIndex = field(default_factory=WordIndex)  # search
