@@ -14,10 +14,10 @@ log = logging.getLogger(__name__)
 _background: set[asyncio.Task] = set()
 
 
-def in_background(coro) -> asyncio.Task:
-    """Run ``coro`` as a task that stays referenced until it ends; an error it
-    ends with is logged."""
-    task = asyncio.get_running_loop().create_task(coro)
+def in_background(coro, context: contextvars.Context | None = None) -> asyncio.Task:
+    """Run ``coro`` as a task (in ``context``, or a copy of the current one) that stays
+    referenced until it ends; an error it ends with is logged."""
+    task = asyncio.get_running_loop().create_task(coro, context=context)
     _background.add(task)
     task.add_done_callback(_forget)
     return task
@@ -47,10 +47,7 @@ def run_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
     except BaseException as exc:  # as a task's: logged, not raised into the caller
         log.error("background task failed", exc_info=exc)
         return None
-    task = asyncio.get_running_loop().create_task(_rest(coro, waited), context=context)
-    _background.add(task)
-    task.add_done_callback(_forget)
-    return task
+    return in_background(_rest(coro, waited), context)
 
 
 async def _rest(coro: Coroutine[Any, Any, Any], waited: Any) -> Any:
