@@ -201,12 +201,13 @@ class MemoryStore:
         """Append a message with the next ``seq`` (synchronous: used by seeding too)."""
         group = self._groups[group_id]
         message_id = message_id or self._ids.next()
+        seq = len(group.messages) + 1
         message: Message = {
             "type": "message",
             "kind": kind,
             "id": message_id,
-            "seq": len(group.messages) + 1,
-            "rev": self._next_rev(group, len(group.messages) + 1),
+            "seq": seq,
+            "rev": self._next_rev(group, seq),
             "group_id": group_id,
             "sender_id": sender_id,
             "sender": sender_name,
@@ -227,13 +228,13 @@ class MemoryStore:
             "deleted_by": None,
         }
         group.messages.append(message)
-        group.by_id[message["id"]] = message["seq"]
+        group.by_id[message_id] = seq
         for tag in conversation.tags(message):
-            bisect.insort(group.tagged.setdefault(tag, []), message["seq"])
-        group.words.update(message["seq"], message_words(content, message["attachments"]))
+            bisect.insort(group.tagged.setdefault(tag, []), seq)
+        group.words.update(seq, message_words(content, message["attachments"]))
         if client_msg_id is not None:
-            group.by_client_id.setdefault(sender_id, {})[client_msg_id] = message["seq"]
-        group.live_seqs_by_sender.setdefault(sender_id, array("q")).append(message["seq"])
+            group.by_client_id.setdefault(sender_id, {})[client_msg_id] = seq
+        group.live_seqs_by_sender.setdefault(sender_id, array("q")).append(seq)
         group.live_count += 1
         return _wire(message)
 
