@@ -369,13 +369,11 @@ async def test_edit_and_delete_own_messages(browser, demo_server):
 
 async def test_token_sign_in(browser, demo_server, demo_app):
     chat = await open_page(browser, demo_server)
-    await chat.hook("token-input").fill("not-a-token")
-    await chat.hook("token-input").press("Enter")
+    await chat.enter_token("not-a-token")
     await expect(chat.hook("error")).to_contain_text("Sign-in refused")
     await expect(chat.hook("token-input")).to_be_visible()
 
-    await chat.hook("token-input").fill(demo_app[VERIFIER].issue(MEI))
-    await chat.hook("token-input").press("Enter")
+    await chat.enter_token(demo_app[VERIFIER].issue(MEI))
     await expect(chat.hook("connection-state")).to_have_text("connected")
     await expect(chat.hook("error")).to_be_hidden()
     await expect(chat.hook("group")).to_have_count(2)

@@ -143,8 +143,7 @@ async def test_axe_finds_no_serious_violation_on_any_screen(browser, demo_app, d
     # A session that ends soon says so in its bar.
     mei = await open_page(browser, demo_server)
     await mei.page.emulate_media(color_scheme=scheme)
-    await mei.hook("token-input").fill(demo_app[VERIFIER].issue(MEI, ttl_seconds=30))
-    await mei.hook("token-input").press("Enter")
+    await mei.enter_token(demo_app[VERIFIER].issue(MEI, ttl_seconds=30))
     await expect(mei.hook("session-status")).to_contain_text("Your session ends at")
     await mei.open_group(CALCULUS)
     await assert_accessible(mei.page, "session ending")

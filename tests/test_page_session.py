@@ -71,8 +71,7 @@ async def test_a_demo_session_renews_its_token_and_stays_connected(browser, demo
 async def test_a_token_session_is_told_it_ends_then_that_it_ended(browser, demo_app, demo_server):
     token = demo_app[VERIFIER].issue(MEI, ttl_seconds=6)  # room for a loaded machine to sign in first
     chat = await open_page(browser, demo_server)
-    await chat.hook("token-input").fill(token)
-    await chat.hook("token-input").press("Enter")
+    await chat.enter_token(token)
     await expect(chat.hook("connection-state")).to_have_text("connected")
 
     status = chat.hook("session-status")
@@ -103,8 +102,7 @@ async def test_unsent_messages_wait_in_the_tab_for_their_writer_while_someone_el
     person signing in on the same tab, sending and signing out neither sends it nor loses it."""
     token = demo_app[VERIFIER].issue(MEI, ttl_seconds=6)
     chat = await open_page(browser, demo_server)
-    await chat.hook("token-input").fill(token)
-    await chat.hook("token-input").press("Enter")
+    await chat.enter_token(token)
     await expect(chat.hook("connection-state")).to_have_text("connected")
     await chat.open_group(CALCULUS)
     await sleep_until(exp_of(token))
@@ -117,8 +115,7 @@ async def test_unsent_messages_wait_in_the_tab_for_their_writer_while_someone_el
     await expect(chat.hook("token-input")).to_be_visible()
 
     # Juan, on the same tab: he sends (his outbox fills and empties) and signs out.
-    await chat.hook("token-input").fill(demo_app[VERIFIER].issue(JUAN))
-    await chat.hook("token-input").press("Enter")
+    await chat.enter_token(demo_app[VERIFIER].issue(JUAN))
     await expect(chat.hook("connection-state")).to_have_text("connected")
     await chat.open_group(CALCULUS)
     await chat.send("Juan, in between")
@@ -128,8 +125,7 @@ async def test_unsent_messages_wait_in_the_tab_for_their_writer_while_someone_el
     await expect(chat.hook("token-input")).to_be_visible()
 
     # Mei again: what she wrote goes now, once each.
-    await chat.hook("token-input").fill(demo_app[VERIFIER].issue(MEI))
-    await chat.hook("token-input").press("Enter")
+    await chat.enter_token(demo_app[VERIFIER].issue(MEI))
     await expect(chat.hook("connection-state")).to_have_text("connected")
     await chat.open_group(CALCULUS)
     for text in written:

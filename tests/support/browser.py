@@ -98,6 +98,11 @@ class ChatPage:
     def hook(self, testid: str):
         return self.page.get_by_test_id(testid)
 
+    async def enter_token(self, token: str) -> None:
+        """Sign in on the form with a token, as a person pastes it and presses Enter."""
+        await self.hook("token-input").fill(token)
+        await self.hook("token-input").press("Enter")
+
     @property
     def messages(self):
         return self.hook("message")
