@@ -15,7 +15,10 @@ connection breaks (its master died) or Redis moves a channel away (a
 ``sunsubscribe`` this node did not ask for), the slot map is read again and
 the channels go to their new owner, retried with a growing pause until they
 are confirmed; ``on_resubscribed`` is then told which channels came back, so
-what was published meanwhile can be read from storage.
+what was published meanwhile can be read from storage. It is told the same of
+a channel whose ``watch`` returned before Redis confirmed it (Redis was down,
+or slow to answer): the join behind that watch read storage while the channel
+was not heard yet.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class _Shard:
         self.channels: set[bytes] = set()
         self.confirmed: set[bytes] = set()  # channels Redis confirmed on the current connection
         self.leaving: set[bytes] = set()  # unsubscribed, the reply not read yet
+        # Channels a watch stopped waiting for before Redis confirmed them: once
+        # confirmed, they are told as resubscribed (what was missed is read from storage).
+        self.owed: set[bytes] = set()
         self.waiting: dict[bytes, asyncio.Future[None]] = {}
         self.pubsub: Any = None
         self.connected = False
@@ -78,6 +84,7 @@ class _Shard:
     def drop(self, channel: bytes) -> None:
         self.channels.discard(channel)
         self.confirmed.discard(channel)
+        self.owed.discard(channel)
         waiting = self.waiting.pop(channel, None)
         if waiting is not None and not waiting.done():
             waiting.cancel()
@@ -148,8 +155,11 @@ class _Shard:
             waiting = self.waiting.pop(channel, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(None)
-            if again is not None and channel in again:
+            late = channel in self.owed or (again is not None and channel in again)
+            if again is not None:
                 again.discard(channel)
+            if late:
+                self.owed.discard(channel)
                 self.owner.resubscribed({channel})
         elif kind in ("unsubscribe", "sunsubscribe"):
             if channel in self.leaving:  # the answer to this node's own unsubscribe
@@ -205,7 +215,9 @@ class Subscriptions:
         self._topology_lock = asyncio.Lock()
         self._unplaced: set[bytes] = set()  # wanted, but the cluster's slot map could not be read
         self._placing: asyncio.Task[None] | None = None
-        self.resubscriptions = 0  # channels confirmed again after a connection or a slot was lost
+        # Channels confirmed again after a connection or a slot was lost, or confirmed
+        # after their watch stopped waiting.
+        self.resubscriptions = 0
 
     def batches(self, channels: set[bytes]) -> list[list[bytes]]:
         """``channels`` in groups one (S)SUBSCRIBE can take: shard channels of one
@@ -231,12 +243,13 @@ class Subscriptions:
                 self._home[name] = shard
             shard = self._home[name]
         future = shard.want(name)
-        if shard.down:
-            return  # this Redis is down right now; do not hold the join
-        try:
-            await asyncio.wait_for(asyncio.shield(future), CONFIRM_WAIT_S)
-        except TimeoutError:
-            log.warning("Redis did not confirm the subscription to %r within %.0f s", name, CONFIRM_WAIT_S)
+        if not shard.down:  # when this Redis is down right now, do not hold the join
+            try:
+                await asyncio.wait_for(asyncio.shield(future), CONFIRM_WAIT_S)
+            except TimeoutError:
+                log.warning("Redis did not confirm the subscription to %r within %.0f s", name, CONFIRM_WAIT_S)
+        if not future.done() and self._home.get(name) is shard:
+            shard.owed.add(name)  # caught up from storage once it is confirmed
 
     def _place_later(self) -> None:
         if self._placing is not None and not self._placing.done():
@@ -337,6 +350,7 @@ class Subscriptions:
                 if new is not old:
                     old.channels.discard(channel)
                     old.confirmed.discard(channel)
+                    old.owed.discard(channel)  # its confirmation there is told below
                     self._home[channel] = new
                 confirmed = new.want(channel)
                 if not stays:

@@ -205,7 +205,8 @@ class _QueueCollector(Collector):
                                   value=self._manager.published)
         yield GaugeMetricFamily("chat_redis_group_channels", "Group channels this node listens to.", value=channels)
         yield CounterMetricFamily("chat_redis_resubscribed_channels", "Channels subscribed again after their "
-                                  "connection or hash slot was lost (each followed by a read from storage).",
+                                  "connection or hash slot was lost, or confirmed after a join stopped waiting "
+                                  "(each followed by a read from storage).",
                                   value=resubscribed)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 
 import pytest
 import redis.asyncio as aioredis
@@ -125,3 +126,98 @@ async def test_a_restarted_redis_gets_every_channel_back_and_says_which(queue):
         assert received == [b"after"] * len(channels)
     finally:
         await subscriptions.close()
+
+
+class _Relay:
+    """A TCP relay in front of a redis-server that can cut its connections, refuse new
+    ones, or hold them (accepted, nothing forwarded) until it passes again: Redis as a
+    node sees it while its pub/sub connection is being made again."""
+
+    def __init__(self, url: str) -> None:
+        self.upstream = urllib.parse.urlsplit(url).port
+        self.refusing = False
+        self.passing = asyncio.Event()
+        self.passing.set()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
+        self.writers.add(writer)
+        await self.passing.wait()
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self.writers.add(up_writer)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut_and_refuse(self) -> None:
+        self.refusing = True
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+
+    def hold(self) -> None:
+        self.refusing = False
+        self.passing.clear()
+
+    def release(self) -> None:
+        self.refusing = False
+        self.passing.set()
+
+    async def close(self) -> None:
+        self.cut_and_refuse()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.mark.parametrize("queue", ["single"], indirect=True)
+async def test_a_channel_watched_while_redis_cannot_confirm_it_is_caught_up_once_confirmed(queue):
+    """A join whose watch returns before Redis confirmed its channel (Redis was
+    unreachable, and is slow to answer while the node connects again) reads storage
+    while the channel is not heard: once the channel is confirmed it is told, like the
+    channels that were lost, so what was published in between is read from storage. It
+    was subscribed silently, and what was sent in between never reached that node."""
+    again: set[bytes] = set()
+
+    async def on_message(data: bytes) -> None:
+        pass
+
+    relay = _Relay(queue.url)
+    subscriptions = Subscriptions(await relay.start(), sharded=False, on_message=on_message,
+                                  on_resubscribed=again.update)
+    held, joined_meanwhile = group_channel(GROUPS[0]), group_channel(GROUPS[1])
+    try:
+        await subscriptions.watch(held)
+        relay.cut_and_refuse()  # the node's pub/sub connection breaks; Redis is unreachable...
+        await asyncio.sleep(0.1)
+        relay.hold()  # ...then takes connections but answers nothing yet
+        await asyncio.sleep(0.4)  # the node is connecting again (after its 0.25 s pause)
+        started = asyncio.get_running_loop().time()
+        await subscriptions.watch(joined_meanwhile)
+        assert asyncio.get_running_loop().time() - started < 0.5  # Redis is down: the join is not held
+        relay.release()
+        for _ in range(100):
+            if len(again) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert again == {held.encode(), joined_meanwhile.encode()}
+    finally:
+        await subscriptions.close()
+        await relay.close()

@@ -208,6 +208,98 @@ async def test_rev_order_goes_on_when_the_fill_fails():
     order.close()
 
 
+async def test_rev_order_resync_tries_again_when_storage_cannot_be_read(monkeypatch):
+    """A resync has no later broadcast to reveal what it missed: a failed read is
+    tried again (it used to give up at once, and the change was never delivered)."""
+    monkeypatch.setattr("cluster.rev_order.RESYNC_PAUSES_S", (0.05, 0.05))
+    got = _Delivered()
+    tries: list[int] = []
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        tries.append(after)
+        if len(tries) < 3:
+            raise ConnectionError("storage is slow")
+        return [(rev, _msg(rev)) for rev in (2, 3) if after < rev < before]
+
+    order = RevOrder(got, wait_s=5.0, fill=fill)
+    order.offer("g", 1, _msg(1))
+    await order.resync("g")
+    assert got == [1, 2, 3]
+    assert tries[:3] == [1, 1, 1]
+    order.close()
+
+
+async def test_rev_order_resync_asked_during_a_gap_fill_runs_after_it():
+    got = _Delivered()
+    asked: list[tuple[int, int]] = []
+    stored = [1, 2, 3, 4, 5]
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append((after, before))
+        await asyncio.sleep(0.05)
+        return [(rev, _msg(rev)) for rev in stored if after < rev < before]
+
+    order = RevOrder(got, wait_s=0.01, fill=fill)
+    order.offer("g", 1, _msg(1))
+    order.offer("g", 3, _msg(3))  # 2 is missing: a gap fill starts after the wait
+    await asyncio.sleep(0.03)
+    await order.resync("g")  # the channel came back meanwhile; 4 and 5 were sent then
+    for _ in range(50):
+        if got == stored:
+            break
+        await asyncio.sleep(0.01)
+    assert got == stored
+    assert asked[:2] == [(1, 3), (3, 2**62)]  # the resync, once the fill is done
+    order.close()
+
+
+async def test_rev_order_resync_before_the_first_join_reads_from_its_baseline():
+    """The channel of a group was confirmed only after a join had read storage (Redis
+    was down during the join): the catch-up starts where that join's page ended."""
+    got = _Delivered()
+    asked: list[int] = []
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append(after)
+        return [(rev, _msg(rev)) for rev in (11, 12) if after < rev < before]
+
+    order = RevOrder(got, wait_s=5.0, fill=fill)
+    await order.resync("g")  # confirmed before the join's baseline is known
+    assert got == [] and asked == []
+    order.baseline("g", 10)
+    for _ in range(50):
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [11, 12] and asked[0] == 10
+    order.close()
+
+
+async def test_rev_order_keeps_an_idle_groups_last_rev():
+    """A group quiet for ``idle_s`` is set aside, its last rev kept: a change lost right
+    after the quiet spell is still a gap to fill, and a resync starts from it."""
+    got = _Delivered()
+    asked: list[tuple[int, int]] = []
+
+    async def fill(group_id: str, after: int, before: int) -> list[tuple[int, dict[str, Any]]]:
+        asked.append((after, before))
+        return [(rev, _msg(rev)) for rev in range(1, 10) if after < rev < before]
+
+    order = RevOrder(got, wait_s=0.01, idle_s=0.05, fill=fill)
+    order.offer("g", 1, _msg(1))
+    order.offer("quiet", 1, _msg(1))
+    await asyncio.sleep(0.1)
+    order.offer("other", 1, _msg(1))  # the table is pruned here: "g" and "quiet" are idle
+    assert len(order) == 1
+    order.offer("g", 3, _msg(3))  # 2 was lost on the queue
+    await asyncio.sleep(0.1)
+    assert asked == [(1, 3)]
+    got.clear()
+    await order.resync("quiet")  # its channel came back after a quiet spell
+    assert got == list(range(2, 10))
+    order.close()
+
+
 async def test_rev_order_forgets_idle_groups_but_not_waiting_ones():
     """The per-group table used to keep every group ever seen."""
     got = _Delivered()
