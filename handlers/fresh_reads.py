@@ -14,11 +14,26 @@ group into one read; this is the plain form, one key to one answer.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def own_exception(exc: Exception) -> Exception:
+    """A copy of ``exc`` for one of the callers a shared read failed, caused by ``exc``.
+
+    One exception object raised in many coroutines gathers the traceback of every
+    one of them (a log of the last would print all), and holds all their frames. An
+    exception that cannot be copied is shared as it is."""
+    try:
+        own = copy.copy(exc)
+    except Exception:
+        return exc
+    own.__cause__ = exc
+    return own
 
 
 class FreshReads(Generic[K, V]):
@@ -59,7 +74,7 @@ class FreshReads(Generic[K, V]):
         except Exception as exc:
             for answer in waiting:
                 if not answer.done():
-                    answer.set_exception(exc)
+                    answer.set_exception(own_exception(exc))
         except BaseException:  # stopped (shutdown): so are the callers it carried
             for answer in waiting:
                 answer.cancel()

@@ -15,6 +15,8 @@ import asyncio
 
 from storage.base import GroupAccess, Store
 
+from .fresh_reads import own_exception
+
 Answer = asyncio.Future[GroupAccess | None]
 
 
@@ -54,7 +56,7 @@ class GroupReads:
             for answers in waiting.values():
                 for answer in answers:
                     if not answer.done():
-                        answer.set_exception(exc)
+                        answer.set_exception(own_exception(exc))
         except BaseException:  # stopped (shutdown): so are the checks it carried
             for answers in waiting.values():
                 for answer in answers:

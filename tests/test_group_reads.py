@@ -79,9 +79,15 @@ async def test_a_failed_shared_read_fails_every_check_it_carried_and_the_next_re
     store.release.set()
     with pytest.raises(StorageUnavailable):
         await first
+    raised = []
     for task in waiting:
-        with pytest.raises(StorageUnavailable):
+        with pytest.raises(StorageUnavailable, match="down") as caught:
             await task
+        raised.append(caught.value)
+    # Each check raises its own error, caused by the read's: one object raised in every
+    # waiting check gathered all of their tracebacks.
+    assert raised[0] is not raised[1]
+    assert raised[0].__cause__ is raised[1].__cause__ is store.fail
     store.fail = None
     assert (await reads.get(GROUP, BEN)).is_member is True  # type: ignore[union-attr]
     assert await reads.get("65f0000000000000000000ff", ANA) is None
