@@ -265,6 +265,11 @@ class FastEngineServer(engineio.AsyncServer):
         if socket.closed and self.sockets.get(socket.sid) is socket:
             del self.sockets[socket.sid]
 
+    def _bad_upgrade(self) -> Response:
+        """The answer to a WebSocket request without a valid upgrade."""
+        self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
+        return self._bad_request("Invalid websocket upgrade")
+
     async def _get(self, environ: Environ, transport: str, sid: str | None,
                    jsonp_index: int | None) -> Response | web.StreamResponse:
         upgrade = environ.get("HTTP_UPGRADE", "").lower()
@@ -273,8 +278,7 @@ class FastEngineServer(engineio.AsyncServer):
                 return await self._connect_polling(environ, jsonp_index)
             if upgrade == "websocket":
                 return await self._connect_websocket(environ)
-            self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
-            return self._bad_request("Invalid websocket upgrade")
+            return self._bad_upgrade()
         socket = self.sockets.get(sid)
         if socket is not None and socket.closed:  # closed by the server: the next poll gets what waits
             self._forget_if_closed(socket)
@@ -293,8 +297,7 @@ class FastEngineServer(engineio.AsyncServer):
             request: web.Request = environ["aiohttp.request"]
             head = upgrade_head(request)
             if head is None:
-                self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
-                return self._bad_request("Invalid websocket upgrade")
+                return self._bad_upgrade()
             return take_over(request, head, self._websocket_connection(), socket.upgrade_to)
         if socket.upgraded:
             self._log_error_once(f"Unexpected HTTP request for session {sid}", "unexpected-http")
@@ -430,8 +433,7 @@ class FastEngineServer(engineio.AsyncServer):
         request: web.Request = environ["aiohttp.request"]
         head = upgrade_head(request)
         if head is None:
-            self._log_error_once("Invalid websocket upgrade", "bad-upgrade")
-            return self._bad_request("Invalid websocket upgrade")
+            return self._bad_upgrade()
         self._start_service_task()
         sid = self.generate_id()
         socket = self.sockets[sid] = FastSocket(self, sid)
