@@ -53,6 +53,7 @@ class WordIndex:
         # word never seen before, and inserting into a long list moves all above it.
         self._vocabulary = SortedList()
         self._words_of: dict[int, tuple[str, ...]] = {}  # tuples of strings: not walked either
+        self._top = 0  # the highest seq ever indexed: a new message's goes at the end of each posting
 
     def update(self, seq: int, words: list[str]) -> None:
         """Message ``seq`` now has ``words`` (distinct; ``[]``: deleted, or none)."""
@@ -69,10 +70,13 @@ class WordIndex:
     def _add(self, seq: int, words: list[str]) -> None:
         once, many = self._once, self._many
         packed = seq.to_bytes(_SEQ, _ORDER, signed=True)
+        newest = seq > self._top
+        if newest:
+            self._top = seq
         for word in words:
             seqs = many.get(word)
             if seqs is not None:
-                if _last(seqs) < seq:
+                if newest or _last(seqs) < seq:
                     seqs += packed
                 else:
                     at = bisect.bisect_left(_Seqs(seqs), seq) * _SEQ
