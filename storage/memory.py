@@ -224,7 +224,7 @@ class MemoryStore:
             "reactions": (),
             "pinned": None,
             "answer_id": None,
-            "attachments": tuple(dict(a) for a in attachments),
+            "attachments": tuple(map(dict, attachments)) if attachments else (),
             "deleted_by": None,
         }
         group.messages.append(message)
@@ -234,7 +234,10 @@ class MemoryStore:
         group.words.update(seq, message_words(content, message["attachments"]))
         if client_msg_id is not None:
             group.by_client_id.setdefault(sender_id, {})[client_msg_id] = seq
-        group.live_seqs_by_sender.setdefault(sender_id, array("q")).append(seq)
+        mine = group.live_seqs_by_sender.get(sender_id)
+        if mine is None:
+            mine = group.live_seqs_by_sender[sender_id] = array("q")
+        mine.append(seq)
         group.live_count += 1
         return _wire(message)
 
