@@ -17,9 +17,11 @@
   a negotiated connection that has sent anything holds a zlib compressor of
   about 100 KB for its whole life, and pays CPU for every frame;
 - frames for WebSocket connections are written to their transports directly,
-  and the frames one transport gets in one loop iteration leave as one write
-  (``write_soon``): no writer task and queue per connection; each frame stays
-  a frame of its own (a write carries whole frames, never merges them);
+  and, while the server is busy, the frames one transport gets in one loop
+  iteration leave as one write (``write_soon``): no writer task and queue per
+  connection; each frame stays a frame of its own (a write carries whole
+  frames, never merges them). While it is not busy a frame is written at once,
+  so a broadcast's first recipients do not wait for its last to be queued;
 - HTTP requests are answered as the reference Node.js server answers them
   where python-engineio differs (``handle_request``): the announced
   ``pingInterval`` in exact milliseconds; 400 for a missing or unknown
@@ -86,6 +88,8 @@ def _payload_packets(body: bytes) -> list[eio_packet.Packet]:
 
 log = logging.getLogger(__name__)
 
+QUIET_FLUSHES = 3  # see FastEngineServer._flush
+
 SWEEP_S = 0.5  # how often the service task checks a slice of the connections
 
 
@@ -104,8 +108,11 @@ class FastEngineServer(engineio.AsyncServer):
         if self.cookie:
             raise ValueError("FastEngineServer does not set a session cookie")
         self.ping_wheel = PingWheel(self)
+        # Per transport written to in this loop iteration, the frames that wait for its end.
         self._pending: dict[Transport, list[bytes]] = {}
         self._flush_scheduled = False
+        self._quiet_flushes = 0  # iterations in a row that had next to nothing to put together
+        self._direct = True  # ... enough of them: each transport's first frame goes at once
         self._sweep_size = 1
 
     def set_frame_budget(self, per_s: float) -> None:
@@ -120,8 +127,10 @@ class FastEngineServer(engineio.AsyncServer):
         app.router.add_route("*", f"/{engineio_path.strip('/')}/", self.handle_request)
 
     def write_soon(self, transport: Transport, frame: bytes) -> None:
-        """Write ``frame`` to ``transport`` at the end of this loop iteration,
-        together with the other frames it gets meanwhile (one write).
+        """Write ``frame`` to ``transport``: at the end of this loop iteration,
+        together with the other frames it gets meanwhile (one write); or, when
+        the last iteration found next to nothing to put together, the first
+        frame of the iteration at once and the others at its end.
 
         Every frame to a WebSocket connection goes through here, so frames keep
         the order in which they were handed over.
@@ -130,7 +139,12 @@ class FastEngineServer(engineio.AsyncServer):
         if pending is not None:
             pending.append(frame)
             return
-        self._pending[transport] = [frame]
+        if self._direct:
+            self._pending[transport] = []
+            if not transport.is_closing():
+                transport.write(frame)
+        else:
+            self._pending[transport] = [frame]
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -148,8 +162,22 @@ class FastEngineServer(engineio.AsyncServer):
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
+        waited = 0
         for transport, frames in pending.items():
-            write_frames(transport, frames)
+            if frames:
+                waited += len(frames)
+                write_frames(transport, frames)
+        # Frames beyond each transport's first: what one write per transport saved. Busy
+        # (several events' frames to the same connections) when they pass a quarter of the
+        # transports: from the next iteration on every frame is put together, until
+        # QUIET_FLUSHES iterations in a row had no more than one send's broadcast and its ack.
+        extra = waited if self._direct else waited - len(pending)
+        if extra <= max(1, len(pending) // 4):
+            self._quiet_flushes += 1
+            self._direct = self._quiet_flushes >= QUIET_FLUSHES
+        else:
+            self._quiet_flushes = 0
+            self._direct = False
 
     def create_queue(self, *args: Any, **kwargs: Any) -> LightQueue:
         return LightQueue()

@@ -15,7 +15,7 @@ import socketio
 from engineio import packet as eio_packet
 
 from realtime.background import run_eagerly
-from realtime.engine_server import FastEngineServer
+from realtime.engine_server import QUIET_FLUSHES, FastEngineServer
 from realtime.engine_socket import MAX_BUFFERED, FastSocket
 from realtime.light_queue import LightQueue
 from realtime.manager import MAX_QUEUED, FastManager
@@ -239,31 +239,58 @@ async def test_the_room_index_answers_as_python_socketio_does(sio):
     assert not any(set(sids[:10]) & set(members) for members in ours.rooms["/"].values())
 
 
-async def test_frames_to_one_connection_in_one_iteration_leave_as_one_write_in_order(sio):
+def _frame(n: int) -> bytes:
+    return websocket_frame(f'42["m",{{"seq":{n}}}]'.encode())
+
+
+async def test_a_quiet_server_writes_at_once_and_a_busy_one_puts_each_iterations_frames_together(sio):
+    """Coalescing costs no latency when the server is not busy: a broadcast's first
+    recipients get it before its last are handed theirs. Once one iteration had several
+    frames for the same connections, each connection's frames of an iteration leave as
+    one write, in order, until QUIET_FLUSHES iterations in a row had next to nothing to
+    put together."""
     a, b = _Transport(), _Transport()
     (sid_a, _), (sid_b, _) = await _connect(sio, a), await _connect(sio, b)
     for sid in (sid_a, sid_b):
         sio.manager.basic_enter_room(sid, "/", "room")
     manager: FastManager = sio.manager
     assert manager.emit_now("m", {"seq": 1}, "/", "room", None)
+    assert a.writes == b.writes == [_frame(1)]  # at once
+    # More frames to the same connections in this iteration wait for its end, in order.
     assert manager.emit_now("m", {"seq": 2}, "/", "room", sid_b)  # not to b
     assert manager.emit_now("m", {"seq": 3}, "/", "room", None)
-    assert a.writes == b.writes == []  # nothing before the end of the iteration
+    assert a.writes == b.writes == [_frame(1)]
     await asyncio.sleep(0)
-    frame = [websocket_frame(f'42["m",{{"seq":{n}}}]'.encode()) for n in (1, 2, 3)]
-    assert a.writes == [frame[0] + frame[1] + frame[2]]
-    assert b.writes == [frame[0] + frame[2]]
-    # flush() writes at once what waits for one transport (before its closing frame).
+    assert a.writes == [_frame(1), _frame(2) + _frame(3)]
+    assert b.writes == [_frame(1), _frame(3)]
+
+    # That iteration was busy: now every frame of an iteration waits for its end.
+    a.writes.clear(), b.writes.clear()
     manager.emit_now("m", {"seq": 4}, "/", "room", None)
-    sio.eio.flush(a)
-    assert a.writes[-1] == websocket_frame(b'42["m",{"seq":4}]') and len(b.writes) == 1
-    await asyncio.sleep(0)
-    assert len(a.writes) == 2 and len(b.writes) == 2
-    # A transport closing meanwhile is not written to.
     manager.emit_now("m", {"seq": 5}, "/", "room", None)
-    a.closing = True
+    assert a.writes == b.writes == []
     await asyncio.sleep(0)
-    assert len(a.writes) == 2 and len(b.writes) == 3
+    assert a.writes == b.writes == [_frame(4) + _frame(5)]
+    # flush() writes at once what waits for one transport (before its closing frame).
+    manager.emit_now("m", {"seq": 6}, "/", "room", None)
+    sio.eio.flush(a)
+    assert a.writes[-1] == _frame(6) and len(b.writes) == 1
+    await asyncio.sleep(0)
+    assert len(a.writes) == 2 and b.writes[-1] == _frame(6)
+
+    # Quiet iterations (one frame per connection) bring the writes at once back.
+    for n in range(7, 7 + QUIET_FLUSHES - 1):
+        manager.emit_now("m", {"seq": n}, "/", "room", None)
+        assert a.writes[-1] != _frame(n)  # still at the end of the iteration
+        await asyncio.sleep(0)
+        assert a.writes[-1] == _frame(n)
+    manager.emit_now("m", {"seq": 20}, "/", "room", None)
+    assert a.writes[-1] == b.writes[-1] == _frame(20)  # at once again
+    # A transport closing meanwhile is not written to.
+    a.closing = True
+    manager.emit_now("m", {"seq": 21}, "/", "room", None)
+    await asyncio.sleep(0)
+    assert a.writes[-1] == _frame(20) and b.writes[-1] == _frame(21)
 
 
 async def test_a_connection_with_too_much_unsent_is_dropped_and_the_others_served(sio, caplog):
@@ -276,7 +303,7 @@ async def test_a_connection_with_too_much_unsent_is_dropped_and_the_others_serve
         sio.manager.emit_now("m", {"n": n}, "/", "room", None)
     await asyncio.sleep(0)
     assert slow.aborted and slow.writes == [] and slow_socket.dropping
-    assert len(fine.writes) == 1 and fine.writes[0].count(b'42["m"') == 3
+    assert sum(w.count(b'42["m"') for w in fine.writes) == 3
     assert sum("cannot keep up" in r.getMessage() for r in caplog.records) == 1
 
 
