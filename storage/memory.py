@@ -7,6 +7,7 @@ per-group ``seq`` and ``rev`` allocation is contiguous without a lock.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import os
 import time
@@ -84,6 +85,26 @@ class MemoryStore:
         self._groups: dict[str, _Group] = {}
         self._read: dict[tuple[str, str], int] = {}
         self._ids = _MessageIds()
+        self._unindexed: set[WordIndex] = set()  # indexes with new messages to file at the end of the iteration
+
+    def _index_soon(self, words: WordIndex) -> None:
+        """File a new message's words at the end of this loop iteration, after the send's
+        broadcast is written (at once when no loop runs: seeding)."""
+        if words in self._unindexed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            words.catch_up()
+            return
+        if not self._unindexed:
+            loop.call_soon(self._index_now)
+        self._unindexed.add(words)
+
+    def _index_now(self) -> None:
+        waiting, self._unindexed = self._unindexed, set()
+        for words in waiting:
+            words.catch_up()
 
     # -- seeding (the wider application's collections; not part of ``Store``) --
 
@@ -231,7 +252,8 @@ class MemoryStore:
         group.by_id[message_id] = seq
         for tag in conversation.tags(message):
             bisect.insort(group.tagged.setdefault(tag, []), seq)
-        group.words.update(seq, message_words(content, message["attachments"]))
+        group.words.add_later(seq, content, message["attachments"])
+        self._index_soon(group.words)
         if client_msg_id is not None:
             group.by_client_id.setdefault(sender_id, {})[client_msg_id] = seq
         mine = group.live_seqs_by_sender.get(sender_id)

@@ -1,17 +1,26 @@
 """The embedded store's search: per group, a posting list of ``seq`` for every
-word and the sorted vocabulary (for the prefix), kept as messages change."""
+word and the sorted vocabulary (for the prefix), kept as messages change.
+
+A new message's words may be indexed later (``add_later``): the store does it
+once the broadcast of the send is written (at the end of the loop iteration),
+so breaking a message into words and filing them is not in the way of its
+delivery. Every read and every change of the index files what waits first, so
+no search misses a stored message."""
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import sys
 from array import array
 from collections.abc import Sequence
 
 from sortedcontainers import SortedList
 
-from .search_words import Query, prefix_upper_bound
+from .search_words import Query, message_words, prefix_upper_bound
+
+log = logging.getLogger(__name__)
 
 _SEQ = 8  # bytes of one seq in a posting: a signed 64-bit int, as an ``array("q")`` item
 _ORDER = sys.byteorder  # what ``array("q").frombytes`` reads
@@ -54,9 +63,31 @@ class WordIndex:
         self._vocabulary = SortedList()
         self._words_of: dict[int, tuple[str, ...]] = {}  # tuples of strings: not walked either
         self._top = 0  # the highest seq ever indexed: a new message's goes at the end of each posting
+        # New messages whose words wait to be filed: (seq, content, attachments).
+        self._later: list[tuple[int, str, Sequence[dict]]] = []
+
+    def add_later(self, seq: int, content: str, attachments: Sequence[dict]) -> None:
+        """A new message, filed at the next ``catch_up`` (or read or change, whichever comes first)."""
+        self._later.append((seq, content, attachments))
+
+    def catch_up(self) -> None:
+        """File the words of the messages that wait (one that cannot be filed is left
+        out of search, and logged, rather than holding up the others)."""
+        while self._later:
+            later, self._later = self._later, []
+            for seq, content, attachments in later:
+                try:
+                    self._update(seq, message_words(content, attachments))
+                except Exception:
+                    log.exception("the words of message %d could not be indexed", seq)
 
     def update(self, seq: int, words: list[str]) -> None:
         """Message ``seq`` now has ``words`` (distinct; ``[]``: deleted, or none)."""
+        if self._later:
+            self.catch_up()
+        self._update(seq, words)
+
+    def _update(self, seq: int, words: list[str]) -> None:
         old = self._words_of.pop(seq, ())
         if words:
             self._words_of[seq] = tuple(words)
@@ -117,6 +148,8 @@ class WordIndex:
         """The seqs of the newest ``limit`` matches below ``before_seq``, newest first,
         and whether more exist. Walks the shortest posting list of an exact word (or
         every word the prefix starts, when there is no exact word)."""
+        if self._later:
+            self.catch_up()
         lists = []
         for word in query.exact:
             posting = self._posting(word)

@@ -4,6 +4,7 @@ query behind it: an index range per group, never a collection scan."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -14,6 +15,7 @@ from pymongo import AsyncMongoClient
 
 from storage import mongo_search, search_words
 from storage.base import Store, now_ms
+from storage.memory import MemoryStore
 from storage.memory_search import WordIndex
 from storage.mongo import MongoStore
 from storage.mongo_documents import WORDS_INDEX
@@ -148,6 +150,40 @@ def test_the_embedded_index_keeps_a_word_through_every_change_of_its_messages() 
     index.update(5, ["calculus"])
     assert index.search(parse_query("calculus"), limit=10, before_seq=None) == ([9, 8, 7, 5, 4], False)
     assert index.search(query, limit=10, before_seq=8) == ([7, 5, 4], False)
+
+
+async def test_the_embedded_store_files_a_new_messages_words_after_the_send(monkeypatch) -> None:
+    """Breaking a new message into words and filing them is not in the way of its
+    broadcast: the embedded store does it at the end of the loop iteration. A search, an
+    edit or a deletion before then files what waits first, so it sees every stored
+    message, in the order the changes were made."""
+    broken: list[str] = []
+
+    def counted(content: str, attachments: Any = ()) -> list[str]:
+        broken.append(content)
+        return message_words(content, attachments)
+
+    monkeypatch.setattr("storage.memory_search.message_words", counted)
+    memory = MemoryStore()
+    memory.add_group(ZOOLOGY, "Zoology", [ALICE, BOB])
+    first = await send(memory, ALICE, "the zebra sleeps")
+    assert broken == []  # not while the send is answered
+    await asyncio.sleep(0)
+    assert broken == ["the zebra sleeps"]  # at the end of the iteration
+    # Within one iteration: found at once, and an edit or a deletion right after the send
+    # applies after it.
+    await send(memory, BOB, "a zebra runs")
+    assert (await search(memory, "zebra"))[0] == ["a zebra runs", "the zebra sleeps"]
+    third = await send(memory, ALICE, "an okapi hides")
+    await memory.edit_message(ZOOLOGY, third["id"], ALICE, "an okapi eats")
+    fourth = await send(memory, BOB, "a quagga grazes")
+    await memory.delete_message(ZOOLOGY, fourth["id"], BOB)
+    assert (await search(memory, "hides"))[0] == []
+    assert (await search(memory, "eats"))[0] == ["an okapi eats"]
+    assert (await search(memory, "quagga"))[0] == []
+    await memory.delete_message(ZOOLOGY, first["id"], ALICE)
+    await asyncio.sleep(0)
+    assert (await search(memory, "zebra"))[0] == ["a zebra runs"]
 
 
 async def test_spanish_and_english_are_found_without_case_or_accents(store: Store) -> None:
