@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -133,9 +134,27 @@ def use_fast_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def freeze_startup_heap(app: web.Application) -> None:
+    """Once ``app`` has started, leave every object made so far out of later garbage collections.
+
+    Modules, classes, functions and the settings live as long as the process, yet a full
+    collection would walk all of them again (about 85,000 objects, 15-30 ms with the event loop
+    held, on every full collection for the life of the process). Collected first, so no garbage
+    is kept. A process-wide step: ``serve`` takes it, ``create_app`` does not (tests build many
+    applications in one process).
+    """
+
+    async def freeze(_app: web.Application) -> None:
+        gc.collect()
+        gc.freeze()
+
+    app.on_startup.append(freeze)
+
+
 def serve(settings: Settings) -> int:
     use_fast_event_loop()
     app = create_app(settings)
+    freeze_startup_heap(app)
     where = "embedded in-memory store" if settings.mongodb_uri.startswith("memory://") else "MongoDB"
     if settings.demo:
         print(f"Demo: open http://127.0.0.1:{settings.port}/ (embedded store, demo sign-in)", flush=True)

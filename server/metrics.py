@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import hmac
 import logging
 import time
@@ -42,6 +43,7 @@ class Metrics(Observer):
         self._stored_seconds = _Latencies()
         self._broadcast_seconds = _Latencies()
         r.register(_EventCollector(self))
+        r.register(_CollectorPauses())
         self.storage_errors = Counter("chat_storage_errors", "Operations refused as storage_unavailable.",
                                       registry=r)
         self.rate_limited = Counter("chat_rate_limited", "Requests refused as rate_limited.", registry=r)
@@ -182,6 +184,50 @@ class _EventCollector(Collector):
             family = HistogramMetricFamily(name, doc, labels=[])
             latencies.add_to(family, {})
             yield family
+
+
+class _GcWatch:
+    """How long each of the process's garbage collections held the event loop, by generation.
+
+    One per process (``gc.callbacks`` is process-wide), installed by the first ``Metrics``. The
+    collector runs with the GIL held, so its callbacks never overlap.
+    """
+
+    installed: _GcWatch | None = None
+
+    def __init__(self) -> None:
+        self.pauses = [_Latencies() for _ in range(3)]
+        self._started = 0.0
+        gc.callbacks.append(self._observe)
+
+    @classmethod
+    def get(cls) -> _GcWatch:
+        if cls.installed is None:
+            cls.installed = cls()
+        return cls.installed
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].observe(time.perf_counter() - self._started)
+
+
+class _CollectorPauses(Collector):
+    """``chat_gc_pause_seconds`` and ``chat_gc_frozen_objects``."""
+
+    def __init__(self) -> None:
+        self._watch = _GcWatch.get()
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "chat_gc_pause_seconds", "Python garbage collections of this process by generation (2 = full), "
+            "each as long as it held the event loop.", labels=["generation"])
+        for generation, pauses in enumerate(self._watch.pauses):
+            pauses.add_to(family, {"generation": str(generation)})
+        yield family
+        yield GaugeMetricFamily("chat_gc_frozen_objects", "Objects made before the server started serving, "
+                                "left out of every later collection (gc.freeze).", value=gc.get_freeze_count())
 
 
 class QueueFigures(Protocol):

@@ -1,7 +1,7 @@
 """This server, as ``python -m server`` serves it, seeded with the bench's users and groups.
 
 ``create_app(settings, storage=MemoryStore())`` with the users and groups of the harness's spec,
-served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (uvloop when installed). Logging
+served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (uvloop when installed, the start-up heap frozen). Logging
 at WARNING: the peers log nothing per message either. ``--redis-url`` sets ``REDIS_URL``,
 ``--redis-cluster`` ``REDIS_CLUSTER=true`` and ``--redis-channels`` ``REDIS_CHANNELS``.
 
@@ -63,11 +63,13 @@ def main() -> None:
     parser.add_argument("--redis-channels", default="group", choices=("group", "single"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from server.cli import use_fast_event_loop
+    from server import cli
 
-    use_fast_event_loop()  # as `python -m server` does
+    cli.use_fast_event_loop()  # as `python -m server` does
     app = build(load_spec(args.spec), args.port, args.redis_url, redis_cluster=args.redis_cluster,
                 redis_channels=args.redis_channels)
+    if hasattr(cli, "freeze_startup_heap"):  # as `python -m server` does (older trees: not there)
+        cli.freeze_startup_heap(app)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, shutdown_timeout=2)
 
 
