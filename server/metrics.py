@@ -133,7 +133,8 @@ class _Count:
 
 
 class _Latencies:
-    """A histogram over ``LATENCY_BUCKETS`` that only the event loop updates."""
+    """A histogram over ``LATENCY_BUCKETS``, each updated from one place (the event loop, or the
+    garbage collector's callbacks, which never overlap): no lock."""
 
     __slots__ = ("counts", "total", "created")
 
