@@ -1,9 +1,10 @@
 """This server, as ``python -m server`` serves it, seeded with the bench's users and groups.
 
 ``create_app(settings, storage=MemoryStore())`` with the users and groups of the harness's spec,
-served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (uvloop when installed, the start-up heap frozen). Logging
-at WARNING: the peers log nothing per message either. ``--redis-url`` sets ``REDIS_URL``,
-``--redis-cluster`` ``REDIS_CLUSTER=true`` and ``--redis-channels`` ``REDIS_CHANNELS``.
+served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (uvloop when installed, the
+start-up heap frozen). Logging at WARNING: the peers log nothing per message either.
+``--redis-url`` sets ``REDIS_URL``, ``--redis-cluster`` ``REDIS_CLUSTER=true`` and
+``--redis-channels`` ``REDIS_CHANNELS``.
 
 The per-user rate limits are raised out of reach (not turned off, so the limiter's check still runs
 on every event): a benchmark sends far faster per user than a person, and no peer limits at all.
@@ -68,8 +69,7 @@ def main() -> None:
     cli.use_fast_event_loop()  # as `python -m server` does
     app = build(load_spec(args.spec), args.port, args.redis_url, redis_cluster=args.redis_cluster,
                 redis_channels=args.redis_channels)
-    if hasattr(cli, "freeze_startup_heap"):  # as `python -m server` does (older trees: not there)
-        cli.freeze_startup_heap(app)
+    cli.freeze_startup_heap(app)  # as `python -m server` does
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, shutdown_timeout=2)
 
 
