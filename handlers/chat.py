@@ -19,7 +19,16 @@ from bson import ObjectId
 
 from storage import conversation
 from storage.attachments import AttachmentStore, MemoryAttachments, claim_key
-from storage.base import GroupAccess, GroupSummary, Message, NewMessage, ReadState, StorageUnavailable, Store
+from storage.base import (
+    AddAtOnce,
+    GroupAccess,
+    GroupSummary,
+    Message,
+    NewMessage,
+    ReadState,
+    StorageUnavailable,
+    Store,
+)
 from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError, invalid
@@ -241,15 +250,36 @@ class ChatService:
         is being written wait for it and are then written together, in arrival
         order, in one store call (one ``insert_many`` on MongoDB). A send that finds
         the group idle is written at once by its own task, so nothing waits for
-        company and a lone send costs no other task."""
-        send = _QueuedSend(fields, publish, asyncio.get_running_loop().create_future())  # type: ignore[arg-type]
+        company and a lone send costs no other task; on a store that writes without
+        waiting, with no queue entry at all (``_write_alone``)."""
         queue = self._queued.get(group_id)
+        if queue is None and not self._writer.held(group_id):
+            at_once: AddAtOnce | None = getattr(self.store, "add_message_at_once", None)
+            if at_once is not None:
+                return await self._write_alone(group_id, at_once, publish, fields)  # type: ignore[arg-type]
+        send = _QueuedSend(fields, publish, asyncio.get_running_loop().create_future())  # type: ignore[arg-type]
         if queue is not None:
             queue.append(send)
             return await send.done
         self._queued[group_id] = [send]
         await self._write_queued(group_id, lead=send)
         return send.done.result()
+
+    async def _write_alone(
+        self, group_id: str, at_once: AddAtOnce, publish: Publish, fields: NewMessage
+    ) -> tuple[Message, bool]:
+        """A send to an idle group on a store that writes without waiting: stored and
+        published by its caller under the group's writer, as a batch of one would be.
+        Sends to the group that arrive while it is published queue behind it."""
+        self._queued[group_id] = []
+        try:
+            async with self._writer(group_id):
+                message, duplicate = at_once(group_id, fields)
+                if not duplicate:
+                    await publish(message)
+            return message, duplicate
+        finally:
+            self._hand_on(group_id)
 
     async def _write_queued(self, group_id: str, lead: _QueuedSend | None = None) -> None:
         """Store and publish the group's queued sends, a batch at a time. The task of
@@ -269,12 +299,16 @@ class ChatService:
         finally:
             for send in batch:  # interrupted (shutdown) with a write in flight: its outcome is unknown
                 _settle(send.done, error=StorageUnavailable("the server stopped before this send was answered"))
-            if queue:
-                task = asyncio.create_task(self._write_queued(group_id), name=f"sends to {group_id}")
-                self._writing.add(task)
-                task.add_done_callback(self._writing.discard)
-            else:
-                del self._queued[group_id]
+            self._hand_on(group_id)
+
+    def _hand_on(self, group_id: str) -> None:
+        """The group's writing task is done: what queued meanwhile gets a task of its own."""
+        if self._queued[group_id]:
+            task = asyncio.create_task(self._write_queued(group_id), name=f"sends to {group_id}")
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+        else:
+            del self._queued[group_id]
 
     async def _write_batch(self, group_id: str, batch: list[_QueuedSend]) -> None:
         async with self._writer(group_id):

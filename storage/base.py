@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
@@ -106,6 +106,12 @@ class ReadState:
 
 class StorageUnavailable(Exception):
     """The backend did not answer; the operation may or may not have happened."""
+
+
+# A store that stores a message without waiting (the embedded one) also has
+# ``add_message_at_once(group_id, send)``: ``Store.add_message`` of ``send``, done before it
+# returns. The chat writes a send that finds its group idle with it, on the spot.
+AddAtOnce = Callable[[str, NewMessage], tuple[Message, bool]]
 
 
 class Store(Protocol):

@@ -55,6 +55,10 @@ class KeyedLock:
     def __call__(self, key: str) -> _Held:
         return _Held(self._table, key)
 
+    def held(self, key: str) -> bool:
+        """Whether someone holds or waits for ``key``."""
+        return key in self._table
+
     def __len__(self) -> int:
         """Keys held or waited for now."""
         return len(self._table)

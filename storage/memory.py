@@ -189,21 +189,28 @@ class MemoryStore:
         attachments: Sequence[dict[str, Any]] = (),
         message_id: str | None = None,
     ) -> tuple[Message, bool]:
-        group = self._groups[group_id]
+        return self._add_now(group_id, {
+            "sender_id": sender_id, "sender_name": sender_name, "content": content, "client_msg_id": client_msg_id,
+            "mentions": mentions, "kind": kind, "reply_to": reply_to, "attachments": attachments,
+            "message_id": message_id,
+        })
+
+    def _add_now(self, group_id: str, send: NewMessage) -> tuple[Message, bool]:
+        client_msg_id = send["client_msg_id"]
         if client_msg_id is not None:
-            first = group.by_client_id.get(sender_id, {}).get(client_msg_id)
+            group = self._groups[group_id]
+            first = group.by_client_id.get(send["sender_id"], {}).get(client_msg_id)
             if first is not None:
                 return _wire(group.messages[first - 1]), True
-        return self.seed_message(
-            group_id, sender_id=sender_id, sender_name=sender_name,
-            content=content, client_msg_id=client_msg_id, mentions=mentions, kind=kind,
-            reply_to=reply_to, attachments=attachments, message_id=message_id,
-        ), False
+        return self.seed_message(group_id, **send), False
 
     async def add_messages(
         self, group_id: str, sends: Sequence[NewMessage]
     ) -> list[tuple[Message, bool] | StorageUnavailable]:
         return [await self.add_message(group_id, **send) for send in sends]
+
+    # See ``storage.base.AddAtOnce``.
+    add_message_at_once = _add_now
 
     def seed_message(
         self,

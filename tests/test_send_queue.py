@@ -1,6 +1,8 @@
 """How ChatService writes sends to one group: a lone send at once, sends that arrive
 during a write together in the next one, each answered once stored and published,
-and no sender held back by sends that came after its own."""
+and no sender held back by sends that came after its own. On a store that writes
+without waiting (the embedded one), a lone send is written by its caller, and what
+arrives while it is published still follows it in order."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ USERS = [f"65a00000000000000000000{i}" for i in range(1, 8)]
 
 
 class GatedStore(MemoryStore):
-    """Each write waits until the test lets it through."""
+    """Each write waits until the test lets it through (as a database's would)."""
+
+    add_message_at_once = None  # type: ignore[assignment]  # every write goes through add_messages
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,3 +114,46 @@ async def test_a_failed_write_fails_its_sends_only_and_repeats_are_not_published
     answers = await asyncio.gather(*retry)
     assert [(m["seq"], dup) for m, dup in answers] == [(2, False), (1, True)]
     assert published == [1, 2]
+
+
+async def test_on_a_store_that_writes_at_once_sends_and_edits_during_a_publish_follow_it_in_order() -> None:
+    store = MemoryStore()
+    store.add_group(GROUP, "Maths", USERS)
+    service = ChatService(store)
+    published: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def publish(message: Message) -> None:
+        if message["seq"] == 1:
+            await gate.wait()  # a broadcast that waits (a Redis publish, say)
+        published.append((message["content"], message["rev"]))
+
+    async def send(user: str, content: str) -> tuple[Message, bool]:
+        return await service.send(user, GROUP, name=user, content=content, client_msg_id=content, publish=publish)
+
+    first = asyncio.create_task(send(USERS[0], "a"))
+    await _settle()
+    assert [m["content"] for m in (await store.get_messages(GROUP, limit=10))[0]] == ["a"]  # stored, not yet out
+    later = [asyncio.create_task(send(USERS[i], c)) for i, c in enumerate("bc", start=1)]
+    edit = asyncio.create_task(service.edit(USERS[0], GROUP, (await first_message(store))["id"], "a2",
+                                            publish=publish))
+    again = asyncio.create_task(send(USERS[0], "a"))  # a retry while the first is published
+    await _settle()
+    assert published == [] and not any(t.done() for t in (first, *later, edit))
+    gate.set()
+    message, duplicate = await first
+    assert (message["seq"], duplicate) == (1, False)
+    answers = await asyncio.gather(*later)
+    assert [(m["seq"], dup) for m, dup in answers] == [(2, False), (3, False)]
+    assert (await edit)["content"] == "a2"
+    retried, duplicate = await again
+    assert (retried["seq"], duplicate) == (1, True)
+    # Published once each, in rev order (the edit took the writer first, as it does on any store).
+    assert [c for c, _ in published] == ["a", "a2", "b", "c"]
+    assert [r for _, r in published] == [1, 2, 3, 4]
+    assert service._queued == {} and len(service._writer) == 0  # nothing left behind
+
+
+async def first_message(store: MemoryStore) -> Message:
+    messages, _ = await store.get_messages(GROUP, limit=1, after_seq=0)
+    return messages[0]
