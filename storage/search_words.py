@@ -101,13 +101,35 @@ def _unicode_words(text: str) -> list[list[str]]:
 def message_words(content: str, attachments: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """The distinct words a message is found by, in the order they first appear: its
     text's, then its files' names'."""
+    text = "\n".join([content, *(a["name"] for a in attachments)]) if attachments else content
+    if text.isascii():
+        return _ascii_message_words(text)
     words: dict[str, None] = {}
-    for runs in _words("\n".join([content, *(a["name"] for a in attachments)])):
+    for runs in _unicode_words(text):
         whole = "".join(runs)[:MAX_WORD_LENGTH]
         for word in (whole, *runs) if len(runs) > 1 else (whole,):
             words[word] = None
             if len(words) >= MAX_MESSAGE_WORDS:
                 return list(words)
+    return list(words)
+
+
+def _ascii_message_words(text: str) -> list[str]:
+    """``message_words`` of ASCII text, in one pass over ``_ASCII_WORD``: every message
+    stored is broken into words, and most of their words are one run."""
+    words: dict[str, None] = {}
+    for segment in _ASCII_WORD.findall(text.lower()):
+        if segment.isalnum():
+            words[segment[:MAX_WORD_LENGTH]] = None
+        else:
+            runs = [run[:MAX_WORD_LENGTH] for run in _ASCII_RUN.findall(segment)]
+            if not runs:
+                continue
+            words["".join(runs)[:MAX_WORD_LENGTH]] = None
+            if len(runs) > 1:
+                words.update(dict.fromkeys(runs))
+        if len(words) >= MAX_MESSAGE_WORDS:
+            return list(words)[:MAX_MESSAGE_WORDS]
     return list(words)
 
 

@@ -94,6 +94,31 @@ def test_ascii_text_breaks_into_the_same_words_as_the_unicode_rules() -> None:
     assert search_words._ascii_words(prose) == _words_by_the_rules(prose)
 
 
+def _stored_words(found: list[list[str]], most: int) -> list[str]:
+    """What a message stores of its words by the definition: each whole word, then its
+    runs when it has several, distinct, in order, the first ``most``."""
+    words: dict[str, None] = {}
+    for runs in found:
+        whole = "".join(runs)[:search_words.MAX_WORD_LENGTH]
+        words.update(dict.fromkeys([whole, *runs] if len(runs) > 1 else [whole]))
+    return list(words)[:most]
+
+
+def test_a_messages_stored_words_follow_the_rules_for_ascii_and_for_any_text(monkeypatch) -> None:
+    """``message_words`` (ASCII text takes a one-pass shortcut) against the definition, on
+    random ASCII and mixed-script strings, with files' names, and past the cap of words."""
+    monkeypatch.setattr(search_words, "MAX_MESSAGE_WORDS", 6)
+    rng = random.Random(7)
+    ascii_alphabet = "aZ09_.:,;'\" -\n!?@"
+    mixed = list(ascii_alphabet) + list("áÑçßﬁ½ΣПри数学") + ["e\u0301", "\u00a0"]
+    for alphabet in (ascii_alphabet, mixed):
+        for _ in range(10_000):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+            names = [{"name": "".join(rng.choice(alphabet) for _ in range(5))} for _ in range(rng.randint(0, 2))]
+            whole = "\n".join([text, *(n["name"] for n in names)])
+            assert message_words(text, names) == _stored_words(_words_by_the_rules(whole), 6), repr(whole)
+
+
 def test_any_text_breaks_into_the_words_of_the_unicode_rules() -> None:
     """The whole path (its shortcuts for segments that fold to ASCII included) against the
     rules, on random strings mixing ASCII with accented and decomposed Latin, ligatures, Greek,
