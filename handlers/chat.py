@@ -19,16 +19,7 @@ from bson import ObjectId
 
 from storage import conversation
 from storage.attachments import AttachmentStore, MemoryAttachments, claim_key
-from storage.base import (
-    AddAtOnce,
-    GroupAccess,
-    GroupSummary,
-    Message,
-    NewMessage,
-    ReadState,
-    StorageUnavailable,
-    Store,
-)
+from storage.base import AddAtOnce, GroupAccess, GroupSummary, Message, NewMessage, ReadState, StorageUnavailable, Store
 from storage.keyed_lock import KeyedLock
 
 from .errors import ChatError, invalid
