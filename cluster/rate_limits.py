@@ -59,8 +59,11 @@ class LocalLimiter:
         self._state: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, at
 
     async def check(self, user_id: str, event: str, cost: int = 1) -> int | None:
+        return self.take(user_id, event, cost)
+
+    def take(self, user_id: str, event: str, cost: int = 1) -> int | None:
         """Take ``cost`` tokens (at most the bucket's size); return ``retry_after_ms``
-        when there are not that many."""
+        when there are not that many. ``check`` without a coroutine: this limiter never waits."""
         kind, bucket = self._limits.bucket_for(event)
         if not bucket.enabled:
             return None

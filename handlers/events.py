@@ -26,7 +26,7 @@ from .connections import Connection, ConnectionSlots, HandshakeRefused, refusal
 from .conversation_events import ConversationEvents
 from .errors import ChatError, invalid
 from .event_slots import EventSlots
-from .interfaces import Limiter, Observer, Presence
+from .interfaces import Limiter, Observer, Presence, TakeNow
 from .membership import MembershipTracker
 from .refusal_log import RefusalLog
 from .session_expiry import SessionExpiry, expires_at_text
@@ -64,6 +64,7 @@ class ChatEvents:
         self.verifier = verifier
         self.presence = presence
         self.limiter = limiter
+        self._take_now: TakeNow | None = getattr(limiter, "take", None)
         self.observer = observer
         # Told (group, latest_rev) after a connection's first join: where the
         # cross-node order of the group's changes starts on this node.
@@ -198,7 +199,10 @@ class ChatEvents:
                     raise ChatError("unauthorized", "The connection is not signed in.")
                 if conn.expires_at <= time.time():  # ended by its token; closing at the wheel's next turn
                     raise ChatError("unauthorized", "The session has ended: its token expired.")
-                retry_after = await self.limiter.check(conn.user_id, event, self._cost(event, conn, args))
+                cost = self._cost(event, conn, args)
+                take = self._take_now
+                retry_after = (take(conn.user_id, event, cost) if take is not None
+                               else await self.limiter.check(conn.user_id, event, cost))
                 if retry_after is not None:
                     raise ChatError("rate_limited", retry_after_ms=retry_after)
                 try:
@@ -326,7 +330,7 @@ class ChatEvents:
 
     async def send_message(self, conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
         group_id = data["group_id"]
-        name = await self._resolve_name(conn)
+        name = conn.name if conn.name is not None else await self._resolve_name(conn)
         received = time.perf_counter()
 
         async def publish(message: Message) -> None:

@@ -4,6 +4,7 @@ Redis-backed implementations live in ``cluster``, the metrics in ``server``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -22,9 +23,15 @@ class Presence(Protocol):
 
 
 class Limiter(Protocol):
+    """A limiter that counts in this process also has ``take``: ``check`` without a
+    coroutine (``TakeNow``), which the events call instead."""
+
     async def check(self, user_id: str, event: str, cost: int = 1) -> int | None:
         """Take ``cost`` tokens for ``event``: ``None`` to allow, else ``retry_after_ms``."""
         ...
+
+
+TakeNow = Callable[[str, str, int], "int | None"]
 
 
 class Observer(Protocol):

@@ -94,15 +94,18 @@ class FastSocketServer(socketio.AsyncServer):
         """python-socketio's; an emit to one connection whose connect handler is
         still running waits until its CONNECT reply has left, so that the reply
         comes first (as with the reference server)."""
-        if self._held:
-            target = to or room
-            if isinstance(target, str):
-                held = self._held.get(self.manager.eio_sid_from_sid(target, namespace or NAMESPACE))
-                if held is not None:
-                    held.append((event, data, target, skip_sid, namespace, callback, ignore_queue))
-                    return
-        await super().emit(event, data, to=to, room=room, skip_sid=skip_sid, namespace=namespace,
-                           callback=callback, ignore_queue=ignore_queue)
+        target = to or room
+        namespace = namespace or NAMESPACE
+        if self._held and isinstance(target, str):
+            held = self._held.get(self.manager.eio_sid_from_sid(target, namespace))
+            if held is not None:
+                held.append((event, data, target, skip_sid, namespace, callback, ignore_queue))
+                return
+        # What python-socketio's ``emit`` does, straight from here (every broadcast comes this way).
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info('emitting event "%s" to %s [%s]', event, target or "all", namespace)
+        await self.manager.emit(event, data, namespace, room=target, skip_sid=skip_sid, callback=callback,
+                                ignore_queue=ignore_queue)
 
     async def _handle_eio_connect(self, eio_sid, environ):
         address = self.client_address(environ)
