@@ -335,7 +335,8 @@ class ChatEvents:
 
         async def publish(message: Message) -> None:
             self.observer.send_stored(time.perf_counter() - received)
-            await self._broadcast("message", message, group_id, received=received)
+            await self.sio.emit("message", message, room=group_id)  # as ``_updated``'s publish
+            self.observer.send_broadcast(time.perf_counter() - received)
 
         message, duplicate = await self.chat.send(
             conn.user_id, group_id, name=name, content=data["content"],
@@ -399,19 +400,15 @@ class ChatEvents:
     # -- helpers --
 
     def _updated(self, group_id: str, event: str = "message_updated") -> Publish:
-        """What broadcasts a change of one of the group's messages to its room."""
+        """What broadcasts a change of one of the group's messages to its room. The
+        fan-out hands the frame to every local connection before the emit returns,
+        so changes published in rev order (under the group's writer) are delivered
+        in rev order; a new message's publish (``send_message``) emits the same way."""
 
         async def publish(message: Message) -> None:
-            await self._broadcast(event, message, group_id)
+            await self.sio.emit(event, message, room=group_id)
 
         return publish
-
-    async def _broadcast(self, event: str, message: Message, group_id: str, received: float | None = None) -> None:
-        """Emit to the room. The fan-out hands the frame to every local connection
-        before it returns, so emits made in rev order are delivered in rev order."""
-        await self.sio.emit(event, message, room=group_id)
-        if received is not None:
-            self.observer.send_broadcast(time.perf_counter() - received)
 
     async def quiesce(self, grace_s: float) -> bool:
         """Refuse new events, then wait up to ``grace_s`` seconds for the ones in flight;

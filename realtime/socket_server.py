@@ -84,10 +84,13 @@ class FastSocketServer(socketio.AsyncServer):
     async def _send_text(self, eio_sid: str, encoded: bytes) -> None:
         """One text Socket.IO packet (UTF-8) to one connection: straight to its
         transport when its queue is empty, else through Engine.IO's queue."""
+        if not self._send_text_now(eio_sid, encoded):
+            await self.eio.send(eio_sid, encoded.decode())
+
+    def _send_text_now(self, eio_sid: str, encoded: bytes) -> bool:
+        """``_send_text``'s straight path; ``False`` when the packet must take the queue."""
         socket = self.eio.sockets.get(eio_sid)
-        if socket is not None and isinstance(self.manager, FastManager) and self.manager.send_now(socket, encoded):
-            return
-        await self.eio.send(eio_sid, encoded.decode())
+        return socket is not None and isinstance(self.manager, FastManager) and self.manager.send_now(socket, encoded)
 
     async def emit(self, event, data=None, to=None, room=None, skip_sid=None, namespace=None,
                    callback=None, ignore_queue=False):
@@ -310,4 +313,5 @@ class FastSocketServer(socketio.AsyncServer):
             await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=NAMESPACE,
                                                                id=ack_id, data=data))
             return
-        await self._send_text(eio_sid, encoded)
+        if not self._send_text_now(eio_sid, encoded):  # an ack is one per event: no coroutine on the straight path
+            await self.eio.send(eio_sid, encoded.decode())

@@ -523,9 +523,9 @@ def test_the_client_events_are_the_ones_the_server_registers(server):
 
 def emitted_in_code() -> set[str]:
     """Every event name the code hands to something that emits: ``emit``, ``tell``,
-    ``_broadcast``, ``_updated`` (literal arguments and their ``event`` defaults), and
+    ``_updated`` (literal arguments and their ``event`` defaults), and
     what ``_broadcast_event`` chooses among (the queue's gap fill)."""
-    emitters = {"emit", "tell", "_broadcast", "_updated"}
+    emitters = {"emit", "tell", "_updated"}
     names: set[str] = set()
     for package in ("server", "handlers", "realtime", "cluster"):
         for path in sorted((ROOT / package).rglob("*.py")):
