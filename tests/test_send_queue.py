@@ -116,9 +116,23 @@ async def test_a_failed_write_fails_its_sends_only_and_repeats_are_not_published
     assert published == [1, 2]
 
 
+class CountedStore(MemoryStore):
+    """The embedded store, recording each batch write (``add_messages``) it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_group(GROUP, "Maths", USERS)
+        self.writes: list[list[str]] = []
+
+    async def add_messages(
+        self, group_id: str, sends: Sequence[NewMessage]
+    ) -> list[tuple[Message, bool] | StorageUnavailable]:
+        self.writes.append([s["content"] for s in sends])
+        return await super().add_messages(group_id, sends)
+
+
 async def test_on_a_store_that_writes_at_once_sends_and_edits_during_a_publish_follow_it_in_order() -> None:
-    store = MemoryStore()
-    store.add_group(GROUP, "Maths", USERS)
+    store = CountedStore()
     service = ChatService(store)
     published: list[tuple[str, int]] = []
     gate = asyncio.Event()
@@ -151,6 +165,8 @@ async def test_on_a_store_that_writes_at_once_sends_and_edits_during_a_publish_f
     # Published once each, in rev order (the edit took the writer first, as it does on any store).
     assert [c for c, _ in published] == ["a", "a2", "b", "c"]
     assert [r for _, r in published] == [1, 2, 3, 4]
+    # The lone first send was written on the spot; what queued behind it, in one batch.
+    assert store.writes == [["b", "c", "a"]]
     assert service._queued == {} and len(service._writer) == 0  # nothing left behind
 
 
