@@ -205,7 +205,8 @@ class FastEngineServer(engineio.AsyncServer):
         while not event.is_set():
             period = min(SWEEP_S, self.ping_timeout / 4)
             try:
-                await asyncio.wait_for(event.wait(), timeout=period)
+                async with asyncio.timeout(period):  # not wait_for: on 3.11 it makes a task per wait
+                    await event.wait()
                 break
             except TimeoutError:
                 pass
