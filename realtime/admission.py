@@ -9,7 +9,8 @@ handshake is refused.
 
 One task serves every deadline (every session waits the same time, so a FIFO
 is already sorted by deadline), as ``PingWheel`` does for pings: no timer or
-task per connection.
+task per connection, and, as there, deadlines that fall within ``BATCH_S`` of
+each other are served in one wake-up.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 REFUSAL_LOG_INTERVAL = 10.0  # seconds: refusals are logged once per interval, with a count
+# The task sleeps at least this long between two rounds, so a pending session is closed at most
+# this late. Sleeping only until the next deadline would wake it for each of a burst of
+# connections, and on uvloop, whose timers round to the millisecond, spin through every gap
+# shorter than half of one: 10,000 connections taken in 6 s cost a third of a core for 6 s.
+BATCH_S = 0.05
 
 ClientAddress = Callable[[Mapping[str, Any]], str]
 
@@ -110,7 +116,7 @@ class Admission:
                 except Exception:  # one session failing to close must not stop the others'
                     log.exception("closing pending session %s failed", eio_sid)
             if due:
-                await asyncio.sleep(max(0.0, due[0][0] - time.monotonic()))
+                await asyncio.sleep(max(BATCH_S, due[0][0] - time.monotonic()))
 
     async def close(self) -> None:
         self._due.clear()
