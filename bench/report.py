@@ -180,7 +180,9 @@ def inbound_table(results: dict[str, Any]) -> list[str]:
 
 
 def idle_table(results: dict[str, Any]) -> list[str]:
-    rows = ["| peer | idle connections | server RSS before → after MB | KB per connection | vs Node | vs py-sio "
+    again = results.get("meta", {}).get("idle_measured")
+    rows = [f"Measured again on its own (`bench/run --idle-only`) {again['date']}, commit `{again['commit']}`.", ""] if again else []
+    rows += ["| peer | idle connections | server RSS before → after MB | KB per connection | vs Node | vs py-sio "
             "| sign-in + join rate (conn/s) | server CPU ms per sign-in + join | heartbeats only: server CPU, % of a core "
             "| probe p99 ms (room of 10, 20 sends/s) | server CPU-s to process all the disconnects (µs each) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
