@@ -2,7 +2,8 @@
 
 ``create_app(settings, storage=MemoryStore())`` with the users and groups of the harness's spec,
 served by ``aiohttp.web.run_app`` like ``server.cli.serve`` does (uvloop when installed, the
-start-up heap frozen). Logging at WARNING: the peers log nothing per message either.
+start-up heap frozen, the collector's thresholds raised). Logging at WARNING: the peers log
+nothing per message either.
 ``--redis-url`` sets ``REDIS_URL``, ``--redis-cluster`` ``REDIS_CLUSTER=true`` and
 ``--redis-channels`` ``REDIS_CHANNELS``.
 
@@ -69,7 +70,7 @@ def main() -> None:
     cli.use_fast_event_loop()  # as `python -m server` does
     app = build(load_spec(args.spec), args.port, args.redis_url, redis_cluster=args.redis_cluster,
                 redis_channels=args.redis_channels)
-    cli.freeze_startup_heap(app)  # as `python -m server` does
+    cli.tune_collector(app)  # as `python -m server` does
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, shutdown_timeout=2)
 
 
