@@ -166,7 +166,7 @@ def test_deadlines_of_a_burst_of_connections_cost_next_to_no_cpu_when_they_pass(
     assert spent < 0.07, f"{spent:.3f} CPU-s while {count} deadlines passed in {count * spacing:.1f} s"
     assert closed.keys() == deadlines.keys()
     late = {sid: closed[sid] - deadlines[sid] for sid in deadlines}
-    assert all(-0.001 <= s <= 0.2 for s in late.values()), late
+    assert all(-0.001 <= s <= 0.3 for s in late.values()), late
 
 
 async def test_settings_are_read_from_the_environment():
