@@ -336,7 +336,7 @@ def _plain_loader(schema: Schema):
         (then marshmallow runs and reports every error)."""
         if not payload.keys() <= names:
             return None
-        out = {}
+        out: dict[str, Any] = {}
         try:
             for name, field, convert, required, default in spec:
                 value = payload.get(name)
