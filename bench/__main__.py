@@ -45,6 +45,54 @@ print(round(best * 1000))
 """
 
 
+# What entering the kernel costs on the server's core: a system call that does nothing, and a
+# 40-byte send over loopback TCP (what one small frame to one client costs, its delivery into the
+# receiving socket included). Hosts differ several-fold here (processor, hypervisor, the
+# kernel's speculative-execution mitigations), and a peer that makes a system call per frame
+# (Node) is moved by it far more than one that gathers its frames (this server): the run's
+# "system calls per send" say how many each made.
+KERNEL_ENTRY = """
+import os, socket, time
+def best(fn, n):
+    out = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        fn(n)
+        out = min(out, (time.process_time() - started) / n)
+    return round(out * 1e6, 2)
+def nothing(n):
+    for _ in range(n):
+        os.getppid()
+server = socket.create_server(("127.0.0.1", 0))
+writer = socket.create_connection(server.getsockname())
+reader, _ = server.accept()
+writer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+reader.setblocking(False)
+frame = b"x" * 40
+def send(n):
+    for i in range(n):
+        writer.send(frame)
+        if i % 64 == 63:
+            try:
+                while reader.recv(1 << 16):
+                    pass
+            except BlockingIOError:
+                pass
+print(best(nothing, 300_000), best(send, 100_000))
+"""
+
+
+def _kernel_entry() -> dict[str, float]:
+    """``KERNEL_ENTRY``'s two figures, in µs of CPU, measured on the server's core."""
+    try:
+        syscall_us, send_us = map(float, subprocess.run(
+            ["taskset", "-c", SERVER_CORE, PYTHON, "-c", KERNEL_ENTRY], capture_output=True, text=True,
+            timeout=120, check=True).stdout.split())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+    return {"syscall_us": syscall_us, "loopback_send_us": send_us}
+
+
 def _interpreter() -> dict[str, Any]:
     """The server's interpreter: its binary, whether it runs from a shared libpython (slower:
     calls between its parts go through the PLT) and the calibration loop's time."""
@@ -264,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         return _store_load_only(procs, plan)
     if args.idle_only:
         return _idle_only(procs, plan, [k.strip() for k in args.peers.split(",") if k.strip()])
-    results: dict[str, Any] = {"meta": _meta() | {"interpreter": _interpreter()}, "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
+    meta = _meta() | {"interpreter": _interpreter(), "kernel_entry": _kernel_entry()}
+    results: dict[str, Any] = {"meta": meta, "plan": plan.__dict__ | {"rooms": list(plan.rooms), "loads": list(plan.loads)},
                                "peers": {}, "redis": {}}
     try:
         spec, secret = write_spec(max(plan.idle_conns, plan.many_conns))

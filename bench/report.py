@@ -160,8 +160,9 @@ def inbound_table(results: dict[str, Any]) -> list[str]:
     """Acked ``send_message`` events per server CPU-second in the smallest room, where
     receiving, validating, storing and answering each event weighs most."""
     room = str(min(results["plan"]["rooms"]))
-    rows = [f"| peer | room | acked sends per server CPU-s | vs Node | vs py-sio | CPU µs per send (with its {room} deliveries) |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [f"| peer | room | acked sends per server CPU-s | vs Node | vs py-sio | CPU µs per send (with its {room} deliveries) "
+            "| of which user / kernel µs | read and write system calls per send |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     def per_cpu(peer: dict[str, Any]) -> float | None:
         res = peer.get("saturation", {}).get(room, {})
         if not res or res.get("error") or not res.get("server_cpu_s"):
@@ -173,9 +174,15 @@ def inbound_table(results: dict[str, Any]) -> list[str]:
         mine = per_cpu(peer)
         if mine is None:
             continue
-        spread = _spread(peer.get("saturation", {}).get(room), "sends_per_cpu_s")
+        res = peer.get("saturation", {}).get(room, {})
+        spread = _spread(res, "sends_per_cpu_s")
+        split = calls = "–"
+        if res.get("server_syscalls") is not None and res.get("sends"):
+            # From the row's median window (``combine``), as its other figures.
+            split = f"{_f(res['server_user_cpu_s'] / res['sends'] * 1e6)} / {_f(res['server_sys_cpu_s'] / res['sends'] * 1e6)}"
+            calls = f"{res['server_syscalls'] / res['sends']:.1f}"
         rows.append(f"| {peer['label']} | {room} | **{_f(mine)}**{spread} | {_ratio(mine, refs[0])} | "
-                    f"{_ratio(mine, refs[1])} | {_f(1e6 / mine)} |")
+                    f"{_ratio(mine, refs[1])} | {_f(1e6 / mine)} | {split} | {calls} |")
     return rows
 
 
@@ -343,6 +350,11 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(f"Interpreter: `{i['executable']}` ({i['libpython']} libpython) · calibration loop "
                    f"**{i['calibration_ms']} ms** on the server core (pure Python; a lower figure is a faster host "
                    "for this server; see bench/README.md).")
+    if m.get("kernel_entry"):
+        k = m["kernel_entry"]
+        out.append(f"Kernel entry on the server core: a system call that does nothing **{k['syscall_us']} µs**, a 40-byte "
+                   f"send over loopback TCP **{k['loopback_send_us']} µs** of CPU (hosts differ several-fold here, and "
+                   "it moves the peers that make more system calls per message more; see bench/README.md).")
     out.append("")
     for _key, peer in results["peers"].items():
         if "skipped" in peer:

@@ -359,7 +359,7 @@ async function main() {
   // measured window
   const d0 = deliveries, a0 = sendsAcked, g0 = selfCpuS(), s0 = procCpuS(cfg.serverPid);
   const x0 = cfg.extraPids.map(procCpuS);
-  const k0 = coreBusyS();
+  const k0 = coreBusyS(), v0 = util.procKernelView(cfg.serverPid, cfg.clkTck);
   const t0 = performance.now();
   measuring = true;
   await sleep(cfg.measureS * 1000);
@@ -367,7 +367,7 @@ async function main() {
   const t1 = performance.now();
   const d1 = deliveries, a1 = sendsAcked, g1 = selfCpuS(), s1 = procCpuS(cfg.serverPid);
   const x1 = cfg.extraPids.map(procCpuS);
-  const k1 = coreBusyS();
+  const k1 = coreBusyS(), v1 = util.procKernelView(cfg.serverPid, cfg.clkTck);
   sending = false;
   if (rate) rate.stop();
 
@@ -389,6 +389,10 @@ async function main() {
     server_rss_kb: procRssKb(cfg.serverPid),
     latency_ms: lat.summary(),
   });
+  if (v0 && v1) {
+    Object.assign(out, { server_user_cpu_s: v1.user - v0.user, server_sys_cpu_s: v1.sys - v0.sys,
+                         server_syscalls: v1.syscalls - v0.syscalls });
+  }
   if (rate) Object.assign(out, { target_deliveries_per_s: cfg.rate }, rate.stats());
   Object.assign(out, await drain());
   out.verify = verify();

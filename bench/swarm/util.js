@@ -26,6 +26,20 @@ function procCpuS(pid, clkTck) {
     return (Number(f[11]) + Number(f[12])) / clkTck;   // utime + stime
   } catch (e) { return null; }
 }
+// The server's user and kernel CPU seconds apart, and its read and write system calls
+// (/proc/<pid>/io: read, readv, write, writev..., which is what libuv and Node use on sockets).
+// Kernel entries cost very differently from one host to another, and the peers make very
+// different numbers of them per message: these say how much of a ratio is the host's.
+function procKernelView(pid, clkTck) {
+  if (!pid) return null;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const io = fs.readFileSync(`/proc/${pid}/io`, 'utf8');
+    const count = (name) => Number(new RegExp(`^${name}: (\\d+)`, 'm').exec(io)[1]);
+    return { user: Number(f[11]) / clkTck, sys: Number(f[12]) / clkTck, syscalls: count('syscr') + count('syscw') };
+  } catch (e) { return null; }
+}
 function procRssKb(pid) {
   if (!pid) return null;
   try {
@@ -66,4 +80,4 @@ function growTo(arr, n) {
   return out;
 }
 
-module.exports = { uid, gid, token, procCpuS, procRssKb, coreBusyS, readInt, growTo };
+module.exports = { uid, gid, token, procCpuS, procKernelView, procRssKb, coreBusyS, readInt, growTo };
