@@ -73,6 +73,16 @@ class _Messages(WebSocketDataQueue):
         pass
 
 
+class _Closed:
+    """The reader of a connection that is gone: nothing is read any more."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+_CLOSED = _Closed()
+
+
 class WebSocketConnection(asyncio.Protocol):
     """One WebSocket connection after the handshake (see the module docstring).
 
@@ -93,7 +103,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.closed = False
         self._close_timer: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
-        self._reader = WebSocketReader(_Messages(self, loop), max_size, False, True)
+        self._reader: WebSocketReader | _Closed = WebSocketReader(_Messages(self, loop), max_size, False, True)
 
     def detach(self) -> None:
         """Ignore what comes from now on, and the end of the connection."""
@@ -116,6 +126,10 @@ class WebSocketConnection(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
         self.held = None
+        # The reader and its queue point back here: without them, all of this connection
+        # is freed by reference counting as soon as the last reference goes, and no
+        # collection of the garbage collector has to find it.
+        self._reader = _CLOSED
         self.on_close()
 
     # -- messages --
