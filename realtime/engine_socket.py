@@ -14,7 +14,7 @@ from engineio import packet as eio_packet
 
 from .background import in_background
 from .light_queue import LightQueue
-from .websocket import WebSocketConnection
+from .websocket import Callbacks, WebSocketConnection
 from .websocket_frames import BINARY, websocket_frame
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):
       meanwhile is written, and from then on ``send`` writes each packet
       through ``FastEngineServer.write_soon``; the queue serves long-polling only;
     - each inbound message is handled in the call that parsed it
-      (``_on_frame``): a pong schedules the next ping, a plain client event
+      (``websocket_message``): a pong schedules the next ping, a plain client event
       goes straight to ``FastSocketServer.start_plain_event``, and any other
       packet to a task, the messages after it waiting until it is done;
       a client that stopped answering pings has its transport aborted by
@@ -177,7 +177,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             timer.cancel()
             self.upgrading = False
 
-        connection.on_message, connection.on_close = on_message, on_close
+        connection.receiver = Callbacks(on_message, on_close)
 
     def _go_direct(self, connection: WebSocketConnection) -> None:
         """Write what was queued during the upgrade, then send straight to the
@@ -190,9 +190,9 @@ class FastSocket(engineio.async_socket.AsyncSocket):
         if self.polling:  # a poll still waits: end it
             self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         self.websocket, self.transport = connection, transport
-        connection.on_message, connection.on_close = self._on_frame, self._on_websocket_closed
+        connection.receiver = self
 
-    def _on_frame(self, frame: str | bytes) -> None:
+    def websocket_message(self, frame: str | bytes) -> None:
         """One message from the WebSocket, in order: a pong and a plain event are
         handled here and now; any other packet is handled by a task, and the
         messages after it wait (``hold``) until it is done. The connection has
@@ -250,7 +250,7 @@ class FastSocket(engineio.async_socket.AsyncSocket):
             connection.close(code)
         in_background(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE))
 
-    def _on_websocket_closed(self) -> None:
+    def websocket_closed(self) -> None:
         """The TCP connection is gone: so is the session."""
         connection = self.websocket
         if connection is not None:

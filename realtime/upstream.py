@@ -121,8 +121,10 @@ FINGERPRINTS: dict[str, str] = {
     # data_received), detaches the handler with transport = None and
     # connection_lost (which must not close it), and returns a response whose
     # prepare and write_eof finish_response calls. WebSocketConnection feeds aiohttp's reader (reader_c is compiled
-    # from reader_py) and subclasses its queue, whose feed_data, set_exception
-    # and feed_eof the reader calls for each message, error and end.
+    # from reader_py) and subclasses its queue without running its __init__ (the
+    # reader reads only the queue's _size, _limit and _stalled_reader, left at 0,
+    # 0 and None: it never stalls), overriding feed_data, set_exception and
+    # feed_eof, which the reader calls for each message, error and end.
     "aiohttp.web_protocol:RequestHandler.data_received": "1ee57ebe052e6c80",
     "aiohttp.web_protocol:RequestHandler.connection_lost": "df2fe6e95fd04c7c",
     "aiohttp.web_protocol:RequestHandler.force_close": "38d0e1e798e4d3b7",

@@ -136,10 +136,11 @@ def use_fast_event_loop() -> None:
 
 # Python's default thresholds (700, 10, 10) collect the youngest objects at every 700 new ones,
 # and make a full collection due at every 100th such collection; a full one walks the objects
-# of every connection (26 each). While 19,000 connections signed in and then all dropped, they
-# made 11 full collections (1.65 s in all, the longest holding the event loop for 0.48 s) and
-# the disconnects cost 1.3-1.6 CPU-s; with these, one of 33 ms and 0.8 CPU-s. Garbage in cycles
-# waits longer (at most this many new objects) before it is reclaimed.
+# of every connection (about 18 each, 26 when this was measured). While 19,000 connections
+# signed in and then all dropped, they made 11 full collections (1.65 s in all, the longest
+# holding the event loop for 0.48 s) and the disconnects cost 1.3-1.6 CPU-s; with these, one of
+# 33 ms and 0.8 CPU-s. Garbage in cycles waits longer (at most this many new objects) before it
+# is reclaimed.
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
