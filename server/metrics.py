@@ -227,8 +227,8 @@ class _CollectorPauses(Collector):
         for generation, pauses in enumerate(self._watch.pauses):
             pauses.add_to(family, {"generation": str(generation)})
         yield family
-        yield GaugeMetricFamily("chat_gc_frozen_objects", "Objects made before the server started serving, "
-                                "left out of every later collection (gc.freeze).", value=gc.get_freeze_count())
+        yield GaugeMetricFamily("chat_gc_frozen_objects", "Objects left out of later collections (gc.freeze): "
+                                "what start-up made, and what each full collection left.", value=gc.get_freeze_count())
 
 
 class QueueFigures(Protocol):

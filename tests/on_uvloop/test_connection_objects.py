@@ -16,6 +16,7 @@ import asyncio
 import gc
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,22 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
 """
 
 
+async def hold(port: int) -> asyncio.subprocess.Process:
+    """``IDLE`` connections of another process, signed in and in Maths, until ``let_go``."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, str(port), make_token(ANA), str(IDLE), cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout is not None
+    assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"ready\n"
+    return holder
+
+
+async def let_go(holder: asyncio.subprocess.Process) -> None:
+    if holder.stdin is not None:
+        holder.stdin.close()
+    await holder.wait()
+
+
 @pytest.fixture
 def settings():  # type: ignore[no-untyped-def]
     return make_settings(max_connections_per_user=IDLE)
@@ -55,19 +72,13 @@ async def test_an_idle_connection_keeps_few_objects_for_the_garbage_collector_to
     engine = server.app[SIO].eio
     gc.collect()
     before = len(gc.get_objects())
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HOLDER, str(server.port), make_token(ANA), str(IDLE), cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = await hold(server.port)
     try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"ready\n"
         assert len(engine.sockets) == IDLE
         gc.collect()
         per_connection = (len(gc.get_objects()) - before) / IDLE
     finally:
-        if holder.stdin is not None:
-            holder.stdin.close()
-        await holder.wait()
+        await let_go(holder)
     assert per_connection <= MOST_TRACKED_PER_CONNECTION, f"{per_connection:.1f} tracked objects per idle connection"
 
 
@@ -133,3 +144,46 @@ async def test_a_long_polling_session_that_ends_leaves_nothing_for_the_garbage_c
         gc.set_debug(0)
         gc.garbage.clear()
     assert left == [], f"{len(left)} objects of ended sessions waited for the collector: {sorted(set(left))}"
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_what_a_full_collection_leaves_is_frozen_and_connections_are_still_freed_as_they_end(
+        server: Any) -> None:
+    """``python -m server`` freezes what each full collection leaves (``server.collector``), so
+    the next ones walk only what was made since; connections that end are freed all the same,
+    and something frozen that dies in a reference cycle is reclaimed by the hourly deep one."""
+    from server.collector import SurvivorFreezer
+
+    engine = server.app[SIO].eio
+    now = [0.0]
+    freezer = SurvivorFreezer.install(deep_every_s=3600, clock=lambda: now[0])
+    try:
+        gc.collect()
+        before = gc.get_freeze_count()
+        holder = await hold(server.port)
+        try:
+            gc.collect()
+            held = gc.get_freeze_count()
+            assert held - before >= IDLE * 15, "the idle connections' objects were not frozen"
+            assert len(gc.get_objects()) < 1_000, "a full collection would walk them again"
+        finally:
+            await let_go(holder)
+        await all_closed(engine)
+        assert held - gc.get_freeze_count() >= IDLE * 15, "frozen objects of ended connections were not freed"
+
+        cycle = _Cycle()
+        gone = weakref.ref(cycle)
+        gc.collect()  # frozen with the rest
+        del cycle
+        gc.collect()
+        assert gone() is not None  # frozen: no ordinary collection walks it
+        now[0] = 3600.0
+        gc.collect()  # the deep one: everything is unfrozen first
+        assert gone() is None
+        assert freezer.deep_collections == 1
+    finally:
+        SurvivorFreezer.uninstall()
