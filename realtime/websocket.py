@@ -40,6 +40,7 @@ CLOSE_TIMEOUT_S = 5.0  # how long a closing handshake waits for the client's clo
 FAIL_LINGER_S = 1.0  # how long a connection closed for a protocol error drains what the client still sends
 TEXT, BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 
+
 class Receiver(Protocol):
     """Who a connection hands its messages and its end to."""
 
@@ -154,11 +155,12 @@ class WebSocketConnection(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
         self.held = None
-        # The reader and its queue point back here: without them, all of this connection
-        # is freed by reference counting as soon as the last reference goes, and no
-        # collection of the garbage collector has to find it.
+        # The reader and its queue point back here, and so may the receiver: without them,
+        # all of this connection is freed by reference counting as soon as the last
+        # reference goes, and no collection of the garbage collector has to find it.
         self._reader = _CLOSED
-        self.receiver.websocket_closed()
+        receiver, self.receiver = self.receiver, _NOBODY
+        receiver.websocket_closed()
 
     # -- messages --
 

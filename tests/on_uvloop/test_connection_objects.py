@@ -116,7 +116,7 @@ async def test_connections_that_end_leave_nothing_for_the_garbage_collector(serv
     assert left == [], f"{len(left)} objects of ended connections waited for the collector: {sorted(set(left))}"
 
 
-async def test_a_long_polling_session_that_ends_leaves_nothing_for_the_garbage_collector(server: Any) -> None:
+async def test_long_polling_sessions_that_end_leave_nothing_for_the_garbage_collector_nor_a_failed_upgrade(server: Any) -> None:
     import json
 
     import aiohttp
@@ -135,6 +135,15 @@ async def test_a_long_polling_session_that_ends_leaves_nothing_for_the_garbage_c
                     assert resp.status == 200
                 async with http.get(url) as resp:
                     assert (await resp.text()).startswith("40{")
+                if user == BEN:  # an upgrade to WebSocket whose connection goes during the probe
+                    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                    writer.write(f"GET /socket.io/?EIO=4&transport=websocket&sid={sid} HTTP/1.1\r\n"
+                                 f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                                 .encode())
+                    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+                    writer.close()
+                    await asyncio.sleep(0.1)
                 async with http.post(url, data="1") as resp:  # Engine.IO's close
                     assert resp.status == 200
         await all_closed(engine)
