@@ -196,7 +196,8 @@ class WebhookSender:
         if due is not None:
             wait = min(IDLE_POLL_S, max(MIN_WAIT_S, due - time.time()))
         try:
-            await asyncio.wait_for(self._wake.wait(), wait)
+            async with asyncio.timeout(wait):  # not wait_for: on 3.11 it makes a task per wait
+                await self._wake.wait()
         except TimeoutError:
             pass
 
