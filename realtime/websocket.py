@@ -88,6 +88,10 @@ class _Messages(WebSocketDataQueue):
     aiohttp is pinned exactly for this (setup.cfg)."""
 
     __slots__ = ("connection",)
+    # What aiohttp's pure-Python reader reads here (``AIOHTTP_NO_EXTENSIONS``, or no compiled
+    # wheel); the compiled one reads the C fields, which hold the same zeros.
+    _size = _limit = 0
+    _stalled_reader = None
 
     def __init__(self, connection: WebSocketConnection) -> None:  # no super().__init__(): see above
         self.connection = connection

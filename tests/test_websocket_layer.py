@@ -24,9 +24,14 @@ PING, PONG, CLOSE = 0x9, 0xA, 0x8
 MAX_PAYLOAD = 64 * 1024  # the server's maxPayload (server.app.MAX_PACKET_BYTES)
 
 
-@pytest.fixture
-def node(hostile_node) -> HostileNode:  # type: ignore[no-untyped-def]
-    node: HostileNode = hostile_node({"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"})
+@pytest.fixture(params=["compiled reader", "pure-Python reader"])
+def node(hostile_node, request) -> HostileNode:  # type: ignore[no-untyped-def]
+    """A server whose frames aiohttp's compiled reader parses, and one where aiohttp runs
+    without its compiled extensions (as where no wheel is built for the platform)."""
+    env = {"MONGODB_URI": "memory://", "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
+    if request.param == "pure-Python reader":
+        env["AIOHTTP_NO_EXTENSIONS"] = "1"
+    node: HostileNode = hostile_node(env)
     return node
 
 
