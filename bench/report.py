@@ -163,24 +163,31 @@ def inbound_table(results: dict[str, Any]) -> list[str]:
     rows = [f"| peer | room | acked sends per server CPU-s | vs Node | vs py-sio | CPU µs per send (with its {room} deliveries) "
             "| of which user / kernel µs | read and write system calls per send |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    def per_cpu(peer: dict[str, Any]) -> float | None:
-        res = peer.get("saturation", {}).get(room, {})
+
+    def saturation(peer: dict[str, Any]) -> dict[str, Any]:
+        res: dict[str, Any] = peer.get("saturation", {}).get(room, {})
+        return res
+
+    def per_cpu(res: dict[str, Any]) -> float | None:
         if not res or res.get("error") or not res.get("server_cpu_s"):
             return None
         return res.get("sends_per_cpu_s") or res["sends"] / res["server_cpu_s"]
     peers = results["peers"]
-    refs = [per_cpu(peers[r]) if r in peers else None for r, _ in REFS]
+    refs = [per_cpu(saturation(peers[r])) if r in peers else None for r, _ in REFS]
     for _key, peer in _peers(results):
-        mine = per_cpu(peer)
+        res = saturation(peer)
+        mine = per_cpu(res)
         if mine is None:
             continue
-        res = peer.get("saturation", {}).get(room, {})
         spread = _spread(res, "sends_per_cpu_s")
         split = calls = "–"
         if res.get("server_syscalls") is not None and res.get("sends"):
             # From the row's median window (``combine``), as its other figures.
             split = f"{_f(res['server_user_cpu_s'] / res['sends'] * 1e6)} / {_f(res['server_sys_cpu_s'] / res['sends'] * 1e6)}"
-            calls = f"{res['server_syscalls'] / res['sends']:.1f}"
+            # None counted: the peer reads and writes its sockets with recv and send (Python's
+            # own event loop), which /proc/PID/io does not count.
+            if res["server_syscalls"]:
+                calls = f"{res['server_syscalls'] / res['sends']:.1f}"
         rows.append(f"| {peer['label']} | {room} | **{_f(mine)}**{spread} | {_ratio(mine, refs[0])} | "
                     f"{_ratio(mine, refs[1])} | {_f(1e6 / mine)} | {split} | {calls} |")
     return rows

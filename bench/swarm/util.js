@@ -18,11 +18,15 @@ function token(sub, secret) {
   return `${head}.${body}.${sig}`;
 }
 
+// The fields of /proc/<pid>/stat after the command name (f[11] utime, f[12] stime, in ticks).
+function statFields(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
 function procCpuS(pid, clkTck) {
   if (!pid) return null;
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const f = statFields(pid);
     return (Number(f[11]) + Number(f[12])) / clkTck;   // utime + stime
   } catch (e) { return null; }
 }
@@ -33,8 +37,7 @@ function procCpuS(pid, clkTck) {
 function procKernelView(pid, clkTck) {
   if (!pid) return null;
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const f = statFields(pid);
     const io = fs.readFileSync(`/proc/${pid}/io`, 'utf8');
     const count = (name) => Number(new RegExp(`^${name}: (\\d+)`, 'm').exec(io)[1]);
     return { user: Number(f[11]) / clkTck, sys: Number(f[12]) / clkTck, syscalls: count('syscr') + count('syscw') };
