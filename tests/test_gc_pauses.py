@@ -18,7 +18,7 @@ import aiohttp
 
 from tests.support.chat import ANA, BEN, MATHS, SECRET, make_token
 from tests.support.mongo import seed_mongo
-from tests.support.nodes import Node
+from tests.support.nodes import Node, metric
 
 USERS = [(ANA, "Ana", "García"), (BEN, "Ben", "Okafor")]
 GROUPS = [(MATHS, "Maths", [ANA, BEN])]
@@ -85,18 +85,10 @@ async def test_thousands_of_connections_coming_and_going_cause_no_full_collectio
     assert len(sockets) == count
     for _ in range(100):  # until the server has processed every disconnect
         await asyncio.sleep(0.1)
-        if (left := connections(node)) == 0:
+        if (left := metric(node, "chat_connected_clients")) == 0:
             break
     assert left == 0, f"{left:.0f} connections still counted"
     after, _ = metrics(node)  # read once every disconnect is done, so none of its collections is missed
     assert after["0"]["count"] > before["0"]["count"], "no collection of the youngest objects was measured"
     full = after["2"]["count"] - before["2"]["count"]
     assert full == 0, f"{full:.0f} full collections while {count} connections came and went"
-
-
-def connections(node: Node) -> float:
-    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    found = re.search(r"^chat_connected_clients (\S+)$", text, re.MULTILINE)
-    assert found, "no chat_connected_clients gauge"
-    return float(found.group(1))

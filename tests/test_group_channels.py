@@ -12,8 +12,6 @@ server processes, real Redis, real clients.
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.request
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,7 +19,7 @@ import redis.asyncio as aioredis
 from cluster.redis_manager import group_channel
 from tests.support.chat import ANA, BEN, CAROL, DAN, MATHS, PHYSICS, SECRET, ChatClient
 from tests.support.mongo import seed_mongo
-from tests.support.nodes import Node, node_starter
+from tests.support.nodes import Node, metric, node_starter
 from tests.support.redis import queue_env
 
 USERS = [(ANA, "Ana", "García"), (BEN, "Ben", "Okafor"), (CAROL, "Carol", ""), (DAN, "Dan", "Wu")]
@@ -38,14 +36,6 @@ async def seeded_db(mongo_uri, mongo_db_name):
 def start_nodes(seeded_db, queue, node_factory):
     env = {**seeded_db, **queue_env(queue), "PRESENCE_TTL_S": "3", "RATE_LIMIT_SEND_PER_S": "0"}
     return node_starter(env, node_factory)
-
-
-def metric(node: Node, name: str) -> float:
-    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    found = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.MULTILINE)
-    assert found, f"{name} is not in /metrics"
-    return float(found.group(1))
 
 
 async def quiet_metric(node: Node, name: str, *, still_s: float = 0.5, timeout: float = 10) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,3 +131,12 @@ async def clients():
     for sio in made:
         if sio.connected:
             await sio.disconnect()
+
+
+def metric(node: Node, name: str) -> float:
+    """A gauge or counter (``name`` or ``name_total``) of ``node``'s ``/metrics``, unlabelled."""
+    with urllib.request.urlopen(node.url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} is not in /metrics"
+    return float(found.group(1))
